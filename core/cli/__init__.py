@@ -1,0 +1,25 @@
+"""The ``htx`` command line: one module per command, joined into one typer app."""
+
+from __future__ import annotations
+
+import typer
+
+from htx.cli import fixtures_cmd, leaderboard_cmd, plugins_cmd, run_cmd, show_cmd, validate_cmd
+
+app = typer.Typer(
+    name="htx",
+    help="htx: a precision laboratory for HTDemucs (FP16/FP32 per op, STFT parity, surgery, latency).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("run")(run_cmd.run)
+app.command("validate")(validate_cmd.validate)
+app.command("plugins")(plugins_cmd.plugins)
+app.command("leaderboard")(leaderboard_cmd.leaderboard)
+app.command("show")(show_cmd.show)
+app.add_typer(fixtures_cmd.app, name="fixtures")
+
+
+def main() -> None:
+    app()

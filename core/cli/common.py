@@ -1,0 +1,46 @@
+"""Shared CLI pieces: the two consoles and error reporting without tracebacks."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from htx.errors import ConfigError, HtxError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def out() -> Console:
+    """Results go to stdout (wide when piped, so tables are not squeezed into 80 columns)."""
+    import sys
+
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 220)
+
+
+def err() -> Console:
+    """Messages and progress go to stderr."""
+    return Console(stderr=True, soft_wrap=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Show :class:`HtxError` messages (one bullet per problem for configs) and exit 1, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            e = err()
+            e.print(f"[red]Error:[/red] invalid config{' ' + exc.source if exc.source else ''}", highlight=False)
+            for p in exc.problems:
+                e.print(f"  • {p}", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+        except HtxError as exc:
+            err().print(f"[red]Error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]

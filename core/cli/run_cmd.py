@@ -1,0 +1,67 @@
+"""``htx run CONFIG``: expand the grid, run every trial, record it, show the leaderboard."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from htx.cli.common import err, handle_errors, out
+from htx.config import load_config, parse_config
+from htx.errors import HtxError
+from htx.leaderboard import collect, rich_table
+from htx.plugins import load_registry
+from htx.runner import Runner
+from htx.store import Store
+
+
+@handle_errors
+def run(
+    config: Path = typer.Argument(None, help="experiment config (YAML); optional with --resume"),
+    resume: str = typer.Option(None, "--resume", help="continue RUN_ID, skipping its finished trials"),
+    db: Path = typer.Option(None, "--db", help="results database (default: the config's store.path)"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
+) -> None:
+    """Run an experiment grid against the FP32 reference and show the leaderboard."""
+    registry = load_registry()
+    if config is None and resume is None:
+        raise HtxError("give a CONFIG to run, or --resume RUN_ID to continue a run")
+    if config is not None:
+        cfg = load_config(config, registry)
+    else:
+        with Store(db or "experiments/htx.sqlite") as s:
+            cfg = parse_config(json.loads(s.get_run(resume)["config_json"]), f"run {resume}", registry)
+    store_path = db or Path(cfg.store.path)
+    e = err()
+    t0 = time.perf_counter()
+    with Store(store_path) as store:
+        progress = Progress(
+            TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}"), console=e, transient=False, disable=no_progress,
+        )
+        task = progress.add_task("", total=None)
+
+        def on_progress(desc: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, description=desc[-90:])
+
+        def on_message(msg: str) -> None:
+            (progress.console if not no_progress else e).print(msg, highlight=False)
+
+        runner = Runner(cfg, registry, store, str(config) if config else None, on_progress, on_message)
+        try:
+            with progress:
+                run_id = runner.run(resume=resume)
+        except KeyboardInterrupt:
+            e.print(f"\n[yellow]Interrupted.[/yellow] Finished trials are saved. Continue with: htx run --resume {runner.run_id} --db {store_path}")
+            raise typer.Exit(130) from None
+        rows = collect(store, run=run_id)
+        o = out()
+        o.print(rich_table(rows, title=f"htx leaderboard: {cfg.name} (run {run_id})"))
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        e.print(f"run {run_id}: {summary} in {time.perf_counter() - t0:.1f} s; results in {store_path}", highlight=False)

@@ -1,0 +1,21 @@
+"""``htx validate CONFIG``: check a config (plugin names and options included) without building a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from htx.cli.common import handle_errors, out
+from htx.config import load_config
+from htx.grid import expand_grid
+from htx.plugins import load_registry
+
+
+@handle_errors
+def validate(config: Path = typer.Argument(..., help="experiment config (YAML)")) -> None:
+    """Validate CONFIG: schema, plugin names, plugin options and fixtures. Builds no model."""
+    cfg = load_config(config, load_registry())
+    n = len(expand_grid(cfg))
+    axes = " x ".join(f"{len(getattr(cfg, a))} {a}" for a in ("surgery", "precision", "stft", "compute"))
+    out().print(f"{config}: OK ({axes} x {len(cfg.fixtures)} fixtures = {n} trials)", highlight=False)

@@ -1,0 +1,185 @@
+"""Test audio: built-in generated fixtures, shipped clips with true stems, and audio files by path.
+
+Built-ins (deterministic, 44.1 kHz stereo): ``silence``, ``sine_440``, ``white_noise``; options
+``duration`` (seconds; default one model segment), ``amplitude`` and ``seed``. Shipped clips are the
+``*.flac`` mixes under ``fixtures/music/`` with their stems (``<name>.<stem>.flac``) beside them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from htx.audio import AUDIO_SUFFIXES, Audio, read_audio, to_model_format
+from htx.errors import AudioError
+
+
+@dataclass
+class Fixture:
+    """Audio at the model's rate and channel count, with true stems when known."""
+
+    name: str
+    mix: np.ndarray  # [C, L] float32
+    samplerate: int
+    stems: np.ndarray | None = None  # [S, C, L]
+    stem_names: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return self.mix.shape[-1] / self.samplerate
+
+    @property
+    def hash(self) -> str:
+        h = hashlib.sha256(np.ascontiguousarray(self.mix).tobytes())
+        h.update(str((self.mix.shape, self.samplerate)).encode())
+        return h.hexdigest()[:16]
+
+
+class GenParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    duration: float | None = Field(None, gt=0, le=600)
+    amplitude: float = Field(0.5, ge=0, le=1)
+    seed: int = 0
+
+
+class SineParams(GenParams):
+    frequency: float = Field(440.0, gt=0)
+
+
+def _length(p: GenParams, samplerate: int, default_length: int) -> int:
+    return int(round(p.duration * samplerate)) if p.duration else default_length
+
+
+def _silence(p: GenParams, sr: int, n: int, ch: int) -> np.ndarray:
+    return np.zeros((ch, n), dtype=np.float32)
+
+
+def _sine(p: SineParams, sr: int, n: int, ch: int) -> np.ndarray:
+    t = np.arange(n, dtype=np.float64) / sr
+    # A small per-channel phase offset keeps the channels distinct (a true stereo signal).
+    x = np.stack([p.amplitude * np.sin(2 * np.pi * p.frequency * t + 0.25 * c) for c in range(ch)])
+    return x.astype(np.float32)
+
+
+def _noise(p: GenParams, sr: int, n: int, ch: int) -> np.ndarray:
+    rng = np.random.default_rng(p.seed)
+    x = rng.standard_normal((ch, n)) * (p.amplitude / 3.0)
+    return np.clip(x, -1, 1).astype(np.float32)
+
+
+BUILTINS: dict[str, tuple[type[GenParams], Callable[..., np.ndarray], str]] = {
+    "silence": (GenParams, _silence, "all zeros (the reference is silent, so snr_db is undefined)"),
+    "sine_440": (SineParams, _sine, "440 Hz sine, amplitude 0.5"),
+    "white_noise": (GenParams, _noise, "Gaussian white noise, seeded"),
+}
+
+
+def music_dir() -> Path:
+    from htx.models import fixtures_dir
+
+    return fixtures_dir() / "music"
+
+
+def shipped_fixtures() -> dict[str, Path]:
+    """Shipped mixes by name: ``fixtures/music/<name>.flac`` (stems are ``<name>.<stem>.flac``)."""
+    d = music_dir()
+    if not d.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(d.glob("*.flac")) if "." not in p.stem}
+
+
+def fixture_names() -> list[str]:
+    return sorted(BUILTINS) + sorted(shipped_fixtures())
+
+
+def looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or Path(value).suffix.lower() in AUDIO_SUFFIXES
+
+
+def check_fixture_entry(entry: Any) -> str | None:
+    """A problem with a fixture entry (unknown name, bad options, missing file), or None."""
+    import difflib
+
+    if entry.path is not None:
+        if not Path(entry.path).exists():
+            return f"audio file not found: {entry.path}"
+        return None
+    if entry.name in BUILTINS:
+        params_cls = BUILTINS[entry.name][0]
+        try:
+            params_cls(**entry.params)
+        except ValidationError as exc:
+            from htx.config import format_validation_error
+
+            return f"{entry.name}: " + "; ".join(format_validation_error(exc))
+        return None
+    if entry.name in shipped_fixtures():
+        if entry.params:
+            return f"{entry.name}: shipped clips take no options"
+        return None
+    names = fixture_names()
+    close = difflib.get_close_matches(entry.name, names, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown fixture {entry.name!r}.{hint} Available: {', '.join(names)}; or give a path to a WAV/FLAC file"
+
+
+def _load_stems(mix_path: Path, samplerate: int, channels: int, length: int) -> tuple[np.ndarray | None, list[str] | None]:
+    from htx.models import SOURCES
+
+    stems = []
+    for s in SOURCES:
+        p = mix_path.with_name(f"{mix_path.stem}.{s}.flac")
+        if not p.exists():
+            return None, None
+        a = to_model_format(read_audio(p), samplerate, channels, str(p))
+        stems.append(a.data[:, :length])
+    return np.stack(stems), list(SOURCES)
+
+
+def load_fixture(entry: Any, samplerate: int, channels: int, default_length: int) -> Fixture:
+    """Materialize a config fixture entry at the model's sample rate and channel count."""
+    if entry.path is not None:
+        path = Path(entry.path)
+        audio = to_model_format(read_audio(path), samplerate, channels, str(path))
+        stems, names = _load_stems(path, samplerate, channels, audio.length)
+        return Fixture(entry.label, audio.data, samplerate, stems, names, audio.notes)
+    if entry.name in BUILTINS:
+        params_cls, gen, _ = BUILTINS[entry.name]
+        p = params_cls(**entry.params)
+        n = _length(p, samplerate, default_length)
+        return Fixture(entry.label, gen(p, samplerate, n, channels), samplerate)
+    shipped = shipped_fixtures()
+    if entry.name in shipped:
+        path = shipped[entry.name]
+        audio = to_model_format(read_audio(path), samplerate, channels, str(path))
+        stems, names = _load_stems(path, samplerate, channels, audio.length)
+        return Fixture(entry.name, audio.data, samplerate, stems, names, audio.notes)
+    raise AudioError(check_fixture_entry(entry) or f"unknown fixture {entry.name!r}")
+
+
+def describe_fixtures() -> list[dict[str, Any]]:
+    """Rows for ``htx fixtures list``: name, kind, duration, whether true stems exist."""
+    rows: list[dict[str, Any]] = []
+    for name, (_, _, desc) in sorted(BUILTINS.items()):
+        rows.append({"name": name, "kind": "built-in", "duration_s": None, "stems": False, "description": desc})
+    for name, path in shipped_fixtures().items():
+        try:
+            import soundfile as sf
+
+            info = sf.info(str(path))
+            dur = info.frames / info.samplerate
+        except Exception:
+            dur = None
+        has_stems = all(path.with_name(f"{name}.{s}.flac").exists() for s in ("drums", "bass", "other", "vocals"))
+        rows.append({"name": name, "kind": "shipped", "duration_s": dur, "stems": has_stems, "description": str(path)})
+    return rows
+
+
+__all__ = ["Audio", "Fixture", "load_fixture", "fixture_names", "describe_fixtures", "AudioError"]

@@ -1,0 +1,228 @@
+"""The leaderboard: rows read from the store, filters, sort keys, Pareto marks, and exports."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import math
+import operator
+from typing import Any
+
+from htx.errors import HtxError
+from htx.metrics import passes
+from htx.store import Store, TrialRecord, clean_float
+
+COLUMNS = [
+    "run", "surgery", "precision", "stft", "compute", "fixture", "runtime", "status", "pass", "pareto",
+    "snr_db", "max_abs_diff", "sdr_db", "sdr_delta_db", "fp16_op_fraction", "evaluations", "model_ms", "stft_ms",
+    "istft_ms", "rtf", "reason",
+]
+NUMERIC = {"snr_db", "max_abs_diff", "sdr_db", "sdr_delta_db", "fp16_op_fraction", "evaluations", "model_ms", "stft_ms", "istft_ms", "rtf"}
+
+
+def _targets(store: Store, run_id: str, cache: dict[str, float]) -> float:
+    if run_id not in cache:
+        cfg = json.loads(store.get_run(run_id)["config_json"])
+        cache[run_id] = float(cfg.get("targets", {}).get("snr_db", 60.0))
+    return cache[run_id]
+
+
+def _row(rec: TrialRecord, snr_target: float) -> dict[str, Any]:
+    m = rec.metrics
+    row: dict[str, Any] = {
+        "run": rec.run_id, "trial": rec.trial_id, "surgery": rec.surgery, "precision": rec.precision, "stft": rec.stft,
+        "compute": rec.compute, "fixture": rec.fixture, "runtime": rec.runtime or "", "status": rec.status,
+        "pass": rec.status == "ok" and passes({**m, "within_tol": bool(m.get("within_tol"))}, snr_target),
+        "pareto": False, "reason": rec.reason or "",
+        "emulated": bool(rec.info.get("emulated")),
+    }
+    for key in NUMERIC:
+        v = m.get(key)
+        row[key] = None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    if row["evaluations"] is not None:
+        row["evaluations"] = int(row["evaluations"])
+    return row
+
+
+def _score(row: dict[str, Any]) -> float | None:
+    if row["snr_db"] is not None:
+        return row["snr_db"]
+    if row["max_abs_diff"] is not None:
+        return -row["max_abs_diff"]
+    return None
+
+
+def mark_pareto(rows: list[dict[str, Any]]) -> None:
+    """Mark rows on the accuracy-vs-latency Pareto front, per run and fixture (successful rows only)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["status"] == "ok" and _score(r) is not None and r["model_ms"] is not None:
+            groups.setdefault((r["run"], r["fixture"]), []).append(r)
+    for group in groups.values():
+        for r in group:
+            a, t = _score(r), r["model_ms"]
+            dominated = any(
+                (_score(o) >= a and o["model_ms"] <= t) and (_score(o) > a or o["model_ms"] < t) for o in group if o is not r
+            )
+            r["pareto"] = not dominated
+
+
+_OPS = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+    ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+}
+
+
+def compile_where(expr: str) -> Any:
+    """A safe row filter from an expression like ``precision == "all-fp16" and snr_db > 40``."""
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError as exc:
+        raise HtxError(f"--where {expr!r}: {exc.msg}. Example: --where 'snr_db > 40 and stft == \"torch\"'") from None
+
+    def ev(node: ast.AST, row: dict[str, Any]) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body, row)
+        if isinstance(node, ast.BoolOp):
+            vals = (ev(v, row) for v in node.values)
+            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return not ev(node.operand, row)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand, row)
+        if isinstance(node, ast.Compare):
+            left = ev(node.left, row)
+            for op, comp in zip(node.ops, node.comparators):
+                right = ev(comp, row)
+                if left is None or right is None:
+                    if type(op) not in (ast.Eq, ast.NotEq):
+                        return False
+                if type(op) not in _OPS:
+                    raise HtxError(f"--where: operator {type(op).__name__} is not supported")
+                if not _OPS[type(op)](left, right):
+                    return False
+                left = right
+            return True
+        if isinstance(node, ast.Name):
+            if node.id in ("True", "False", "None"):
+                return {"True": True, "False": False, "None": None}[node.id]
+            if node.id not in row:
+                raise HtxError(f"--where: unknown column {node.id!r}. Columns: {', '.join(COLUMNS)}")
+            return row[node.id]
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [ev(e, row) for e in node.elts]
+        raise HtxError(f"--where: unsupported expression {ast.dump(node)[:60]}; use comparisons joined by and/or")
+
+    return lambda row: bool(ev(tree, row))
+
+
+def collect(store: Store, run: str | None = None, all_runs: bool = False, where: str | None = None, sort: str | None = None) -> list[dict[str, Any]]:
+    """Leaderboard rows: the latest run by default, one run with ``run``, or every run."""
+    if all_runs:
+        run_ids = None
+    else:
+        run_id = run or store.latest_run_id()
+        if run_id is None:
+            raise HtxError(f"No results in {store.path}. Run `htx run CONFIG` first.")
+        store.get_run(run_id)
+        run_ids = [run_id]
+    recs = store.trials(run_ids)
+    targets: dict[str, float] = {}
+    rows = [_row(r, _targets(store, r.run_id, targets)) for r in recs]
+    mark_pareto(rows)
+    if where:
+        keep = compile_where(where)
+        rows = [r for r in rows if keep(r)]
+    sort_rows(rows, sort)
+    return rows
+
+
+def sort_rows(rows: list[dict[str, Any]], sort: str | None) -> None:
+    """Sort in place by ``KEY`` (ascending) or ``-KEY`` (descending); missing values last."""
+    if not sort:
+        rows.sort(key=lambda r: (r["fixture"], -(_score(r) if _score(r) is not None else -math.inf), r["model_ms"] or math.inf))
+        return
+    desc = sort.startswith("-")
+    key = sort.lstrip("-")
+    if key not in COLUMNS and key != "trial":
+        raise HtxError(f"--sort: unknown column {key!r}. Columns: {', '.join(COLUMNS)} (prefix with - for descending)")
+    present = [r for r in rows if r.get(key) is not None]
+    missing = [r for r in rows if r.get(key) is None]
+    present.sort(key=lambda r: r[key], reverse=desc)
+    rows[:] = present + missing
+
+
+def _fmt(key: str, v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if key in ("max_abs_diff",):
+            return f"{v:.3g}"
+        if key == "fp16_op_fraction":
+            return f"{v:.2f}"
+        return f"{v:.2f}"
+    return str(v)
+
+
+def export(rows: list[dict[str, Any]], fmt: str) -> str:
+    """Exact machine formats: ``csv``, ``json`` or ``md``."""
+    if fmt == "json":
+        return json.dumps([{k: clean_float(r.get(k)) for k in COLUMNS} for r in rows], indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow(["" if r.get(k) is None else clean_float(r.get(k)) for k in COLUMNS])
+        return buf.getvalue()
+    if fmt == "md":
+        cols = [c for c in COLUMNS if c != "run"]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        for r in rows:
+            lines.append("| " + " | ".join(_fmt(c, r.get(c)).replace("|", "\\|") for c in cols) + " |")
+        return "\n".join(lines) + "\n"
+    raise HtxError(f"unknown format {fmt!r}: use table, csv, json or md")
+
+
+def rich_table(rows: list[dict[str, Any]], title: str = "htx leaderboard") -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    cols = [
+        ("surgery", "surgery"), ("precision", "precision"), ("stft", "stft"), ("compute", "compute"),
+        ("fixture", "fixture"), ("status", "status"), ("snr_db", "SNR dB"), ("max_abs_diff", "max |diff|"),
+        ("sdr_delta_db", "ΔSDR dB"), ("fp16_op_fraction", "fp16 ops"), ("evaluations", "evals"),
+        ("model_ms", "model ms"), ("rtf", "RTF"),
+    ]
+    for key, header in cols:
+        table.add_column(header, justify="right" if key in NUMERIC else "left", no_wrap=key in NUMERIC)
+    table.add_column("", justify="left")
+    any_emulated = False
+    for r in rows:
+        cells = []
+        for key, _ in cols:
+            text = _fmt(key, r.get(key))
+            if key == "status":
+                color = {"ok": "green", "failed": "red", "unavailable": "yellow"}.get(r["status"], "white")
+                text = f"[{color}]{text}[/{color}]"
+            if key == "model_ms" and r.get("emulated") and text:
+                text += " emu"
+                any_emulated = True
+            if key == "compute" and r.get("runtime"):
+                text = f"{text} ({r['runtime']})"
+            cells.append(text)
+        marks = ("✓" if r["pass"] else "✗") + (" ★" if r["pareto"] else "")
+        table.add_row(*cells, marks)
+    caption = "✓ meets targets  ✗ misses them  ★ Pareto-optimal (accuracy vs model latency, per fixture)"
+    if any_emulated:
+        caption += "\nemu: emulator time on this machine, not device latency"
+    table.caption = caption
+    return table

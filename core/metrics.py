@@ -1,0 +1,85 @@
+"""Accuracy metrics of one trial on one fixture (the single place they are computed).
+
+All metrics run over every stem, channel and sample, in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def _sdr(ref: np.ndarray, est: np.ndarray) -> float | None:
+    """MDX SDR: ``10 log10(sum s^2 / sum (s - s_hat)^2)``; None for a silent reference."""
+    num = float(np.sum(np.square(ref, dtype=np.float64)))
+    den = float(np.sum(np.square(ref.astype(np.float64) - est.astype(np.float64))))
+    if num == 0.0:
+        return None
+    if den == 0.0:
+        return math.inf
+    return 10.0 * math.log10(num / den)
+
+
+def accuracy(ref: np.ndarray, out: np.ndarray, rtol: float, atol: float) -> dict[str, Any]:
+    """snr_db, max/mean abs diff, rel_l1, NaN/Inf counts and within_tol of ``out`` against ``ref``."""
+    if ref.shape != out.shape:
+        raise ValueError(f"output shape {out.shape} differs from the reference {ref.shape}")
+    ref64 = ref.astype(np.float64)
+    out64 = out.astype(np.float64)
+    nan_count = int(np.isnan(out64).sum())
+    inf_count = int(np.isinf(out64).sum())
+    diff = np.abs(ref64 - out64)
+    finite = nan_count == 0 and inf_count == 0
+    sum_ref = float(np.sum(np.abs(ref64)))
+    metrics: dict[str, Any] = {
+        "nan_count": nan_count,
+        "inf_count": inf_count,
+        "max_abs_diff": float(np.max(diff)) if finite and diff.size else (math.inf if not finite else 0.0),
+        "mean_abs_diff": float(np.mean(diff)) if finite and diff.size else (math.inf if not finite else 0.0),
+        "rel_l1": (float(np.sum(diff)) / sum_ref if sum_ref > 0 else None) if finite else math.inf,
+        "snr_db": _sdr(ref64, out64) if finite else (None if not np.any(ref64) else -math.inf),
+        "within_tol": bool(finite and np.all(diff <= atol + rtol * np.abs(ref64))),
+    }
+    return metrics
+
+
+def separation_quality(
+    truth: np.ndarray, estimate: np.ndarray, reference: np.ndarray, stem_names: list[str]
+) -> dict[str, Any]:
+    """Per-stem SDR of ``estimate`` and of the FP32 ``reference`` vs true stems, and their difference."""
+    out: dict[str, Any] = {}
+    sdrs, ref_sdrs = [], []
+    for i, name in enumerate(stem_names):
+        s = _sdr(truth[i], estimate[i])
+        r = _sdr(truth[i], reference[i])
+        out[f"sdr_db.{name}"] = s
+        out[f"sdr_delta_db.{name}"] = (s - r) if (s is not None and r is not None) else None
+        if s is not None and r is not None and math.isfinite(s) and math.isfinite(r):
+            sdrs.append(s)
+            ref_sdrs.append(r)
+    out["sdr_db"] = float(np.mean(sdrs)) if sdrs else None
+    out["ref_sdr_db"] = float(np.mean(ref_sdrs)) if ref_sdrs else None
+    out["sdr_delta_db"] = (out["sdr_db"] - out["ref_sdr_db"]) if sdrs else None
+    return out
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """Median, p10 and p90 of timing samples (seconds)."""
+    arr = np.asarray(samples, dtype=np.float64)
+    return {
+        "median": float(np.median(arr)),
+        "p10": float(np.percentile(arr, 10)),
+        "p90": float(np.percentile(arr, 90)),
+    }
+
+
+def passes(metrics: dict[str, Any], snr_db: float) -> bool:
+    """Whether a trial meets the targets: finite, within tolerance or SNR above the target."""
+    if metrics.get("nan_count") or metrics.get("inf_count"):
+        return False
+    if metrics.get("within_tol"):
+        return True
+    snr = metrics.get("snr_db")
+    return snr is not None and snr >= snr_db

@@ -1,0 +1,169 @@
+"""Plugin manager factory and the per-kind registries built from it.
+
+Built-in plugins are the entry points of the ``htx`` distribution in group ``htx``; third-party plugins
+are entry points of other distributions in the same group. ``HTX_DISABLE_PLUGIN_AUTOLOAD=1`` skips the
+third-party ones (built-ins still load).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata as md
+import os
+import traceback
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from htx import hookspecs
+from htx.contracts import ComputeUnit, Plugin, PrecisionPolicy, STFTBackend, Surgery
+from htx.errors import ConfigError, PluginError
+
+ENTRY_POINT_GROUP = "htx"
+DISABLE_ENV = "HTX_DISABLE_PLUGIN_AUTOLOAD"
+BUILTIN_DIST = "htx"
+# Used when htx runs from a source tree without being installed (no entry-point metadata).
+DEFAULT_PLUGINS = ("htx_plugins.surgery", "htx_plugins.precision", "htx_plugins.stft", "htx_plugins.compute")
+
+KINDS: dict[str, tuple[str, type[Plugin]]] = {
+    "surgery": ("htx_register_surgeries", Surgery),
+    "precision": ("htx_register_precision_policies", PrecisionPolicy),
+    "stft": ("htx_register_stft_backends", STFTBackend),
+    "compute": ("htx_register_compute_units", ComputeUnit),
+}
+
+
+@dataclass
+class Registered:
+    cls: type[Plugin]
+    plugin: str  # name of the pluggy plugin (module) that registered it
+    version: str
+
+
+@dataclass
+class Registry:
+    """Every registered plugin class, by kind and name."""
+
+    by_kind: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    plugin_versions: dict[str, str] = field(default_factory=dict)
+
+    def get(self, kind: str, name: str) -> type[Plugin]:
+        entries = self.by_kind[kind]
+        if name not in entries:
+            raise ConfigError([unknown_name_message(kind, name, list(entries))])
+        return entries[name].cls
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.by_kind[kind])
+
+    def create(self, kind: str, name: str, raw_params: dict[str, Any] | None = None) -> Plugin:
+        cls = self.get(kind, name)
+        return cls(cls.Params(**(raw_params or {})))
+
+
+def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
+    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{kind}: unknown plugin {name!r}.{hint} Available: {', '.join(sorted(available)) or '(none)'}"
+
+
+def _dist_version(ep: md.EntryPoint) -> str:
+    try:
+        return ep.dist.version if ep.dist is not None else "?"
+    except Exception:  # pragma: no cover - broken metadata
+        return "?"
+
+
+def get_plugin_manager(load_entry_points: bool = True, extra_plugins: tuple[Any, ...] = ()) -> pluggy.PluginManager:
+    """Build a fresh plugin manager with the built-ins, entry-point plugins and ``extra_plugins``.
+
+    Each call builds a new manager, so tests can register inline plugins without leaking state.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm._htx_versions = {}  # type: ignore[attr-defined]
+    disabled = os.environ.get(DISABLE_ENV, "").strip() not in ("", "0", "false", "False")
+    builtin_seen = False
+    if load_entry_points:
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else ""
+            is_builtin = dist == BUILTIN_DIST
+            if disabled and not is_builtin:
+                continue
+            if pm.get_plugin(ep.value) is not None or pm.is_blocked(ep.value):
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"Error loading plugin {ep.name!r} (entry point {ep.value!r} of {dist or 'unknown distribution'}): "
+                    f"{exc}\n{traceback.format_exc()}"
+                ) from exc
+            pm.register(module, name=ep.value)
+            pm._htx_versions[ep.value] = _dist_version(ep)  # type: ignore[attr-defined]
+            builtin_seen = builtin_seen or is_builtin
+    if not builtin_seen:
+        from htx import __version__
+
+        for modname in DEFAULT_PLUGINS:
+            if pm.get_plugin(modname) is None:
+                pm.register(importlib.import_module(modname), name=modname)
+                pm._htx_versions[modname] = __version__  # type: ignore[attr-defined]
+    for extra in extra_plugins:
+        name = getattr(extra, "__name__", None) or repr(extra)
+        pm.register(extra, name=name)
+        pm._htx_versions[name] = getattr(extra, "__version__", "inline")  # type: ignore[attr-defined]
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"Plugin declares an unknown hook: {exc}") from exc
+    return pm
+
+
+def build_registry(pm: pluggy.PluginManager) -> Registry:
+    """Call every registration hook and collect the classes, rejecting duplicates within a kind."""
+    registry = Registry()
+    versions: dict[str, str] = getattr(pm, "_htx_versions", {})
+    registry.plugin_versions = dict(versions)
+    for kind, (hook_name, base) in KINDS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            plugin_name = impl.plugin_name
+
+            def register(cls: type, *, _plugin: str = plugin_name, _kind: str = kind, _base: type = base) -> None:
+                if not (isinstance(cls, type) and issubclass(cls, _base)):
+                    raise PluginError(f"plugin {_plugin!r} registered {cls!r} as a {_kind}, but it is not a {_base.__name__} subclass")
+                if not cls.name:
+                    raise PluginError(f"plugin {_plugin!r} registered {cls.__name__} without a `name`")
+                existing = registry.by_kind[_kind].get(cls.name)
+                if existing is not None and existing.cls is not cls:
+                    raise PluginError(
+                        f"Duplicate {_kind} name {cls.name!r}: registered by plugin {existing.plugin!r} "
+                        f"({existing.cls.__module__}.{existing.cls.__qualname__}) and by plugin {_plugin!r} "
+                        f"({cls.__module__}.{cls.__qualname__}). Rename one of them."
+                    )
+                registry.by_kind[_kind][cls.name] = Registered(cls, _plugin, versions.get(_plugin, "?"))
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"Error loading plugin {plugin_name!r}: {hook_name} raised {exc!r}\n{traceback.format_exc()}") from exc
+    return registry
+
+
+def load_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
+    """The registry an htx command uses: built-ins, entry points (unless disabled) and ``extra_plugins``."""
+    return build_registry(get_plugin_manager(extra_plugins=extra_plugins))
+
+
+def module_plugin(name: str, **hooks: Any) -> ModuleType:
+    """Make an inline plugin module from hook functions (handy in tests and notebooks)."""
+    module = ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(module, hook_name, hookspecs.hookimpl(fn))
+    return module

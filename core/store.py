@@ -1,0 +1,237 @@
+"""The results store: SQLite with runs, trials and metrics tables and a schema version.
+
+Each finished trial is written in one transaction, so an interrupted run loses nothing and
+``htx run --resume RUN_ID`` continues it. The leaderboard reads only this store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from htx.errors import HtxError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    config_path TEXT,
+    config_json TEXT NOT NULL,
+    model_source TEXT,
+    model_hash TEXT,
+    status TEXT NOT NULL,            -- running | finished | interrupted | failed
+    htx_version TEXT,
+    host TEXT,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    n_trials INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS trials (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    trial_id TEXT NOT NULL,          -- stable key of the combination within the run
+    idx INTEGER NOT NULL,
+    surgery TEXT NOT NULL,
+    precision TEXT NOT NULL,
+    stft TEXT NOT NULL,
+    compute TEXT NOT NULL,
+    fixture TEXT NOT NULL,
+    runtime TEXT,                    -- e.g. torch:cpu, coreml:emulated, coreml:native
+    status TEXT NOT NULL,            -- ok | failed | unavailable
+    reason TEXT,
+    started_at REAL,
+    finished_at REAL,
+    duration_s REAL,
+    info_json TEXT,
+    PRIMARY KEY (run_id, trial_id)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL,
+    trial_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, trial_id, key),
+    FOREIGN KEY (run_id, trial_id) REFERENCES trials(run_id, trial_id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS trials_by_run ON trials(run_id, idx);
+"""
+
+
+@dataclass
+class TrialRecord:
+    """One finished trial as stored."""
+
+    run_id: str
+    trial_id: str
+    idx: int
+    surgery: str
+    precision: str
+    stft: str
+    compute: str
+    fixture: str
+    status: str
+    reason: str | None = None
+    runtime: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_s: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _encode(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    v = float(value)
+    return v
+
+
+class Store:
+    """A SQLite results store. Opening creates the schema or checks its version."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=30.0)
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise HtxError(f"{self.path} is not a usable htx results database ({exc}); pass another path with --db") from None
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            with self.conn:
+                self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise HtxError(
+                f"{self.path} has schema version {row[0]}, this htx writes version {SCHEMA_VERSION}; "
+                "use a new database path (--db) or an htx version that matches"
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self.conn:
+            yield self.conn
+
+    # runs -------------------------------------------------------------------------------------------
+
+    def create_run(self, name: str, config: dict[str, Any], config_path: str | None, htx_version: str, host: str) -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO runs (run_id, name, config_path, config_json, status, htx_version, host, created_at) "
+                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                (run_id, name, config_path, json.dumps(config, sort_keys=True), htx_version, host, time.time()),
+            )
+        return run_id
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as c:
+            c.execute(f"UPDATE runs SET {cols} WHERE run_id = ?", (*fields.values(), run_id))
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        cur = self.conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        row = cur.fetchone()
+        if row is None:
+            known = [r["run_id"] for r in self.list_runs()][:5]
+            hint = f" Recent runs: {', '.join(known)}." if known else f" No runs in {self.path}; run `htx run CONFIG` first."
+            raise HtxError(f"no run {run_id!r} in {self.path}.{hint}")
+        return dict(zip([d[0] for d in cur.description], row))
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT * FROM runs ORDER BY created_at DESC")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def latest_run_id(self) -> str | None:
+        row = self.conn.execute("SELECT run_id FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    # trials -----------------------------------------------------------------------------------------
+
+    def finished_trial_ids(self, run_id: str) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT trial_id FROM trials WHERE run_id = ?", (run_id,))}
+
+    def write_trial(self, rec: TrialRecord) -> None:
+        """Write one trial and its metrics atomically (replacing an earlier attempt of the same trial)."""
+        with self._tx() as c:
+            c.execute("DELETE FROM metrics WHERE run_id = ? AND trial_id = ?", (rec.run_id, rec.trial_id))
+            c.execute("DELETE FROM trials WHERE run_id = ? AND trial_id = ?", (rec.run_id, rec.trial_id))
+            c.execute(
+                "INSERT INTO trials (run_id, trial_id, idx, surgery, precision, stft, compute, fixture, runtime, status, "
+                "reason, started_at, finished_at, duration_s, info_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    rec.run_id, rec.trial_id, rec.idx, rec.surgery, rec.precision, rec.stft, rec.compute, rec.fixture,
+                    rec.runtime, rec.status, rec.reason, rec.started_at, rec.finished_at, rec.duration_s,
+                    json.dumps(rec.info, sort_keys=True, default=str),
+                ),
+            )
+            c.executemany(
+                "INSERT INTO metrics (run_id, trial_id, key, value) VALUES (?, ?, ?, ?)",
+                [(rec.run_id, rec.trial_id, k, _encode(v)) for k, v in sorted(rec.metrics.items())],
+            )
+            c.execute(
+                "UPDATE runs SET n_trials = (SELECT COUNT(*) FROM trials WHERE run_id = ?) WHERE run_id = ?",
+                (rec.run_id, rec.run_id),
+            )
+
+    def trials(self, run_ids: list[str] | None = None) -> list[TrialRecord]:
+        """Trials (with metrics) of the given runs, or of every run."""
+        q = "SELECT * FROM trials"
+        args: tuple[Any, ...] = ()
+        if run_ids is not None:
+            if not run_ids:
+                return []
+            q += f" WHERE run_id IN ({','.join('?' * len(run_ids))})"
+            args = tuple(run_ids)
+        q += " ORDER BY run_id, idx"
+        cur = self.conn.execute(q, args)
+        cols = [d[0] for d in cur.description]
+        recs: dict[tuple[str, str], TrialRecord] = {}
+        for row in cur.fetchall():
+            d = dict(zip(cols, row))
+            info = json.loads(d.pop("info_json") or "{}")
+            recs[(d["run_id"], d["trial_id"])] = TrialRecord(**d, info=info)
+        mq = "SELECT run_id, trial_id, key, value FROM metrics"
+        if run_ids is not None:
+            mq += f" WHERE run_id IN ({','.join('?' * len(run_ids))})"
+        for run_id, trial_id, key, value in self.conn.execute(mq, args):
+            rec = recs.get((run_id, trial_id))
+            if rec is not None:
+                rec.metrics[key] = value
+        return list(recs.values())
+
+
+def clean_float(v: Any) -> Any:
+    """JSON-safe numbers: NaN becomes None, infinities stay as strings."""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return None
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+    return v

@@ -1,0 +1,9 @@
+"""Built-in compute units."""
+
+from htx.hookspecs import hookimpl
+from htx_plugins.compute.torch_unit import TorchUnit
+
+
+@hookimpl
+def htx_register_compute_units(register):
+    register(TorchUnit)

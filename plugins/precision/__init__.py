@@ -1,0 +1,11 @@
+"""Built-in precision policies."""
+
+from htx.hookspecs import hookimpl
+from htx_plugins.precision.static import FP32, AllFP16, CuratedFP32
+
+
+@hookimpl
+def htx_register_precision_policies(register):
+    register(FP32)
+    register(AllFP16)
+    register(CuratedFP32)
