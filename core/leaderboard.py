@@ -193,6 +193,7 @@ def export(rows: list[dict[str, Any]], fmt: str) -> str:
 
 
 def rich_table(rows: list[dict[str, Any]], title: str = "htx leaderboard") -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
@@ -209,7 +210,7 @@ def rich_table(rows: list[dict[str, Any]], title: str = "htx leaderboard") -> An
     for r in rows:
         cells = []
         for key, _ in cols:
-            text = _fmt(key, r.get(key))
+            text = escape(_fmt(key, r.get(key)))
             if key == "status":
                 color = {"ok": "green", "failed": "red", "unavailable": "yellow"}.get(r["status"], "white")
                 text = f"[{color}]{text}[/{color}]"
@@ -217,7 +218,7 @@ def rich_table(rows: list[dict[str, Any]], title: str = "htx leaderboard") -> An
                 text += " emu"
                 any_emulated = True
             if key == "compute" and r.get("runtime"):
-                text = f"{text} ({r['runtime']})"
+                text = f"{text} ({escape(r['runtime'])})"
             cells.append(text)
         marks = ("✓" if r["pass"] else "✗") + (" ★" if r["pareto"] else "")
         table.add_row(*cells, marks)

@@ -171,7 +171,7 @@ class Runner:
                     self.say(f"fixture {entry.label}: {note}")
             except Exception as exc:
                 cached.error, cached.reason = exc, f"fixture {entry.label}: {describe_failure(exc)}"
-                self.say(f"[red]fixture {entry.label} unusable[/red]: {describe_failure(exc)}")
+                self.say(f"fixture {entry.label} unusable: {describe_failure(exc)}")
             self.fixtures[i] = cached
         for i, fx in self.fixtures.items():
             if i in self.references or fx.error is not None:
@@ -459,7 +459,7 @@ class Runner:
                 rec = self.run_trial(spec)
                 self.store.write_trial(rec)
                 if rec.status != "ok":
-                    self.say(f"[yellow]{rec.status}[/yellow] {label}: {rec.reason}")
+                    self.say(f"{rec.status}: {label}: {rec.reason}")
             self.on_progress("done", len(specs), len(specs))
         except KeyboardInterrupt:
             self.store.update_run(self.run_id, status="interrupted", finished_at=time.time())

@@ -48,7 +48,7 @@ def run(
             progress.update(task, completed=done, total=total, description=desc[-90:])
 
         def on_message(msg: str) -> None:
-            (progress.console if not no_progress else e).print(msg, highlight=False)
+            (progress.console if not no_progress else e).print(msg, highlight=False, markup=False)
 
         runner = Runner(cfg, registry, store, str(config) if config else None, on_progress, on_message)
         try:
