@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from htx.cli import fixtures_cmd, leaderboard_cmd, plugins_cmd, run_cmd, show_cmd, validate_cmd
+from htx.cli import bench_cmd, fixtures_cmd, leaderboard_cmd, plugins_cmd, run_cmd, show_cmd, validate_cmd
 
 app = typer.Typer(
     name="htx",
@@ -19,6 +19,7 @@ app.command("plugins")(plugins_cmd.plugins)
 app.command("leaderboard")(leaderboard_cmd.leaderboard)
 app.command("show")(show_cmd.show)
 app.add_typer(fixtures_cmd.app, name="fixtures")
+app.add_typer(bench_cmd.app, name="bench")
 
 
 def main() -> None:
