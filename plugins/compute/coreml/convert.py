@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from htx.errors import HtxError
+from torch import nn
 
 #: Bump when the conversion recipe changes, so stale cache entries are not reused.
 CACHE_VERSION = "1"
@@ -230,7 +229,7 @@ def convert(
         compute_precision=compute_precision, skip_model_load=True,
     )
     if not isinstance(source, ct.converters.mil.Program):
-        kwargs["inputs"] = [ct.TensorType(name=n, shape=s, dtype=np.float32) for n, s in zip(sig.input_names, sig.input_shapes)]
+        kwargs["inputs"] = [ct.TensorType(name=n, shape=s, dtype=np.float32) for n, s in zip(sig.input_names, sig.input_shapes, strict=True)]
         kwargs["outputs"] = [ct.TensorType(name=n, dtype=np.float32) for n in sig.output_names]
     try:
         with quiet():

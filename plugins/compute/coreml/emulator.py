@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from htx.contracts import OpStats
 from htx_plugins.compute.coreml.graph import FLOAT_DTYPES, Const, Graph, Node, Ref, fp16_const
 from htx_plugins.compute.coreml.kernels import LAYOUT_KERNELS, TORCH_DTYPES, OpView, UnknownOpError, build
@@ -172,7 +171,7 @@ class Emulator:
                 raise EmulatorError(f"program output {name!r} is not produced by any op")
             output_slots.append(slot[name])
         keep = set(output_slots)
-        for st_i, st in enumerate(steps):
+        for st in steps:
             for s in st.outs:
                 if s not in last_use and s not in keep:
                     st.free.append(s)  # an output nobody reads (e.g. one half of a split)
@@ -224,7 +223,7 @@ class Emulator:
         if len(inputs) != len(plan.input_slots):
             raise EmulatorError(f"the program takes {len(plan.input_slots)} inputs, got {len(inputs)}")
         slots: list[Any] = [None] * plan.n_slots
-        for s, t, v in zip(plan.input_slots, inputs, self.graph.inputs):
+        for s, t, v in zip(plan.input_slots, inputs, self.graph.inputs, strict=True):
             dtype = TORCH_DTYPES.get(v.dtype, torch.float32)
             t = t.to(self.device, dtype)
             if tuple(t.shape) != v.shape:
@@ -238,7 +237,9 @@ class Emulator:
                 raise EmulatorError(f"op {st.node.name!r} ({st.node.type}) failed: {type(exc).__name__}: {exc}") from exc
             if not isinstance(out, tuple):
                 out = (out,)
-            for s, o, to16, shape in zip(st.outs, out, st.out16, st.shapes):
+            if len(out) != len(st.outs):
+                raise EmulatorError(f"op {st.node.name!r} ({st.node.type}) produced {len(out)} outputs, the program declares {len(st.outs)}")
+            for s, o, to16, shape in zip(st.outs, out, st.out16, st.shapes, strict=True):
                 if to16:
                     o = o.half()
                 if tuple(o.shape) != shape and -1 not in shape:

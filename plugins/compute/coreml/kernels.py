@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from htx_plugins.compute.coreml.graph import Const, Node, Ref, VarInfo
 
 Run = Callable[[dict[str, Any]], Any]
@@ -692,7 +691,7 @@ def _slice_by_size(v: OpView) -> Run:
     shape = v.in_shape("x")
     begin, size = list(v.attr("begin")), list(v.attr("size"))
     index = tuple(slice(int(b) % shape[d] if shape[d] else 0, shape[d] if int(s) == -1 else int(b) % shape[d] + int(s))
-                  for d, (b, s) in enumerate(zip(begin, size)))
+                  for d, (b, s) in enumerate(zip(begin, size, strict=True)))
     return lambda a: a["x"][index].contiguous()
 
 

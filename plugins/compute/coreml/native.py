@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from htx_plugins.compute.coreml.convert import Signature, coremltools, load_program, quiet, typed_convert
 
 UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
@@ -64,7 +63,7 @@ class NativeForward:
 
     def __call__(self, *inputs: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         tensors = [t for i, t in enumerate(inputs) if i not in self.sig.none_inputs]
-        feed = {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in zip(self.sig.input_names, tensors)}
+        feed = {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in zip(self.sig.input_names, tensors, strict=True)}
         result = self.model.predict(feed)
         outs = iter(torch.from_numpy(np.ascontiguousarray(np.asarray(result[n], dtype=np.float32))) for n in self.sig.output_names)
         return tuple(None if i in self.sig.none_outputs else next(outs) for i in range(self.sig.n_outputs))
