@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import write_config
 from typer.testing import CliRunner
 
+from conftest import write_config
 from htx.cli import app
 
 

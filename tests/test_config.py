@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_config, write_config
 from typer.testing import CliRunner
 
+from conftest import make_config, write_config
 from htx.cli import app
 from htx.config import load_config, parse_config
 from htx.errors import ConfigError

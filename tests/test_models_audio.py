@@ -9,7 +9,14 @@ from htx.audio import read_audio, to_model_format, write_audio
 from htx.config import FixtureEntry, ModelConfig
 from htx.errors import AudioError, ModelError
 from htx.fixtures import load_fixture
-from htx.models import load_checkpoint, load_model, model_hash, random_htdemucs, save_checkpoint, save_safetensors
+from htx.models import (
+    load_checkpoint,
+    load_model,
+    model_hash,
+    random_htdemucs,
+    save_checkpoint,
+    save_safetensors,
+)
 
 KW = dict(channels=8, depth=4, t_layers=1, segment=1)
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 import torch
-from conftest import make_config
 
+from conftest import make_config
 from htx.config import parse_config
 from htx.contracts import Assignment, ComputeUnit, PrecisionPolicy
 from htx.plugins import build_registry, get_plugin_manager, module_plugin
