@@ -301,7 +301,7 @@ def _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, batc
         return {**m, "finite": m["nan_count"] == 0 and m["inf_count"] == 0, "per_fixture": {"clip10s": m},
                 "fp16_op_fraction": asg.fp16_fraction(ops)}
 
-    ctx = SearchContext(ops, evaluate=evaluate, record=lambda a: unit.record(prepared, a, None))
+    ctx = SearchContext(ops, evaluate=evaluate, record=lambda a: unit.record(prepared, a, prepared.example_inputs))
     t0 = time.perf_counter()
     result = policy.search(ctx)
     search_s = time.perf_counter() - t0
