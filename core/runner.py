@@ -26,7 +26,15 @@ import torch
 
 from htx import __version__
 from htx.config import ExperimentConfig, PluginEntry
-from htx.contracts import Assignment, ComputeUnit, OpInfo, PrecisionPolicy, SearchContext, STFTBackend, Surgery
+from htx.contracts import (
+    Assignment,
+    ComputeUnit,
+    OpInfo,
+    PrecisionPolicy,
+    SearchContext,
+    STFTBackend,
+    Surgery,
+)
 from htx.errors import HtxError, UnavailableError
 from htx.fixtures import Fixture, load_fixture
 from htx.grid import TrialSpec, expand_grid
@@ -274,7 +282,7 @@ class Runner:
 
     def record_assignment(self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment) -> dict[str, Any]:
         """Per-op statistics of one pass on the first usable fixture's first segment."""
-        for i, fx in self.fixtures.items():
+        for fx in self.fixtures.values():
             if fx.error is None:
                 stft = self._plugin("stft", stft_entry) if prep.surgery.needs_stft else None
                 pipe = self._segment_fn(prep, None, stft)
