@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from htx.errors import HtxError
 from torch import nn
+
+from htx.errors import HtxError
 
 #: Bump when the conversion recipe changes, so stale cache entries are not reused.
 CACHE_VERSION = "1"

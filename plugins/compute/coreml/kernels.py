@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from htx_plugins.compute.coreml.graph import Const, Node, Ref, VarInfo
 
 Run = Callable[[dict[str, Any]], Any]

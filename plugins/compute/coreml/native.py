@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from htx_plugins.compute.coreml.convert import Signature, coremltools, load_program, quiet, typed_convert
 
 UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")

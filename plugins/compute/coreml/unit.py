@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
 from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, Params
 from htx.errors import UnavailableError
 from htx.opmap import is_compute
