@@ -10,6 +10,7 @@ applied through coremltools' ``FP16ComputePrecision(op_selector=...)``, either t
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import inspect
@@ -193,7 +194,10 @@ def _simple(v: Any) -> bool:
 def trace(inner: nn.Module, example_inputs: tuple[torch.Tensor | None, ...]) -> tuple[torch.jit.ScriptModule, Signature]:
     """Trace ``inner`` on CPU with the fused attention fast path off (Core ML cannot convert it)."""
     torch.backends.mha.set_fastpath_enabled(False)
-    inner = inner.to("cpu").eval()
+    if any(t.device.type != "cpu" for t in list(inner.parameters()) + list(inner.buffers())):
+        # Trace a CPU copy: the runner shares this module with compute units that keep it on their device.
+        inner = copy.deepcopy(inner).to("cpu")
+    inner = inner.eval()
     cpu_inputs = tuple(None if t is None else t.detach().to("cpu", torch.float32) for t in example_inputs)
     with torch.no_grad():
         outputs = inner(*cpu_inputs)
