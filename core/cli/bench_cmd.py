@@ -24,3 +24,18 @@ def gpu(
     from htx.bench import gpu as bench_gpu
 
     bench_gpu.run(seconds=seconds, repeats=repeats, policy_batch=batch, bisect=bisect, emulator=emulator, out_json=out)
+
+
+@app.command("coreml")
+def coreml(
+    segment: float = typer.Option(7.8, help="segment length in seconds (the released HTDemucs models use 7.8)"),
+    repeats: int = typer.Option(3, help="timed repeats (median reported)"),
+    device: str = typer.Option("cpu", help="device of the emulator and the torch baseline: cpu or cuda"),
+    cache_dir: str = typer.Option(None, help="conversion cache to use (default: a fresh temporary one, so the first conversion is measured)"),
+    fp16: bool = typer.Option(True, help="also time the all-FP16 emulation"),
+    out: str = typer.Option("experiments/benchmarks/coreml.json", help="where to write the raw JSON"),
+) -> None:
+    """Full-size HTDemucs on the Core ML unit: conversion cache, emulator speed and peak memory."""
+    from htx.bench import coreml as bench_coreml
+
+    bench_coreml.run(segment=segment, repeats=repeats, device=device, cache_dir=cache_dir, fp16=fp16, out_json=out)

@@ -177,7 +177,7 @@ def cache_key(inner: nn.Module, example_inputs: tuple[torch.Tensor | None, ...],
     for name, t in sorted(inner.state_dict().items()):
         h.update(name.encode())
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     return h.hexdigest()[:24]
 
 
@@ -378,3 +378,36 @@ def package_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+#: Bump when :class:`~htx_plugins.compute.coreml.graph.Graph` changes shape.
+GRAPH_VERSION = "1"
+
+
+def cached_graph(conversion: CachedConversion) -> tuple[Any, bool]:
+    """The parsed program of a cache entry, and whether it came from the entry's pickled copy.
+
+    The ``.mlpackage`` is the source of truth; reading it back through coremltools and walking the program
+    takes seconds for the full-size model, so the parsed graph is pickled beside it (this cache directory
+    is trusted like any build cache: do not point ``cache_dir`` at files from elsewhere).
+    """
+    import pickle
+
+    from htx_plugins.compute.coreml.graph import read_program
+
+    path = conversion.path.parent / f"graph-v{GRAPH_VERSION}.pkl"
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                return pickle.load(f), True
+        except Exception:
+            path.unlink(missing_ok=True)  # torn or stale: parse the package again
+    graph = read_program(load_program(conversion.path))
+    tmp = path.with_name(path.name + f".tmp{time.time_ns()}")
+    try:
+        with tmp.open("wb") as f:
+            pickle.dump(graph, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return graph, False

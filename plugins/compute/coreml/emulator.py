@@ -249,7 +249,7 @@ class Emulator:
                     )
                 slots[s] = o
             if stats is not None:
-                stats[st.node.name] = _stats(st, a, out, slots)
+                stats[st.node.name] = _stats(st, tuple(slots[s] for s in st.outs), slots)
             for s in st.free:
                 slots[s] = None
         return [slots[s].float() if slots[s].is_floating_point() else slots[s] for s in plan.output_slots]
@@ -280,7 +280,8 @@ def _list_getter(getters: list[Getter]) -> Getter:
     return lambda slots: [g(slots) for g in getters]
 
 
-def _stats(st: Step, a: dict[str, Any], out: tuple[Any, ...], slots: list[Any]) -> OpStats:
+def _stats(st: Step, out: tuple[Any, ...], slots: list[Any]) -> OpStats:
+    """Statistics of one op's stored outputs (after rounding to their dtype) and of its non-const inputs."""
     s = OpStats()
     for o in out:
         if isinstance(o, torch.Tensor) and o.is_floating_point() and o.numel():

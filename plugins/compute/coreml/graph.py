@@ -78,14 +78,27 @@ class Graph:
         raise KeyError(name)
 
 
+_DTYPES: dict[Any, str] = {}
+
+
 def _dtype(var: Any) -> str:
+    # Var.dtype walks coremltools' type system on every call; the answer only depends on the var's type.
+    key = var.sym_type
+    try:
+        return _DTYPES[key]
+    except (KeyError, TypeError):
+        pass
     from coremltools.converters.mil.mil import types
 
-    dt = var.dtype
     try:
-        return types.builtin_to_string(dt)
+        name = types.builtin_to_string(var.dtype)
     except Exception:
-        return str(dt)
+        name = str(var.dtype)
+    try:
+        _DTYPES[key] = name
+    except TypeError:
+        pass
+    return name
 
 
 def _shape(var: Any) -> tuple[int, ...]:
@@ -107,10 +120,7 @@ def _info(var: Any) -> VarInfo:
 
 def _arg(var: Any) -> Arg:
     if var.op is not None and var.op.op_type == "const":
-        val = var.val
-        if isinstance(val, np.ndarray):
-            val = np.array(val, copy=True)
-        return Const(_info(var), val)
+        return Const(_info(var), var.val)
     return Ref(_info(var))
 
 
@@ -124,6 +134,7 @@ def read_program(prog: Any, function: str = "main") -> Graph:
 
     func = prog.functions[function]
     fp16_pass = FP16ComputePrecision(op_selector=lambda op: True)
+    unsupported = FP16ComputePrecision._UNSUPPORTED_FP16_OPS
     nodes: list[Node] = []
     n_const = 0
     # The pass's decisions depend on the opset of the enclosing function (e.g. iOS17+ keeps epsilon FP32).
@@ -137,11 +148,30 @@ def read_program(prog: Any, function: str = "main") -> Graph:
             inputs: dict[str, Arg | list[Arg]] = {}
             for param, v in op.inputs.items():
                 inputs[param] = [_arg(x) for x in v] if isinstance(v, (list, tuple)) else _arg(v)
-            valid = bool(fp16_pass.is_valid_op(op))
+            # FP16ComputePrecision.is_valid_op, with its FP32-constant range check done without temporaries.
+            valid = op.op_type not in unsupported and not _fp16_overflow(inputs)
             cast = frozenset(p for p in op.inputs if fp16_pass.should_cast_parameter(op, p)) if valid else frozenset()
             nodes.append(Node(op.name, op.op_type, inputs, [_info(o) for o in op.outputs], valid, cast))
     opset = str(getattr(func, "opset_version", "") or "")
     return Graph([_info(v) for v in func.inputs.values()], nodes, [v.name for v in func.outputs], opset, n_const)
+
+
+def _fp16_overflow(inputs: dict[str, Arg | list[Arg]]) -> bool:
+    """``FP16ComputePrecision.fp16_overflow``: some FP32 constant input has a finite value beyond +-65504.
+
+    Values of magnitude >= 1e38 count as infinities (they may become FP16 inf, e.g. attention masks).
+    """
+    for arg in inputs.values():
+        for a in arg if isinstance(arg, list) else [arg]:
+            if not isinstance(a, Const) or a.var.dtype != "fp32":
+                continue
+            v = np.asarray(a.value)
+            if v.size == 0 or (float(v.max()) <= 65504 and float(v.min()) >= -65504):
+                continue  # the common case, decided without temporaries
+            mag = np.abs(v.astype(np.float32, copy=False))
+            if float(np.max(mag, where=mag < 1e38, initial=0.0)) > 65504:
+                return True
+    return False
 
 
 def fp16_const(value: Any) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def typed_package(base: Path, sig: Signature, target: str, fp16: frozenset[str],
     path = Path(out_dir) / f"typed-{assignment_tag(fp16)}.mlpackage"
     if not path.exists():
         mlmodel, _ = typed_convert(load_program(base), sig, target, fp16)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.stem}.tmp{time.time_ns()}.mlpackage")  # coremltools insists on the suffix
         with quiet():
             mlmodel.save(str(tmp))
         tmp.rename(path)

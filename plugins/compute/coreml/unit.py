@@ -15,9 +15,9 @@ from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, 
 from htx.errors import UnavailableError
 from htx.opmap import is_compute
 from htx_plugins.compute.coreml import native
-from htx_plugins.compute.coreml.convert import CachedConversion, Signature, convert_cached, load_program
+from htx_plugins.compute.coreml.convert import CachedConversion, Signature, cached_graph, convert_cached
 from htx_plugins.compute.coreml.emulator import Emulator, Plan
-from htx_plugins.compute.coreml.graph import Graph, read_program
+from htx_plugins.compute.coreml.graph import Graph
 
 
 class CoreMLParams(Params):
@@ -109,7 +109,7 @@ class CoreMLUnit(ComputeUnit):
             raise UnavailableError(f"compute {self.label} unavailable: {why}")
         conversion = convert_cached(inner, tuple(example_inputs), self.params.target, cache_dir)
         t0 = time.perf_counter()
-        graph = read_program(load_program(conversion.path))
+        graph, _ = cached_graph(conversion)
         load_s = time.perf_counter() - t0
         ops = [
             OpInfo(n.name, n.type, is_compute(n.type), {"shape": [list(o.shape) for o in n.outputs], "fp16_valid": n.fp16_valid})
