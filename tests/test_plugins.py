@@ -17,7 +17,7 @@ BUILTINS = {
     "surgery": {"full-hybrid"},
     "precision": {"fp32", "all-fp16", "curated-fp32"},
     "stft": {"torch"},
-    "compute": {"torch"},
+    "compute": {"torch", "coreml"},
 }
 
 
