@@ -73,6 +73,13 @@ def test_clip(seconds: float, samplerate: int = 44100, seed: int = 0) -> torch.T
     return torch.from_numpy(x.astype(np.float32))
 
 
+def _last_baseline(model: Any, mix: torch.Tensor, dev: torch.device) -> np.ndarray:
+    from demucs.apply import apply_model
+
+    with torch.no_grad():
+        return apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0].float().cpu().numpy()
+
+
 def categorize(name: str) -> str:
     n = name.lower()
     if any(k in n for k in ("fmha", "flash", "attention", "sdpa", "softmax")):
@@ -136,14 +143,21 @@ def run(
         apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)
     rec["baseline"] = {"wall_s": base_s, "samples": base_samples, "rtf": base_s / seconds,
                        "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
+    # The FP32 reference proper: the same call with TF32 off (cuDNN uses TF32 for convs by default).
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():
+        ref = apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0]
+    torch.backends.cudnn.allow_tf32 = tf32
     ref_np = ref.float().cpu().numpy()
+    rec["baseline"]["snr_db_vs_true_fp32"] = accuracy(ref_np, _last_baseline(model, mix, dev), 1e-3, 1e-4)["snr_db"]
     say(f"baseline demucs apply_model fp32: {base_s * 1000:.1f} ms for {seconds:.0f} s (RTF {base_s / seconds:.4f})")
 
     inner = FullHybrid().build(model)
     stft = TorchSTFT()
 
-    def build(low: str, batch: int, graphs: bool = True) -> tuple[Any, Any]:
-        unit = TorchUnit(TorchUnit.Params(device="cuda", low_dtype=low, cuda_graphs=graphs))
+    def build(low: str, batch: int, graphs: bool = True, group_norm: str = "auto") -> tuple[Any, Any]:
+        unit = TorchUnit(TorchUnit.Params(device="cuda", low_dtype=low, cuda_graphs=graphs, group_norm=group_norm))
         ex_mix = 0.1 * torch.randn(batch, 2, seg_len, device=dev)
         prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex_mix, model.nfft)), ex_mix))
         return unit, prepared
@@ -229,11 +243,15 @@ def run(
         say(f"  batch {b:3d}: {wall * 1000:8.1f} ms  x{base_s / wall:5.2f}  peak {mem:7.0f} MiB")
     rec["batch_sweep"] = {"policy": fastest, "results": sweep}
 
-    # graphs off, to show what the Python dispatch costs
-    unit, prepared = build(low, policy_batch, graphs=False)
-    wall, _, _, _ = pipeline_run(unit, prepared, choose(unit.ops(prepared)) if fastest in policies else Assignment.all_fp16(unit.ops(prepared)), policy_batch)
-    rec["no_cuda_graphs"] = {"policy": fastest, "wall_s": wall, "speedup": base_s / wall}
-    say(f"  {fastest} without CUDA graphs: {wall * 1000:.1f} ms  x{base_s / wall:.2f}")
+    # ablations: what the CUDA graphs and the reduction-based group norm each buy
+    ablations = {}
+    for label, kw in (("no CUDA graphs", {"graphs": False}), ("native group_norm", {"group_norm": "native"})):
+        unit, prepared = build(low, policy_batch, **kw)
+        ops_a = unit.ops(prepared)
+        wall, _, _, _ = pipeline_run(unit, prepared, choose(ops_a) if fastest in policies else Assignment.all_fp16(ops_a), policy_batch)
+        ablations[label] = {"policy": fastest, "wall_s": wall, "speedup": base_s / wall}
+        say(f"  {fastest} with {label}: {wall * 1000:.1f} ms  x{base_s / wall:.2f}")
+    rec["ablations"] = ablations
 
     # FLOPs per second of audio, achieved throughput
     from torch.utils.flop_counter import FlopCounterMode
