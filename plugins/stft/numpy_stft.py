@@ -112,6 +112,32 @@ def overlap_add(frames: np.ndarray, hop: int, first: int, total: int) -> np.ndar
     return buf.reshape(rows, -1)
 
 
+def irfft_overlap_add(z: np.ndarray, n_fft: int, synthesis: np.ndarray, first: int, total: int) -> np.ndarray:
+    """``irfft`` of bins ``[N, F, T]`` (any strides, ``F`` = ``n_fft // 2`` or ``+ 1``), times ``synthesis``,
+    overlap-added at ``(first + k) * hop`` into ``total`` slots: ``[N, (total - 1) * hop + n_fft]``.
+
+    Works block by block (``_BLOCK_FRAMES`` frames): the transposed bins, the time frames and the part of
+    the output they touch stay in cache instead of making three passes over the whole spectrogram.
+    """
+    rows, freqs, count = z.shape
+    hop = hop_of(n_fft)
+    r = n_fft // hop
+    dtype = synthesis.dtype
+    buf = np.zeros((rows, total + r - 1, hop), dtype=dtype)
+    bins = np.zeros((min(_BLOCK_FRAMES, count), n_fft // 2 + 1), dtype=np.result_type(dtype, np.complex64))
+    for row in range(rows):
+        for start in range(0, count, _BLOCK_FRAMES):
+            stop = min(count, start + _BLOCK_FRAMES)
+            b = bins[: stop - start]
+            b[:, :freqs] = z[row, :, start:stop].T  # a missing Nyquist bin stays 0
+            frames = np.fft.irfft(b, n=n_fft, axis=-1)
+            frames *= synthesis
+            blocks = frames.reshape(stop - start, r, hop)
+            for j in range(r):
+                buf[row, first + start + j: first + stop + j] += blocks[:, j]
+    return buf.reshape(rows, -1)
+
+
 def window_envelope(window: np.ndarray, hop: int, total: int) -> np.ndarray:
     """Overlap-added squared window over ``total`` frames: ``[(total - 1) * hop + n_fft]``.
 
@@ -155,12 +181,9 @@ def plain_istft(z: np.ndarray, length: int, n_fft: int = 4096, dtype: type = np.
     """``torch.istft(z, n_fft, n_fft // 4, hann, normalized=True, center=True, length)``: ``[N, F, T]`` -> ``[N, length]``."""
     check_n_fft(n_fft)
     hop = hop_of(n_fft)
-    cdtype = np.result_type(dtype, np.complex64)
-    frames = np.fft.irfft(np.ascontiguousarray(z.swapaxes(-1, -2), dtype=cdtype), n=n_fft, axis=-1)
     window = hann_periodic(n_fft, dtype)
-    frames *= window * np.sqrt(n_fft).astype(dtype)
-    count = frames.shape[1]
-    y = overlap_add(frames, hop, 0, count)
+    count = z.shape[-1]
+    y = irfft_overlap_add(z, n_fft, window * np.sqrt(n_fft).astype(dtype), 0, count)
     return normalize_ola(y, window_envelope(window, hop, count), n_fft // 2, length)
 
 
@@ -203,12 +226,9 @@ def demucs_ispec(z: np.ndarray, length: int, n_fft: int = 4096, dtype: type = np
     """
     check_n_fft(n_fft)
     hop = hop_of(n_fft)
-    cdtype = np.result_type(dtype, np.complex64)
-    frames = np.fft.irfft(np.ascontiguousarray(z.swapaxes(-1, -2), dtype=cdtype), n=n_fft, axis=-1)
     window = hann_periodic(n_fft, dtype)
-    frames *= window * np.sqrt(n_fft).astype(dtype)
-    total = frames.shape[1] + 4
-    y = overlap_add(frames, hop, 2, total)
+    total = z.shape[-1] + 4
+    y = irfft_overlap_add(z, n_fft, window * np.sqrt(n_fft).astype(dtype), 2, total)
     start = n_fft // 2 + hop // 2 * 3
     return normalize_ola(y, window_envelope(window, hop, total), start, length)
 
