@@ -27,7 +27,7 @@ def test_bench_stft_command_reports_each_backend():
     for name in ("torch", "numpy", vdsp):
         assert name in lines, out
     assert "1.00x" in lines["torch"]
-    assert "numpy takes" in out and "of torch's time" in out
+    assert "numpy takes" in out and "x torch's time" in out
     assert "parity vs the exact (float64) Demucs-convention STFT" in out and "chirp" in out
 
 
