@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import typer
 
+from htx.cli.common import err, handle_errors, out
+
 app = typer.Typer(help="Benchmarks: ratios measured side by side in one run on this machine.", no_args_is_help=True)
 
 
@@ -24,3 +26,26 @@ def gpu(
     from htx.bench import gpu as bench_gpu
 
     bench_gpu.run(seconds=seconds, repeats=repeats, policy_batch=batch, bisect=bisect, emulator=emulator, out_json=out)
+
+
+@app.command("stft")
+@handle_errors
+def stft(
+    seconds: float = typer.Option(60.0, "--seconds", min=0.1, help="length of the stereo test clip"),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="interleaved timing rounds (the median is shown)"),
+    backends: list[str] = typer.Option(None, "--stft", help="backend name (repeatable); default: every registered one"),
+    parity: bool = typer.Option(True, "--parity/--no-parity", help="also print parity vs the exact Demucs STFT"),
+) -> None:
+    """Forward + inverse STFT per backend: throughput relative to torch and to the memory-bandwidth bound."""
+    from htx.bench import stft as bench
+    from htx.plugins import load_registry
+
+    reg = load_registry()
+    names = backends or reg.names("stft")
+    if "torch" in names:  # the reference row first
+        names = ["torch", *(n for n in names if n != "torch")]
+    plugins = [reg.create("stft", n) for n in names]
+    err().print(f"timing {', '.join(names)} on {seconds:g} s of stereo audio ...", highlight=False)
+    result = bench.run(plugins, seconds=seconds, repeats=repeats)
+    rows = bench.parity(plugins) if parity else None
+    bench.print_report(out(), result, rows)
