@@ -11,6 +11,7 @@ model; the loaded model is untouched and the weights are shared) by the arithmet
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
