@@ -8,4 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from htx.bench import surgery as surgery_bench
+
 app = typer.Typer(help="Benchmarks: ratios measured side by side in one run on this machine.", no_args_is_help=True)
+app.command("surgery")(surgery_bench.command)

@@ -3,7 +3,8 @@
 Surgeries that swap submodules (attention, normalization) must leave the loaded model alone, because the
 FP32 reference is that model's own forward pass. Deep-copying a full-size HTDemucs would double its memory,
 so :func:`replace_modules` shallow-copies only the modules on the path to a replacement and shares every
-parameter, buffer and untouched subtree with the original.
+parameter, buffer and untouched subtree with the original (moving the view with ``.to()`` moves the
+original's weights too). Hooks registered on the original later do not fire in the view's copied modules.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ def replace_modules(root: nn.Module, fn: Callable[[str, nn.Module], nn.Module | 
                 changed[child_name] = new_child
         if not changed:
             return module
-        clone = copy.copy(module)  # shares __dict__ values, so give the clone its own child table
+        clone = copy.copy(module)  # shares __dict__ values: give the clone its own child table and hooks
         clone.__dict__["_modules"] = {**module._modules, **changed}
+        for key, value in module.__dict__.items():
+            if "hook" in key and isinstance(value, dict):
+                clone.__dict__[key] = copy.copy(value)
         return clone
 
     return visit("", root), replaced
