@@ -266,6 +266,9 @@ def check_plugins(cfg: ExperimentConfig, registry: Any) -> list[str]:
         msg = check_fixture_entry(fx)
         if msg:
             problems.append(f"fixtures.{i}: {msg}")
+    from htx.applicability import config_surgery_problems
+
+    problems.extend(config_surgery_problems(cfg, registry))
     return problems
 
 

@@ -168,6 +168,7 @@ class Runner:
             self.say("loading model ...")
             self.loaded = load_model(self.cfg.model)
             self.say(f"model: {self.loaded.source} (hash {self.loaded.hash})")
+            self.check_surgeries()  # before fixtures, references or any trial
         loaded = self.loaded
         for i, entry in enumerate(self.cfg.fixtures):
             if i in self.fixtures:
@@ -193,6 +194,19 @@ class Runner:
             except Exception as exc:
                 cached.error, cached.reason = exc, f"reference for {fx.value.name}: {describe_failure(exc)}"
             self.references[i] = cached
+
+    def check_surgeries(self) -> None:
+        """Raise :class:`ModelError` before any trial when a configured surgery does not apply to the model."""
+        from htx.applicability import surgery_problems
+        from htx.errors import ModelError
+
+        problems = surgery_problems(self.registry, self.cfg.surgery, self.loaded.model)
+        if problems:
+            raise ModelError(
+                f"{len(problems)} surgery(ies) do not apply to {self.loaded.source}:\n"
+                + "\n".join(f"  - {p}" for p in problems)
+                + "\nRemove them from `surgery:` or use a model they apply to."
+            )
 
     def _example_inputs(self, stft: STFTBackend | None, surgery: Surgery) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.loaded.model

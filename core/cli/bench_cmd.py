@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from htx.bench import surgery as surgery_bench
 from htx.cli.common import err, handle_errors, out
 
 app = typer.Typer(help="Benchmarks: ratios measured side by side in one run on this machine.", no_args_is_help=True)
@@ -49,3 +50,5 @@ def stft(
     result = bench.run(plugins, seconds=seconds, repeats=repeats)
     rows = bench.parity(plugins) if parity else None
     bench.print_report(out(), result, rows)
+
+app.command("surgery")(surgery_bench.command)
