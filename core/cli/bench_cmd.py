@@ -52,3 +52,18 @@ def stft(
     bench.print_report(out(), result, rows)
 
 app.command("surgery")(surgery_bench.command)
+
+
+@app.command("coreml")
+def coreml(
+    segment: float = typer.Option(7.8, help="segment length in seconds (the released HTDemucs models use 7.8)"),
+    repeats: int = typer.Option(3, help="timed repeats (median reported)"),
+    device: str = typer.Option("cpu", help="device of the emulator and the torch baseline: cpu or cuda"),
+    cache_dir: str = typer.Option(None, help="conversion cache to use (default: a fresh temporary one, so the first conversion is measured)"),
+    fp16: bool = typer.Option(True, help="also time the all-FP16 emulation"),
+    out: str = typer.Option("experiments/benchmarks/coreml.json", help="where to write the raw JSON"),
+) -> None:
+    """Full-size HTDemucs on the Core ML unit: conversion cache, emulator speed and peak memory."""
+    from htx.bench import coreml as bench_coreml
+
+    bench_coreml.run(segment=segment, repeats=repeats, device=device, cache_dir=cache_dir, fp16=fp16, out_json=out)
