@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import typer
-
-from htx.cli import bench_cmd, fixtures_cmd, leaderboard_cmd, plugins_cmd, run_cmd, show_cmd, validate_cmd
+from htx.cli import (
+    bench_cmd,
+    fixtures_cmd,
+    leaderboard_cmd,
+    plugins_cmd,
+    run_cmd,
+    separate_cmd,
+    show_cmd,
+    validate_cmd,
+)
 
 app = typer.Typer(
     name="htx",
@@ -18,6 +26,7 @@ app.command("validate")(validate_cmd.validate)
 app.command("plugins")(plugins_cmd.plugins)
 app.command("leaderboard")(leaderboard_cmd.leaderboard)
 app.command("show")(show_cmd.show)
+app.command("separate")(separate_cmd.separate)
 app.add_typer(fixtures_cmd.app, name="fixtures")
 app.add_typer(bench_cmd.app, name="bench")
 
