@@ -209,3 +209,29 @@ def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(package, path)
     return path
+
+
+def save_safetensors(model: nn.Module, path: str | Path) -> Path:
+    """Save ``model`` as a demucs ``.safetensors`` export (klass/args/kwargs as JSON metadata)."""
+    import json
+    from fractions import Fraction
+
+    from safetensors.torch import save_file
+
+    def enc(v: Any) -> Any:
+        if isinstance(v, Fraction):
+            return {"_type": "fraction", "numerator": v.numerator, "denominator": v.denominator}
+        if isinstance(v, dict):
+            return {k: enc(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [enc(x) for x in v]
+        return v
+
+    args, kwargs = model._init_args_kwargs
+    klass = f"{type(model).__module__}.{type(model).__qualname__}"
+    meta = {"klass": klass, "args": json.dumps(enc(list(args))), "kwargs": json.dumps(enc(kwargs))}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=meta)
+    return path

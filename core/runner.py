@@ -302,7 +302,7 @@ class Runner:
 
     def record_assignment(self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment) -> dict[str, Any]:
         """Per-op statistics of one pass on the first usable fixture's first segment."""
-        for i, fx in self.fixtures.items():
+        for fx in self.fixtures.values():
             if fx.error is None:
                 stft = self._plugin("stft", stft_entry) if prep.surgery.needs_stft else None
                 pipe = self._segment_fn(prep, None, stft)

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny HTDemucs config, temporary stores and config files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# Keep the suite quiet and offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_MODEL: dict[str, Any] = {"random": {"channels": 8, "depth": 4, "t_layers": 1, "segment": 1, "seed": 0}}
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "name": "test",
+        "model": TINY_MODEL,
+        "fixtures": [{"sine_440": {"duration": 1.0}}],
+        "surgery": ["full-hybrid"],
+        "precision": ["fp32"],
+        "stft": ["torch"],
+        "compute": [{"torch": {"device": "cpu"}}],
+        "latency": {"warmup": 0, "repeats": 1},
+        "store": {
+            "path": str(tmp_path / "htx.sqlite"),
+            "cache_dir": str(tmp_path / "cache"),
+            "artifacts_dir": str(tmp_path / "runs"),
+        },
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def write_config(tmp_path: Path, name: str = "cfg.yaml", **overrides: Any) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(make_config(tmp_path, **overrides), sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> dict[str, Any]:
+    return make_config(tmp_path)

@@ -1,0 +1,194 @@
+"""End-to-end runner behaviour on a tiny model: trial isolation, unavailable plugins, resume, caches."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from conftest import make_config
+from htx.config import parse_config
+from htx.contracts import Assignment, ComputeUnit, PrecisionPolicy
+from htx.plugins import build_registry, get_plugin_manager, module_plugin
+from htx.runner import Runner
+from htx.store import Store
+from htx_plugins.compute.torch_unit import TorchUnit
+
+
+class Exploding(PrecisionPolicy):
+    """Raises while choosing."""
+
+    name = "exploding"
+
+    def select(self, ops):
+        raise RuntimeError("policy exploded on purpose")
+
+
+class Slow(PrecisionPolicy):
+    """Takes far longer than the trial timeout."""
+
+    name = "slow"
+
+    def select(self, ops):
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            time.sleep(0.01)
+        return Assignment.all_fp32()
+
+
+class NaNUnit(TorchUnit):
+    """A compute unit whose output is NaN in one place."""
+
+    name = "nan-unit"
+
+    def compile(self, prepared, assignment):
+        fwd = super().compile(prepared, assignment)
+
+        def forward(*inputs):
+            spec_out, wave_out = fwd(*inputs)
+            wave_out = wave_out.clone()
+            wave_out[..., 0, 0, 10] = float("nan")
+            return spec_out, wave_out
+
+        return forward
+
+
+class OOMUnit(TorchUnit):
+    """A compute unit that runs out of memory."""
+
+    name = "oom-unit"
+
+    def compile(self, prepared, assignment):
+        def forward(*inputs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+        return forward
+
+
+class NeverUnit(ComputeUnit):
+    """Cannot run anywhere."""
+
+    name = "never"
+
+    def available(self):
+        return False, "needs hardware this machine lacks"
+
+
+def _registry():
+    plugin = module_plugin(
+        "test_isolation",
+        htx_register_precision_policies=lambda register: (register(Exploding), register(Slow)),
+        htx_register_compute_units=lambda register: (register(NaNUnit), register(OOMUnit), register(NeverUnit)),
+    )
+    return build_registry(get_plugin_manager(extra_plugins=(plugin,)))
+
+
+def _run(tmp_path, registry, **overrides):
+    cfg = parse_config(make_config(tmp_path, **overrides), registry=registry)
+    with Store(cfg.store.path) as store:
+        runner = Runner(cfg, registry, store)
+        run_id = runner.run()
+        return run_id, {(t.precision, t.compute, t.fixture): t for t in store.trials([run_id])}, store.get_run(run_id)
+
+
+def test_failures_are_isolated_and_recorded(tmp_path):
+    reg = _registry()
+    run_id, trials, run = _run(
+        tmp_path, reg,
+        precision=["fp32", "exploding", "slow"],
+        compute=[{"torch": {"device": "cpu"}}, "nan-unit", "oom-unit", "never"],
+        trial_timeout_s=8,
+    )
+    assert run["status"] == "finished" and run["n_trials"] == 12
+    ok = trials[("fp32", "torch[device='cpu']", "sine_440[duration=1.0]")]
+    assert ok.status == "ok" and ok.metrics["within_tol"] == 1.0 and ok.metrics["snr_db"] > 100
+    exploded = trials[("exploding", "torch[device='cpu']", "sine_440[duration=1.0]")]
+    assert exploded.status == "failed" and exploded.reason == "RuntimeError: policy exploded on purpose"
+    slow = trials[("slow", "torch[device='cpu']", "sine_440[duration=1.0]")]
+    assert slow.status == "failed" and slow.reason.startswith("timeout: precision policy slow timed out after 8 s")
+    nan = trials[("fp32", "nan-unit", "sine_440[duration=1.0]")]
+    assert nan.status == "failed" and nan.reason.startswith("non-finite output:") and nan.metrics["nan_count"] > 0
+    oom = trials[("fp32", "oom-unit", "sine_440[duration=1.0]")]
+    assert oom.status == "failed" and oom.reason.startswith("out of memory: OutOfMemoryError")
+    never = trials[("fp32", "never", "sine_440[duration=1.0]")]
+    assert never.status == "unavailable"
+    assert never.reason == "unavailable: compute never unavailable: needs hardware this machine lacks"
+
+
+def test_fp16_trials_and_metrics(tmp_path):
+    reg = build_registry(get_plugin_manager())
+    _, trials, _ = _run(tmp_path, reg, precision=["fp32", "all-fp16", "curated-fp32"],
+                        fixtures=[{"sine_440": {"duration": 2.3}}, {"silence": {"duration": 1.0}}])
+    key = "sine_440[duration=2.3]"
+    fp32, fp16, cur = (trials[(p, "torch[device='cpu']", key)] for p in ("fp32", "all-fp16", "curated-fp32"))
+    assert fp32.metrics["fp16_op_fraction"] == 0.0 and fp16.metrics["fp16_op_fraction"] == 1.0
+    assert 0.0 < cur.metrics["fp16_op_fraction"] < 1.0
+    assert fp32.metrics["snr_db"] > 100  # our pipeline vs demucs apply_model across 3 overlapping segments
+    assert 20 < fp16.metrics["snr_db"] < fp32.metrics["snr_db"]
+    for t in (fp32, fp16, cur):
+        assert t.status == "ok"
+        for k in ("model_ms", "model_ms_p10", "model_ms_p90", "stft_ms", "istft_ms", "rtf", "max_abs_diff", "rel_l1"):
+            assert k in t.metrics, k
+        assert t.runtime == "torch:cpu"
+    silent = trials[("all-fp16", "torch[device='cpu']", "silence[duration=1.0]")]
+    assert silent.metrics["snr_db"] is None and silent.status == "ok"
+
+
+class Interrupting(PrecisionPolicy):
+    """Simulates Ctrl-C on its first use in a process."""
+
+    name = "interrupting"
+    calls = 0
+
+    def select(self, ops):
+        type(self).calls += 1
+        if type(self).calls == 1:
+            raise KeyboardInterrupt
+        return Assignment.all_fp16(ops)
+
+
+def test_interrupt_then_resume(tmp_path):
+    plugin = module_plugin("interrupting", htx_register_precision_policies=lambda register: register(Interrupting))
+    reg = build_registry(get_plugin_manager(extra_plugins=(plugin,)))
+    cfg = parse_config(make_config(tmp_path, precision=["fp32", "interrupting"]), registry=reg)
+    with Store(cfg.store.path) as store:
+        runner = Runner(cfg, reg, store)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run()
+        run_id = runner.run_id
+        assert store.get_run(run_id)["status"] == "interrupted"
+        done = store.trials([run_id])
+        assert [t.precision for t in done] == ["fp32"]  # the finished trial was kept
+        first_finish = done[0].finished_at
+        resumed = Runner(cfg, reg, store).run(resume=run_id)
+        assert resumed == run_id
+        after = {t.precision: t for t in store.trials([run_id])}
+        assert set(after) == {"fp32", "interrupting"}
+        assert after["fp32"].finished_at == first_finish  # not re-run
+        assert after["interrupting"].status == "ok"
+        assert store.get_run(run_id)["status"] == "finished"
+
+
+def test_reference_cached_on_disk(tmp_path):
+    reg = build_registry(get_plugin_manager())
+    cfg = parse_config(make_config(tmp_path), registry=reg)
+    messages: list[str] = []
+    with Store(cfg.store.path) as store:
+        Runner(cfg, reg, store, on_message=messages.append).run()
+        Runner(cfg, reg, store, on_message=messages.append).run()
+    refs = [m for m in messages if m.startswith("reference ")]
+    assert refs[0].startswith("reference sine_440[duration=1.0]: computed in")
+    assert refs[1] == "reference sine_440[duration=1.0]: cached"
+    assert len(list((tmp_path / "cache" / "reference").glob("*.npy"))) == 1
+
+
+def test_corrupt_fixture_fails_its_trials_only(tmp_path):
+    bad = tmp_path / "corrupt.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    reg = build_registry(get_plugin_manager())
+    _, trials, run = _run(tmp_path, reg, fixtures=[{"sine_440": {"duration": 1.0}}, str(bad)])
+    assert run["status"] == "finished"
+    assert trials[("fp32", "torch[device='cpu']", "sine_440[duration=1.0]")].status == "ok"
+    broken = trials[("fp32", "torch[device='cpu']", "corrupt")]
+    assert broken.status == "failed" and "cannot read" in broken.reason and "corrupt.wav" in broken.reason
