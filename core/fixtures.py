@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from htx.audio import AUDIO_SUFFIXES, Audio, read_audio, to_model_format
 from htx.errors import AudioError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 @dataclass

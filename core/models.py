@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from htx.errors import ModelError
 from torch import nn
+
+from htx.errors import ModelError
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 #: The configuration of the shipped demo model (fixtures/demo/htdemucs_demo.th, trained by

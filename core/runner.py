@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from htx import __version__
 from htx.config import ExperimentConfig, PluginEntry
 from htx.contracts import (

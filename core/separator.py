@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+
 from htx.audio import Audio, read_audio, resample, to_model_format, write_audio
 from htx.config import AXES, ExperimentConfig, PluginEntry, check_plugins
 from htx.errors import ConfigError, HtxError

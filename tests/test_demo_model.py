@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from htx.audio import read_audio
 from htx.config import ModelConfig
 from htx.errors import ModelError

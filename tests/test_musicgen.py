@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from htx.audio import read_audio
 from htx.cli import app
 from htx.fixtures import describe_fixtures, load_musicgen
 from htx.models import REPO_ROOT, SOURCES
-from typer.testing import CliRunner
 
 mg = load_musicgen()
 MUSIC = REPO_ROOT / "fixtures" / "music"

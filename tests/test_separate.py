@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from typer.testing import CliRunner
+
 from htx.audio import read_audio
 from htx.cli import app
 from htx.config import ExperimentConfig
@@ -15,7 +17,6 @@ from htx.models import REPO_ROOT, SOURCES, load_checkpoint
 from htx.plugins import load_registry
 from htx.separation import linear_weight, separate
 from htx.separator import Separator
-from typer.testing import CliRunner
 
 SR = 44100
 MUSIC = REPO_ROOT / "fixtures" / "music"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+
 from htx.cli import (
     bench_cmd,
     fixtures_cmd,

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
 from htx.cli.common import err, handle_errors, out
 from htx.errors import HtxError
 from htx.fixtures import describe_fixtures, load_musicgen
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 app = typer.Typer(help="Test audio: built-in generators and shipped clips with true stems.", no_args_is_help=True)
 

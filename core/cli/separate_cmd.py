@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from htx.audio import read_audio
 from htx.cli.common import err, handle_errors, out
 from htx.config import ExperimentConfig, FixtureEntry, load_config
@@ -13,7 +15,6 @@ from htx.errors import HtxError
 from htx.plugins import load_registry
 from htx.separation import TRANSITIONS
 from htx.separator import Separator
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 @handle_errors
