@@ -19,9 +19,10 @@ from torch import nn
 from htx.errors import ModelError
 
 SOURCES = ["drums", "bass", "other", "vocals"]
-#: The small configuration of the demo model (and of the random stand-in used before it is trained).
+#: The configuration of the shipped demo model (fixtures/demo/htdemucs_demo.th, trained by
+#: fixtures/train_demo.py) and of the seeded random stand-in used when the checkpoint is missing.
 DEMO_KWARGS: dict[str, Any] = dict(
-    sources=SOURCES, audio_channels=2, channels=16, depth=4, t_layers=1, segment=2, samplerate=44100
+    sources=SOURCES, audio_channels=2, samplerate=44100, segment=2, channels=16, depth=4, t_layers=2, nfft=4096
 )
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -262,6 +262,13 @@ class Runner:
         )
 
     def _separate(self, pipe: Pipeline, fixture: Fixture) -> np.ndarray:
+        return self.separate_mix(pipe, fixture.mix)
+
+    def separate_mix(
+        self, pipe: Pipeline, mix: np.ndarray, progress: Callable[[int, int], None] | None = None,
+        transition: str = "demucs", crossfade_length: int | None = None,
+    ) -> np.ndarray:
+        """Separate ``mix [C, L]`` (model rate and channels) with ``pipe``, segment by segment -> ``[S, C, L]``."""
         batch = self.cfg.separation.batch_size
 
         def fn(chunks: torch.Tensor) -> torch.Tensor:
@@ -271,10 +278,24 @@ class Runner:
             return pipe(chunks)[:n].cpu()
 
         out = separate(
-            fn, torch.from_numpy(fixture.mix), self.loaded.segment_length, len(self.loaded.sources),
+            fn, torch.from_numpy(mix), self.loaded.segment_length, len(self.loaded.sources),
             self.cfg.separation.overlap, self.cfg.separation.transition_power, batch,
+            progress=progress, transition=transition, crossfade_length=crossfade_length,
         )
         return out.numpy()
+
+    def pipeline_for(self, spec: TrialSpec) -> tuple[Pipeline, Prepared, AssignmentInfo]:
+        """The segment pipeline one trial of ``spec`` runs (prepared model, assignment, STFT backend)."""
+        prep = self.prepared_for(spec)
+        stft: STFTBackend | None = None
+        if prep.surgery.needs_stft:
+            stft = self._plugin("stft", spec.stft)
+            ok, why = stft.available()
+            if not ok:
+                raise UnavailableError(f"stft {stft.label} unavailable: {why}")
+        ainfo = self.assignment_for(spec)
+        forward = prep.compute.compile(prep.prepared, ainfo.assignment)
+        return self._segment_fn(prep, forward, stft), prep, ainfo
 
     def evaluate_assignment(self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment) -> dict[str, Any]:
         """Run ``assignment`` on every usable fixture; aggregated metrics (used by search policies)."""

@@ -12,6 +12,7 @@ from htx.cli import (
     ops_cmd,
     plugins_cmd,
     run_cmd,
+    separate_cmd,
     show_cmd,
     validate_cmd,
 )
@@ -30,6 +31,7 @@ app.command("leaderboard")(leaderboard_cmd.leaderboard)
 app.command("show")(show_cmd.show)
 app.command("convert")(convert_cmd.convert)
 app.command("ops")(ops_cmd.ops)
+app.command("separate")(separate_cmd.separate)
 app.add_typer(fixtures_cmd.app, name="fixtures")
 app.add_typer(bench_cmd.app, name="bench")
 
