@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from htx.cli import bench_cmd, fixtures_cmd, leaderboard_cmd, plugins_cmd, run_cmd, show_cmd, validate_cmd
+from htx.cli import bench_cmd, fixtures_cmd, leaderboard_cmd, nan_sources_cmd, plugins_cmd, run_cmd, show_cmd, validate_cmd
 
 app = typer.Typer(
     name="htx",
@@ -18,6 +18,7 @@ app.command("validate")(validate_cmd.validate)
 app.command("plugins")(plugins_cmd.plugins)
 app.command("leaderboard")(leaderboard_cmd.leaderboard)
 app.command("show")(show_cmd.show)
+app.command("nan-sources")(nan_sources_cmd.nan_sources)
 app.add_typer(fixtures_cmd.app, name="fixtures")
 app.add_typer(bench_cmd.app, name="bench")
 
