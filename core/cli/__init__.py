@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from htx.cli import bench_cmd, fixtures_cmd, leaderboard_cmd, nan_sources_cmd, plugins_cmd, run_cmd, show_cmd, validate_cmd
+from htx.cli import (
+    bench_cmd,
+    fixtures_cmd,
+    leaderboard_cmd,
+    nan_sources_cmd,
+    plugins_cmd,
+    run_cmd,
+    show_cmd,
+    validate_cmd,
+)
 
 app = typer.Typer(
     name="htx",

@@ -9,7 +9,14 @@ import typer
 
 from htx.cli.common import err, handle_errors, out
 from htx.errors import HtxError
-from htx.nan_sources import find_nan_sources, non_finite_ops, parse_trial_ref, rebuild_trial, record_segments, trial_assignment
+from htx.nan_sources import (
+    find_nan_sources,
+    non_finite_ops,
+    parse_trial_ref,
+    rebuild_trial,
+    record_segments,
+    trial_assignment,
+)
 from htx.plugins import load_registry
 from htx.store import Store
 
