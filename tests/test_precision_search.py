@@ -119,9 +119,12 @@ def test_bisect_unreachable_when_all_fp32_fails():
 def test_bisect_stops_at_max_evaluations_with_smallest_passing_set():
     culprits = frozenset({"op_3", "op_40", "op_77"})
     result, keep, _ = _search(_ops(100), lambda kept: culprits <= kept, max_evaluations=6)
-    assert result.summary["status"] == "stopped after max_evaluations=6"
+    assert result.summary["status"] == "stopped at max_evaluations=6"
     assert culprits <= keep and len(keep) < 100  # a verified passing set, smaller than all-FP32
     assert result.evaluations == 6
+    slow, _, _ = _search(_ops(100), lambda kept: culprits <= kept, max_seconds=1e-9)
+    assert slow.summary["status"] == "stopped at max_seconds" and slow.evaluations == 0
+    assert slow.assignment == Assignment.all_fp32() and slow.summary["passed"] is False  # nothing verified yet
 
 
 def test_granularity_type_and_type_then_instance():

@@ -8,4 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from htx.cli import bench_search_cmd
+
 app = typer.Typer(help="Benchmarks: ratios measured side by side in one run on this machine.", no_args_is_help=True)
+app.command("search")(bench_search_cmd.bench_search)

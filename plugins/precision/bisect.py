@@ -42,6 +42,7 @@ class BisectParams(Params):
     minimize: bool = Field(True, description="drop members that are not needed (1-minimality)")
     verify: bool = Field(True, description="re-evaluate the final set unless it was the last evaluation")
     max_evaluations: int = Field(1000, ge=2, description="stop and return the smallest passing set found")
+    max_seconds: float | None = Field(None, gt=0, description="the same, after this long (keep below trial_timeout_s)")
 
 
 class _Budget(Exception):
@@ -113,8 +114,10 @@ def _one_minimal(found: list[int], test: Callable[[Sequence[int], str], bool]) -
 class _Evaluator:
     """Memoized, logged evaluations of keep-FP32 sets for one search."""
 
-    def __init__(self, ctx: SearchContext, compute_ops: list[OpInfo], criterion: Any, max_evaluations: int) -> None:
+    def __init__(self, ctx: SearchContext, compute_ops: list[OpInfo], criterion: Any, max_evaluations: int,
+                 max_seconds: float | None = None) -> None:
         self.ctx = ctx
+        self.deadline = time.perf_counter() + max_seconds if max_seconds else None
         self.ops = compute_ops
         self.order = {op.name: i for i, op in enumerate(compute_ops)}
         self.criterion = criterion
@@ -135,7 +138,9 @@ class _Evaluator:
             self.hits += 1
             return self.cache[keep]
         if self.evaluations >= self.max_evaluations:
-            raise _Budget
+            raise _Budget(f"max_evaluations={self.max_evaluations}")
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise _Budget("max_seconds")
         assignment = Assignment.keep_fp32(self.ops, keep)
         t0 = time.perf_counter()
         metrics = self.ctx.evaluate(assignment)
@@ -189,7 +194,7 @@ class Bisect(PrecisionPolicy):
     def search(self, ctx: SearchContext) -> SearchResult:
         p = self.params
         compute_ops = [op for op in ctx.ops if op.compute]
-        ev = _Evaluator(ctx, compute_ops, p.criterion, p.max_evaluations)
+        ev = _Evaluator(ctx, compute_ops, p.criterion, p.max_evaluations, p.max_seconds)
         types: list[str] = list(dict.fromkeys(op.type for op in compute_ops))
         by_type = {t: [op.name for op in compute_ops if op.type == t] for t in types}
         status = "found"
@@ -209,8 +214,8 @@ class Bisect(PrecisionPolicy):
                 status = "unreachable"
             elif not keep:
                 status = "all-fp16 passes"
-        except _Budget:
-            status = f"stopped after max_evaluations={p.max_evaluations}"
+        except _Budget as stop:
+            status = f"stopped at {stop}"
             keep = ev.smallest_passing()
         verified_step = None
         if keep is None:
