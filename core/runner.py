@@ -315,15 +315,18 @@ class Runner:
         agg["fp16_op_fraction"] = assignment.fp16_fraction(prep.ops)
         return agg
 
-    def record_assignment(self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment) -> dict[str, Any]:
-        """Per-op statistics of one pass on the first usable fixture's first segment."""
-        for fx in self.fixtures.values():
-            if fx.error is None:
+    def record_assignment(
+        self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment,
+        fixture_index: int | None = None, offset: int = 0,
+    ) -> dict[str, Any]:
+        """Per-op statistics of one pass on one segment: by default the first usable fixture's first one."""
+        for i, fx in self.fixtures.items():
+            if fx.error is None and fixture_index in (None, i):
                 stft = self._plugin("stft", stft_entry) if prep.surgery.needs_stft else None
                 pipe = self._segment_fn(prep, None, stft)
                 from htx.separation import padded_chunk
 
-                chunk, _ = padded_chunk(torch.from_numpy(fx.value.mix), 0, self.loaded.segment_length)
+                chunk, _ = padded_chunk(torch.from_numpy(fx.value.mix), offset, self.loaded.segment_length)
                 batch = chunk[None].repeat(self.cfg.separation.batch_size, 1, 1)
                 args, _ = pipe.model_inputs(batch)
                 return prep.compute.record(prep.prepared, assignment, tuple(args))
@@ -459,7 +462,7 @@ class Runner:
         m["rtf"] = sep_s / fixture.duration
         if prep.compute.device.type == "cuda":
             m["peak_mem_mb"] = torch.cuda.max_memory_allocated(prep.compute.device) / 2**20
-        if ainfo.evaluations:
+        if ainfo.search:  # search policies show their count, 0 included (magnitude: a record pass only)
             m["evaluations"] = ainfo.evaluations
             m["search_s"] = ainfo.seconds
         rec.metrics = m

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from htx.bench import surgery as surgery_bench
+from htx.cli import bench_search_cmd
 from htx.cli.common import err, handle_errors, out
 
 app = typer.Typer(help="Benchmarks: ratios measured side by side in one run on this machine.", no_args_is_help=True)
@@ -67,3 +68,5 @@ def coreml(
     from htx.bench import coreml as bench_coreml
 
     bench_coreml.run(segment=segment, repeats=repeats, device=device, cache_dir=cache_dir, fp16=fp16, out_json=out)
+
+app.command("search")(bench_search_cmd.bench_search)

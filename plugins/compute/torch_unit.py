@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, Params
-from htx.opmap import is_compute, mil_type_for_aten
+from htx.opmap import is_compute, mil_type_for_aten, squares_input
 
 
 def resolve_device(device: str) -> torch.device:
@@ -101,7 +101,10 @@ class _OpMode(TorchDispatchMode):
         name = f"{mil}_{self.counter[mil]}"
         self.counter[mil] += 1
         if self.listing is not None:
-            self.listing.append(OpInfo(name, mil, is_compute(mil), {"aten": str(func)}))
+            info: dict[str, Any] = {"aten": str(func)}
+            if squares_input(func):
+                info["squares"] = True
+            self.listing.append(OpInfo(name, mil, is_compute(mil), info))
         impl = func
         if func is torch.ops.aten._to_copy.default and self.host_cache is not None:
             impl = self._cached_host_copy
@@ -152,8 +155,11 @@ class _OpMode(TorchDispatchMode):
         if mil.startswith("reduce_") or mil in ("softmax", "layer_norm", "group_norm", "l2_norm"):
             ins = [t for t in _tensors(args) if t.is_floating_point()]
             outs = [t for t in _tensors(out) if t.is_floating_point()]
-            if ins and outs and outs[0].numel():
-                st.reduction_size = max(1, ins[0].numel() // max(1, outs[0].numel()))
+            if mil == "softmax" and ins and len(args) > 1 and isinstance(args[1], int):
+                st.reduction_size = int(ins[0].shape[args[1]])
+            elif ins and outs and min(o.numel() for o in outs):
+                # Norms return (out, mean, rstd): the smallest output (the statistics) gives the group size.
+                st.reduction_size = max(1, ins[0].numel() // min(o.numel() for o in outs))
         self.stats[name] = st
 
 
