@@ -221,7 +221,7 @@ class Executor(Strict):
     def _from_yaml(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"kind": value}
-        if isinstance(value, dict) and "kind" not in value:
+        if isinstance(value, dict) and value and "kind" not in value:
             if len(value) != 1 or next(iter(value)) not in EXECUTOR_KINDS:
                 raise ValueError(f"executor is `serial`, `local`, `ray` or a one-key mapping such as {{local: {{workers: 4}}}}, got {sorted(value)}")
             (kind, opts), = value.items()
@@ -242,7 +242,7 @@ class Executor(Strict):
             import importlib.util
 
             if importlib.util.find_spec("ray") is None:
-                raise ValueError(f"executor `ray` needs Ray, an optional dependency: {RAY_INSTALL} (or use executor `local`)")
+                raise ValueError(f"the `ray` executor needs Ray, an optional dependency: {RAY_INSTALL} (or use executor `local`)")
         return self
 
 

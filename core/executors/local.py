@@ -94,7 +94,6 @@ class LocalPool:
 
     def submit(self, chunk: Chunk) -> None:
         self.queue.append(chunk)
-        self._dispatch()
 
     def _dispatch(self) -> None:
         while self.queue:
@@ -112,6 +111,9 @@ class LocalPool:
                 worker.chunk = -1
 
     def poll(self, timeout: float) -> list[Event]:
+        # Hand out queued chunks only now, after the driver has written the records of the last poll:
+        # a trial that crashes the driver then cannot take earlier, unwritten results with it.
+        self._dispatch()
         events: list[Event] = []
         handles: list[Any] = [w.conn for w in self.workers] + [w.process.sentinel for w in self.workers]
         ready = set(wait(handles, timeout)) if handles else set()
@@ -132,7 +134,6 @@ class LocalPool:
                     events.append(Event(worker.chunk, "lost", reason=f"worker process {worker.process.pid} died ({exit_reason(worker.process.exitcode)})"))
                 worker.conn.close()
                 self.workers.remove(worker)
-        self._dispatch()
         return events
 
     def kill(self, chunk_id: int) -> None:
