@@ -157,6 +157,7 @@ class Runner:
         self.assignments: dict[tuple[str, str, str], _Cached] = {}
         self.run_id: str | None = None
         self.references_computed = 0
+        self.executor_report: Any = None  # set by a parallel executor (htx.executors.ExecutorReport)
 
     # shared work --------------------------------------------------------------------------------------
 

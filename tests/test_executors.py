@@ -135,6 +135,8 @@ def test_chunks_group_by_combo_and_spread_over_workers(tmp_path):
     searched = make_chunks(specs, 16, lambda s: s.precision.name == "curated-fp32")
     assert len(searched[0].specs) == 8 and searched[0].specs[0].precision.name == "curated-fp32"  # one search, first
     assert len(searched) == 17
+    longest = make_chunks(specs, 16, lambda s: False, cost=lambda s: s.fixture_index)  # longest first
+    assert [c.specs[0].fixture_index for c in longest[:3]] == [7, 7, 7] and longest[-1].specs[0].fixture_index == 0
 
 
 def test_resources_per_compute_unit(tmp_path):

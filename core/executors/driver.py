@@ -144,6 +144,10 @@ def run_parallel(runner: Any, todo: list[TrialSpec], n_done: int, n_total: int) 
     def is_search(spec: TrialSpec) -> bool:
         return bool(getattr(runner.registry.get("precision", spec.precision.name), "is_search", False))
 
+    def cost(spec: TrialSpec) -> float:  # seconds of audio: what a trial's time grows with
+        fixture = runner.fixtures.get(spec.fixture_index)
+        return fixture.value.duration if fixture is not None and fixture.error is None else 0.0
+
     backend: Backend
     if executor.kind == "local":
         from htx.executors.local import LocalPool
@@ -151,7 +155,7 @@ def run_parallel(runner: Any, todo: list[TrialSpec], n_done: int, n_total: int) 
         opts = executor.local
         cores = os.cpu_count() or 1
         workers = opts.workers or cores
-        chunks = make_chunks(todo, workers, is_search)
+        chunks = make_chunks(todo, workers, is_search, cost)
         workers = min(workers, len(chunks))
         threads = opts.threads_per_worker or max(1, cores // workers)
         backend = LocalPool(payload, workers, threads)
@@ -166,7 +170,7 @@ def run_parallel(runner: Any, todo: list[TrialSpec], n_done: int, n_total: int) 
             if spec.compute.key() not in resources:
                 resources[spec.compute.key()] = trial_resources(spec, runner.registry, opts.resources)
         backend = RayBackend(opts, payload, shared_data(runner), resources, runner.say)
-        chunks = make_chunks(todo, backend.slots, is_search)
+        chunks = make_chunks(todo, backend.slots, is_search, cost)
         retries, grace = opts.retries, opts.hang_grace_s
         runner.say(f"ray: {len(todo)} trials in {len(chunks)} chunks on a cluster with {backend.slots} CPUs")
     hang_limit = 3 * cfg.trial_timeout_s + grace

@@ -54,12 +54,14 @@ def chunk_size(n_trials: int, slots: int, max_chunk: int = MAX_CHUNK) -> int:
     return max(1, min(max_chunk, math.ceil(n_trials / (2 * max(1, slots)))))
 
 
-def make_chunks(specs: Sequence[TrialSpec], slots: int, is_search: Callable[[TrialSpec], bool]) -> list[Chunk]:
+def make_chunks(specs: Sequence[TrialSpec], slots: int, is_search: Callable[[TrialSpec], bool],
+                cost: Callable[[TrialSpec], float] | None = None) -> list[Chunk]:
     """Group ``specs`` by combo key and split each group into near-equal chunks.
 
     A worker keeps its prepared model and precision assignment in memory between the trials of a chunk
     (and between chunks of the same key). A search policy's group is never split: its search runs once,
-    in one worker, like in a serial run. Search chunks go first (they are the longest).
+    in one worker, like in a serial run. Chunks are handed out longest first (search chunks, then by
+    estimated ``cost``, e.g. seconds of audio), so short ones fill the gaps at the end of the run.
     """
     groups: dict[tuple[str, str, str], list[TrialSpec]] = {}
     for spec in specs:
@@ -75,7 +77,8 @@ def make_chunks(specs: Sequence[TrialSpec], slots: int, is_search: Callable[[Tri
             n = base + (i < extra)
             parts.append((search, group[start:start + n]))
             start += n
-    parts.sort(key=lambda p: not p[0])  # stable: search chunks first, grid order otherwise
+    weight = cost or (lambda spec: 1.0)
+    parts.sort(key=lambda p: (not p[0], -sum(weight(s) for s in p[1])))  # stable: grid order among equals
     return [Chunk(i, tuple(specs)) for i, (_, specs) in enumerate(parts)]
 
 

@@ -81,10 +81,14 @@ class RayBackend:
         self.resources = resources
         self.running: list[tuple[Any, int]] = []  # (ObjectRefGenerator, chunk id)
         self.pending: list[Event] = []
+        self.feasible: dict[str, bool] = {}  # resource request -> whether some node of the cluster offers it
 
     def _infeasible(self, request: dict[str, float]) -> str | None:
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        if any(all(node.get(k, 0.0) >= v for k, v in request.items() if v) for node in nodes):
+        key = repr(sorted(request.items()))
+        if key not in self.feasible:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            self.feasible[key] = any(all(node.get(k, 0.0) >= v for k, v in request.items() if v) for node in nodes)
+        if self.feasible[key]:
             return None
         return (
             f"unavailable: no node of the Ray cluster offers {request}; add one (e.g. on a Mac: "
