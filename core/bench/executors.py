@@ -6,7 +6,10 @@ timed (they are cached on disk and shared by the three runs, as in real use), an
 fresh store. For each executor it reports the wall time of ``Runner.run`` (driver model load, worker
 start-up, dispatch, trials, store writes), the speed-up over serial, the speed-up per core, and the
 scheduling overhead per trial: ``(wall x worker slots - sum of trial durations) / trials``, i.e. how long
-a slot was not running a trial (process start, model build, dispatch, the idle tail), per trial.
+a slot was not running a trial (process start, model build, dispatch, the idle tail), per trial, and the
+parallel efficiency ``sum of trial durations / (wall x slots)``. Serial runs torch with every core's
+threads while each worker has one, so speed-up over serial and efficiency answer different questions:
+what a user gains, and how much of the workers' time went to trials.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ def command(
     registry = load_registry()
     root = Path(workdir or tempfile.mkdtemp(prefix="htx-bench-executors-"))
     root.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
     e.print(f"htx bench executors: 24 trials, {duration:g} s fixtures, {cores} cores, {slots} workers; in {root}", highlight=False)
 
     e.print("FP32 references (computed once, shared by every run; not timed) ...")
@@ -110,10 +114,25 @@ def command(
     del warm_runner
 
     results: dict[str, dict[str, Any]] = {}
+
+    def save() -> None:  # after every run, so a run cut short still leaves what it measured
+        if json_out is not None:
+            record = {
+                "benchmark": "executors", "host": platform.node(), "cores": cores, "workers": slots,
+                "duration_s": duration, "torch": torch.__version__, "torch_threads_serial": torch.get_num_threads(),
+                "python": platform.python_version(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                "results": {k: {kk: vv for kk, vv in v.items() if kk != "snr"} for k, v in results.items()},
+            }
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(record, indent=1))
+
     e.print(f"serial (torch threads: {torch.get_num_threads()}) ...")
     results["serial"] = _timed_run(bench_config(root, duration, "serial"), registry, say)
+    save()
     e.print("local ...")
     results["local"] = _timed_run(bench_config(root, duration, {"local": {"workers": slots}}), registry, say)
+    save()
     ray_start = None
     if not skip_ray:
         import ray
@@ -131,8 +150,8 @@ def command(
     base = results["serial"]["wall_s"]
     snr0 = results["serial"]["snr"]
     table = Table(title=f"htx bench executors: 24-trial CPU grid on {platform.node()} ({cores} cores)")
-    for col in ("executor", "workers", "wall s", "speed-up", "per core", "Σ trial s", "overhead/trial s",
-                "1st trial s", "ok", "max |ΔSNR| dB"):
+    for col in ("executor", "workers", "wall s", "speed-up", "per core", "Σ trial s", "efficiency",
+                "overhead/trial s", "1st trial s", "ok", "max |ΔSNR| dB"):
         table.add_column(col, justify="left" if col == "executor" else "right")
     for kind, r in results.items():
         n = 1 if kind == "serial" else slots
@@ -140,11 +159,12 @@ def command(
         r["speedup"] = base / r["wall_s"]
         r["speedup_per_core"] = r["speedup"] / cores
         r["overhead_per_trial_s"] = (r["wall_s"] * n - r["trial_s_sum"]) / r["trials"]
+        r["efficiency"] = r["trial_s_sum"] / (r["wall_s"] * n)
         diffs = [abs(v - snr0[k]) for k, v in r["snr"].items() if v is not None and snr0.get(k) is not None]
         r["max_snr_diff_db"] = max(diffs, default=0.0)
         table.add_row(
             kind, str(n), f"{r['wall_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['speedup_per_core']:.2f}",
-            f"{r['trial_s_sum']:.1f}", f"{r['overhead_per_trial_s']:.2f}",
+            f"{r['trial_s_sum']:.1f}", f"{r['efficiency']:.2f}", f"{r['overhead_per_trial_s']:.2f}",
             "" if r["first_start_s"] is None else f"{r['first_start_s']:.1f}", f"{r['ok']}/{r['trials']}",
             f"{r['max_snr_diff_db']:.2g}",
         )
@@ -158,15 +178,13 @@ def command(
     if ray_start is not None:
         rr = results["ray"]
         notes.append(f"ray cluster start: {ray_start:.1f} s (not in its wall); with it: {base / (rr['wall_s'] + ray_start):.2f}x.")
-    notes.append("ΔSNR: torch sums in a thread-count-dependent order (serial uses every core's threads, workers fewer).")
+    notes.append("efficiency = sum of trial durations / (wall x workers): the share of worker time spent in trials.")
+    notes.append(f"serial runs torch with {torch.get_num_threads()} threads, each worker with 1; ΔSNR: torch sums in a "
+                 "thread-count-dependent order, so metrics may differ in the last bits.")
+    notes.append("load average (1, 5, 15 min) before: {:.1f} {:.1f} {:.1f}, after: {:.1f} {:.1f} {:.1f} "
+                 "(other work on the machine skews every number).".format(*load_before, *os.getloadavg()))
     for line in notes:
         o.print(line, highlight=False)
+    save()
     if json_out is not None:
-        record = {
-            "benchmark": "executors", "host": platform.node(), "cores": cores, "workers": slots, "duration_s": duration,
-            "torch": torch.__version__, "python": platform.python_version(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "results": {k: {kk: vv for kk, vv in v.items() if kk != "snr"} for k, v in results.items()},
-        }
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(record, indent=1))
         e.print(f"wrote {json_out}", highlight=False)

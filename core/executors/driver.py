@@ -27,6 +27,7 @@ from htx.executors.plan import (
     worker_config,
 )
 from htx.grid import TrialSpec
+from htx.runner import Runner, new_record, trial_label
 from htx.store import TrialRecord
 
 
@@ -96,7 +97,7 @@ class _ChunkState:
     kill_reason: str | None = None
 
 
-def prepare_once(runner: Any, todo: list[TrialSpec]) -> None:
+def prepare_once(runner: Runner, todo: list[TrialSpec]) -> None:
     """Prepare each (surgery, compute) pair once here when the unit caches its preparation on disk.
 
     Workers then load that conversion instead of converting the same model in parallel. Failures are
@@ -116,7 +117,7 @@ def prepare_once(runner: Any, todo: list[TrialSpec]) -> None:
     runner.prepared.clear()  # the driver runs no trial: free the models
 
 
-def shared_data(runner: Any) -> dict[str, dict[int, Any]]:
+def shared_data(runner: Runner) -> dict[str, dict[int, Any]]:
     """Fixtures and FP32 references the driver holds, for Ray's object store."""
     return {
         "fixtures": {i: c.value for i, c in runner.fixtures.items() if c.error is None},
@@ -126,13 +127,11 @@ def shared_data(runner: Any) -> dict[str, dict[int, Any]]:
     }
 
 
-def run_parallel(runner: Any, todo: list[TrialSpec], n_done: int, n_total: int) -> ExecutorReport:
+def run_parallel(runner: Runner, todo: list[TrialSpec], n_done: int, n_total: int) -> ExecutorReport:
     """Run ``todo`` with the config's ``local`` or ``ray`` executor; the runner's store gets every record.
 
     Called by :meth:`htx.runner.Runner.run` after the driver loaded the model, fixtures and references.
     """
-    from htx.runner import new_record
-
     cfg = runner.cfg
     executor = cfg.executor
     payload = RunPayload(
@@ -177,7 +176,7 @@ def run_parallel(runner: Any, todo: list[TrialSpec], n_done: int, n_total: int) 
     report = ExecutorReport(executor.kind, backend.slots, len(chunks))
     t0 = time.perf_counter()
     try:
-        _drive(runner, backend, chunks, n_done, n_total, retries, hang_limit, report, new_record)
+        _drive(runner, backend, chunks, n_done, n_total, retries, hang_limit, report)
     finally:
         backend.close()
     report.wall_s = time.perf_counter() - t0
@@ -189,10 +188,8 @@ def run_parallel(runner: Any, todo: list[TrialSpec], n_done: int, n_total: int) 
     return report
 
 
-def _drive(runner: Any, backend: Backend, chunks: list[Chunk], n_done: int, n_total: int, retries: int,
-           hang_limit: float, report: ExecutorReport, new_record: Any) -> None:
-    from htx.runner import trial_label
-
+def _drive(runner: Runner, backend: Backend, chunks: list[Chunk], n_done: int, n_total: int, retries: int,
+           hang_limit: float, report: ExecutorReport) -> None:
     states: dict[int, _ChunkState] = {}
     attempts: Counter[str] = Counter()
     next_id = max(c.id for c in chunks) + 1
