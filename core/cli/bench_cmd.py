@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from htx.bench import executors as bench_executors
 from htx.bench import surgery as surgery_bench
 from htx.cli import bench_search_cmd
 from htx.cli.common import err, handle_errors, out
@@ -70,3 +71,5 @@ def coreml(
     bench_coreml.run(segment=segment, repeats=repeats, device=device, cache_dir=cache_dir, fp16=fp16, out_json=out)
 
 app.command("search")(bench_search_cmd.bench_search)
+
+app.command("executors")(bench_executors.command)

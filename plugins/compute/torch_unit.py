@@ -306,6 +306,11 @@ class TorchUnit(ComputeUnit):
     def runtime(self) -> str:
         return f"torch:{self.device.type}"
 
+    def resources(self) -> dict[str, float]:
+        # Ray schedules `cuda` trials on GPU workers and `mps` ones on Macs (custom resource `macos`);
+        # `auto` runs wherever it lands and uses what that worker has.
+        return {"cuda": {"GPU": 1.0}, "mps": {"macos": 1.0}}.get(self.params.device, {})
+
     def available(self) -> tuple[bool, str]:
         dev = self.params.device
         if dev == "cuda" and not torch.cuda.is_available():
