@@ -345,10 +345,21 @@ class ComputeUnit(Plugin):
 
     kind = "compute"
     emulated: bool = False
+    #: True when ``prepare`` stores its result under ``cache_dir`` (a conversion): parallel executors then
+    #: prepare each (surgery, compute) pair once in the driver, so workers load it instead of converting.
+    disk_cached_prepare: ClassVar[bool] = False
 
     @property
     def runtime(self) -> str:
         return self.name
+
+    def resources(self) -> dict[str, float]:
+        """What a worker needs to run this unit, as Ray resources: ``{"GPU": 1}``, ``{"macos": 1}``.
+
+        ``{}`` (the default) means one CPU. The ``ray`` executor requests these per trial (the config's
+        ``executor.ray.resources`` can replace them); other executors ignore them.
+        """
+        return {}
 
     @property
     def device(self) -> torch.device:

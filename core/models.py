@@ -173,6 +173,24 @@ def load_pretrained(name: str) -> nn.Module:
     return model
 
 
+def model_skeleton(cfg: Any) -> nn.Module | None:
+    """The architecture a config asks for, cheaply, for validation; None when it needs the weights.
+
+    ``random`` and ``demo`` without its trained checkpoint: built on the meta device (no memory, no weights).
+    ``demo`` with its checkpoint: the (small) checkpoint is loaded. ``path`` and ``pretrained``: None, because
+    their architecture is only known once the weights are read; the runner checks those after loading the
+    model, before any trial.
+    """
+    if cfg.kind == "random" or (cfg.kind == "demo" and not demo_checkpoint().exists()):
+        kw = dict(cfg.random) if cfg.kind == "random" else dict(DEMO_KWARGS)
+        seed = int(kw.pop("seed", 0))
+        with torch.device("meta"):
+            return random_htdemucs(seed=seed, **kw)
+    if cfg.kind == "demo":
+        return load_checkpoint(demo_checkpoint())
+    return None
+
+
 def load_model(cfg: Any) -> LoadedModel:
     """Build the model a config asks for (``cfg`` is a :class:`htx.config.ModelConfig`)."""
     if cfg.kind == "demo":

@@ -16,7 +16,7 @@ from htx.plugins import build_registry, get_plugin_manager, module_plugin
 BUILTINS = {
     "surgery": {"full-hybrid"},
     "precision": {"fp32", "all-fp16", "curated-fp32"},
-    "stft": {"torch"},
+    "stft": {"torch", "numpy", "vdsp"},
     "compute": {"torch"},
 }
 

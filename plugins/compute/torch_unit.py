@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, Params
-from htx.opmap import is_compute, mil_type_for_aten
+from htx.opmap import is_compute, mil_type_for_aten, squares_input
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,8 +44,12 @@ class _OpMode(TorchDispatchMode):
         weight_cache: dict[Any, torch.Tensor] | None = None,
         reduce_group_norm: bool = False,
         lazy: bool = False,
+        host_cache: dict[Any, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        # Constants that the model builds on the host and copies to the GPU on every call (demucs's 2-D
+        # positional embedding): keep one device copy per content, so the forward can be a CUDA graph.
+        self.host_cache = host_cache
         self.reduce_group_norm = reduce_group_norm
         # lazy: low-precision outputs stay low until an FP32 op needs them. Exactly the values of
         # casting every FP16 op's output back to FP32 (the round trip FP16 -> FP32 -> FP16 is lossless),
@@ -70,6 +74,17 @@ class _OpMode(TorchDispatchMode):
             return t.to(self.low)
         return t
 
+    def _cached_host_copy(self, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        dev = kwargs.get("device")
+        if t.device.type != "cpu" or dev is None or torch.device(dev).type == "cpu" or t.numel() > 1 << 24:
+            return torch.ops.aten._to_copy.default(t, **kwargs)
+        key = (tuple(t.shape), t.dtype, str(kwargs), hash(t.contiguous().numpy().tobytes()))
+        cached = self.host_cache.get(key)
+        if cached is None:
+            cached = torch.ops.aten._to_copy.default(t, **kwargs)
+            self.host_cache[key] = cached
+        return cached
+
     def _to_high(self, t: Any) -> Any:
         if isinstance(t, torch.Tensor) and t.dtype == self.low:
             if t.is_contiguous():
@@ -86,8 +101,13 @@ class _OpMode(TorchDispatchMode):
         name = f"{mil}_{self.counter[mil]}"
         self.counter[mil] += 1
         if self.listing is not None:
-            self.listing.append(OpInfo(name, mil, is_compute(mil), {"aten": str(func)}))
+            info: dict[str, Any] = {"aten": str(func)}
+            if squares_input(func):
+                info["squares"] = True
+            self.listing.append(OpInfo(name, mil, is_compute(mil), info))
         impl = func
+        if func is torch.ops.aten._to_copy.default and self.host_cache is not None:
+            impl = self._cached_host_copy
         if self.reduce_group_norm and func is torch.ops.aten.native_group_norm.default:
             impl = _group_norm_by_reductions
         mutable = func._schema.is_mutable and bool(args) and isinstance(args[0], torch.Tensor)
@@ -135,8 +155,11 @@ class _OpMode(TorchDispatchMode):
         if mil.startswith("reduce_") or mil in ("softmax", "layer_norm", "group_norm", "l2_norm"):
             ins = [t for t in _tensors(args) if t.is_floating_point()]
             outs = [t for t in _tensors(out) if t.is_floating_point()]
-            if ins and outs and outs[0].numel():
-                st.reduction_size = max(1, ins[0].numel() // max(1, outs[0].numel()))
+            if mil == "softmax" and ins and len(args) > 1 and isinstance(args[1], int):
+                st.reduction_size = int(ins[0].shape[args[1]])
+            elif ins and outs and min(o.numel() for o in outs):
+                # Norms return (out, mean, rstd): the smallest output (the statistics) gives the group size.
+                st.reduction_size = max(1, ins[0].numel() // min(o.numel() for o in outs))
         self.stats[name] = st
 
 
@@ -150,13 +173,17 @@ def _group_norm_by_reductions(
     FP32 accumulation as the native kernel, with inputs/outputs in the caller's dtype.
     """
     xf = x.float().reshape(N, group, -1)
-    var, mean = torch.var_mean(xf, dim=-1, correction=0, keepdim=True)
-    rstd = torch.rsqrt(var + eps)
-    y = ((xf - mean) * rstd).reshape(N, C, -1)
+    var, mean = torch.var_mean(xf, dim=-1, correction=0)
+    rstd = torch.rsqrt(var + eps)  # [N, group]
+    # Fold normalization and affine into one multiply-add per element: y = x * a + c.
+    a = rstd.repeat_interleave(C // group, dim=1)  # [N, C]
+    c = -mean.repeat_interleave(C // group, dim=1) * a
     if weight is not None:
-        y = y * weight.float()[None, :, None]
+        a = a * weight.float()[None]
+        c = c * weight.float()[None]
     if bias is not None:
-        y = y + bias.float()[None, :, None]
+        c = c + bias.float()[None]
+    y = torch.addcmul(c[:, :, None].to(x.dtype), x.reshape(N, C, -1), a[:, :, None].to(x.dtype))
     return y.reshape(x.shape).to(x.dtype), mean.reshape(N, group).to(x.dtype), rstd.reshape(N, group).to(x.dtype)
 
 
@@ -279,6 +306,11 @@ class TorchUnit(ComputeUnit):
     def runtime(self) -> str:
         return f"torch:{self.device.type}"
 
+    def resources(self) -> dict[str, float]:
+        # Ray schedules `cuda` trials on GPU workers and `mps` ones on Macs (custom resource `macos`);
+        # `auto` runs wherever it lands and uses what that worker has.
+        return {"cuda": {"GPU": 1.0}, "mps": {"macos": 1.0}}.get(self.params.device, {})
+
     def available(self) -> tuple[bool, str]:
         dev = self.params.device
         if dev == "cuda" and not torch.cuda.is_available():
@@ -309,18 +341,21 @@ class TorchUnit(ComputeUnit):
         gn = self.params.group_norm
         reduce_gn = gn == "reduce" or (gn == "auto" and self.device.type == "cuda")
         lazy = self.params.casts == "lazy"
+        graphs = self.device.type == "cuda" and self.params.cuda_graphs
+        host_cache: dict[Any, torch.Tensor] | None = {} if graphs else None
 
         def forward(*inputs: torch.Tensor) -> Any:
-            if not fp16 and not reduce_gn:
+            if not fp16 and not reduce_gn and not graphs:
                 with torch.no_grad():
                     return inner(*inputs)
-            mode = _OpMode(fp16=fp16, low_dtype=low, weight_cache=weight_cache, reduce_group_norm=reduce_gn, lazy=lazy)
+            mode = _OpMode(fp16=fp16, low_dtype=low, weight_cache=weight_cache, reduce_group_norm=reduce_gn, lazy=lazy,
+                           host_cache=host_cache)
             fn_mode = _LazyCompositeMode(mode) if lazy and fp16 else contextlib.nullcontext()
             with torch.no_grad(), fn_mode, mode:
                 out = inner(*inputs)
             return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.dtype == low else t, out)
 
-        if self.device.type == "cuda" and self.params.cuda_graphs:
+        if graphs:
             return _Graphed(forward)
         return forward
 
