@@ -120,12 +120,6 @@ class Separator:
     def sources(self) -> list[str]:
         return self.loaded.sources
 
-    def segments(self, length: int, transition: str = "demucs", crossfade_s: float = 1.0) -> int:
-        """How many model segments audio of ``length`` samples (model rate) takes."""
-        seg = self.loaded.segment_length
-        stride = int((1 - self.cfg.separation.overlap) * seg) if transition == "demucs" else seg - int(crossfade_s * self.samplerate)
-        return max(1, -(-length // stride))
-
     def separate_audio(
         self, audio: Audio, progress: Callable[[int, int], None] | None = None,
         transition: str = "demucs", crossfade_s: float = 1.0, what: str = "input",

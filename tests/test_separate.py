@@ -101,7 +101,8 @@ def test_htx_separate_writes_stems(tmp_path: Path) -> None:
     inp = _write(tmp_path / "clip.wav", _mix(int(2.5 * SR)), SR)
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["separate", str(inp), "--config", str(REPO_ROOT / "configs" / "quickstart.yaml"),
-                                   "--precision", "fp32", "--out", str(out), "--format", "flac", "--no-progress"])
+                                   "--precision", "fp32", "--stft", "torch", "--out", str(out), "--format", "flac",
+                                   "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "full-hybrid x fp32 x torch x torch[device='cpu']" in res.output
     stems = {}

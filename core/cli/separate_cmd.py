@@ -22,7 +22,7 @@ def separate(
     input: Path = typer.Argument(..., help="audio to separate (WAV, FLAC or OGG; any sample rate, mono or stereo)"),
     config: Path = typer.Option(None, "--config", "-c", help="experiment config (model, separation settings, axes); default: demo model, full-hybrid, fp32, torch"),
     surgery: str = typer.Option(None, "--surgery", help="surgery to use (needed when the config lists several)"),
-    precision: str = typer.Option(None, "--precision", help="precision policy, e.g. all-fp16 or '{curated-fp32: {ops: [softmax]}}'"),
+    precision: str = typer.Option(None, "--precision", help="precision policy: a name (all-fp16) or a YAML mapping with options, '{name: {option: value}}'"),
     stft: str = typer.Option(None, "--stft", help="STFT backend"),
     compute: str = typer.Option(None, "--compute", help="compute unit, e.g. torch or '{torch: {device: cpu}}'"),
     out_dir: Path = typer.Option(Path("separated"), "--out", "-o", help="folder for the stem files"),
