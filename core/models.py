@@ -102,7 +102,8 @@ def model_hash(model: nn.Module) -> str:
     h.update(type(model).__qualname__.encode())
     init = getattr(model, "_init_args_kwargs", None)
     if init is not None:
-        h.update(repr(init).encode())
+        args, kwargs = init
+        h.update(repr((args, sorted(kwargs.items()))).encode())  # kwargs order (e.g. from a stored config) is not content
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())

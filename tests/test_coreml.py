@@ -300,12 +300,17 @@ class Zoo(torch.nn.Module):
         return o, w.unsqueeze(1)
 
 
+def _zoo_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 4, 16, generator=gen), torch.randn(2, 2, 8, 8, generator=gen)
+
+
 @pytest.mark.parametrize("target", ["iOS18", "iOS16"])
-def test_op_zoo_fp32_fidelity_and_typed_bit_identity(target, tmp_path):
+def test_op_zoo_fp32_fidelity_and_typed_bit_identity(target, cache_dir):
     model = Zoo().eval()
-    x, z = torch.randn(2, 4, 16), torch.randn(2, 2, 8, 8)
+    x, z = _zoo_inputs(0)
     unit = CoreMLUnit(CoreMLUnit.Params(runtime="emulated", device="cpu", target=target))
-    prepared = unit.prepare(model, (x, z), cache_dir=tmp_path)
+    prepared = unit.prepare(model, (x, z), cache_dir=cache_dir)
     ops = unit.ops(prepared)
     assert {"matmul", "softmax", "concat", "pad", "reverse", "select", "cumsum", "stack", "tile", "batch_norm"} <= {op.type for op in ops}
     with torch.no_grad():
@@ -364,31 +369,38 @@ class FakeRuntime:
         return {name: o.numpy() for name, o in zip(self.graph.outputs, outs, strict=True)}
 
 
-def test_native_path_with_mocked_runtime(tiny, cache_dir, monkeypatch):
-    model, inner, _, _ = tiny
+def test_native_path_with_mocked_runtime(cache_dir, monkeypatch):
+    model = Zoo().eval()
+    example = _zoo_inputs(0)
     monkeypatch.setattr(native, "runtime_available", lambda: (True, ""))
     monkeypatch.setattr(native, "load_mlmodel", FakeRuntime)
     FakeRuntime.loads.clear()
     unit = CoreMLUnit(CoreMLUnit.Params(runtime="native", units="CPU_AND_GPU"))
     assert unit.available() == (True, "") and not unit.emulated and unit.runtime == "coreml:native[CPU_AND_GPU]"
-    prepared = unit.prepare(inner, _inputs(model, 1234), cache_dir=cache_dir)
-    assert prepared.conversion.hit and prepared.emulator is None
+    prepared = unit.prepare(model, example, cache_dir=cache_dir)
+    assert prepared.emulator is None
     ops = unit.ops(prepared)
     assignment = Assignment.keep_fp32(ops, [op.name for op in ops if op.type in CURATED])
     forward = unit.compile(prepared, assignment)
     (path, units), = FakeRuntime.loads
     assert units == "CPU_AND_GPU" and path.suffix == ".mlpackage" and path.parent == prepared.conversion.path.parent
     typed = read_program(load_program(path))
-    conv = {n.name.removesuffix("_cast_fp16"): n for n in typed.nodes if n.type == "conv"}
-    assert conv and all(n.outputs[0].dtype == "fp16" for n in conv.values())  # the assignment is in the package
-    assert all(n.outputs[0].dtype == "fp32" for n in typed.nodes if n.type == "reduce_mean")  # curated ops stay FP32
-    spec, mix = _inputs(model, 11, scale=0.4)
-    spec_out, wave_out = forward(spec, mix)
-    model_obj = forward.model
-    assert model_obj.calls[-1] == {"spec_cac": (tuple(spec.shape), np.float32), "mix": (tuple(mix.shape), np.float32)}
+    assert all(o.dtype == "fp16" for n in typed.nodes if n.type in ("conv", "linear") for o in n.outputs)
+    assert all(o.dtype == "fp32" for n in typed.nodes if n.type in ("softmax", "reduce_mean") for o in n.outputs)
+    x, z = _zoo_inputs(3)
+    got = forward(x, z)
+    assert forward.model.calls[-1] == {"x": ((2, 4, 16), np.float32), "z": ((2, 2, 8, 8), np.float32)}
     emu = CoreMLUnit(CoreMLUnit.Params(runtime="emulated", device="cpu"))
-    expected = emu.compile(emu.prepare(inner, _inputs(model, 1234), cache_dir=cache_dir), assignment)(spec, mix)
-    assert torch.equal(spec_out, expected[0]) and torch.equal(wave_out, expected[1])
-    # A second compile of the same assignment reuses the typed package.
-    unit.compile(prepared, assignment)
+    expected = emu.compile(emu.prepare(model, example, cache_dir=cache_dir), assignment)(x, z)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))  # the package holds the assignment
+    unit.compile(prepared, assignment)  # a second compile reuses the typed package
     assert len({p for p, _ in FakeRuntime.loads}) == 1
+
+
+def test_model_hash_ignores_kwargs_order():
+    # A run's stored config lists HTDemucs kwargs in another order; its reference cache must still hit.
+    from htx.models import model_hash, random_htdemucs
+
+    a = random_htdemucs(seed=0, channels=8, depth=2, t_layers=1, segment=1)
+    b = random_htdemucs(seed=0, segment=1, t_layers=1, depth=2, channels=8)
+    assert model_hash(a) == model_hash(b)

@@ -281,9 +281,12 @@ def convert_cached(
     t0 = time.perf_counter()
     key = key or cache_key(inner, example_inputs, target)
     if cache_dir is None:
+        import atexit
         import tempfile
 
-        entry = Path(tempfile.mkdtemp(prefix="htx-coreml-")) / key
+        tmp_root = tempfile.mkdtemp(prefix="htx-coreml-")
+        atexit.register(shutil.rmtree, tmp_root, ignore_errors=True)
+        entry = Path(tmp_root) / key
     else:
         entry = cache_entry(cache_dir, key)
     meta_path = entry / "meta.json"

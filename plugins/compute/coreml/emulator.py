@@ -151,7 +151,7 @@ class Emulator:
                 if isinstance(arg, Ref) and _is_float(arg.var.dtype):
                     raw.append((param, _slot_getter(slot[arg.var.name])))
             try:
-                run = build(OpView(node, low, acc16_mode and runs16, effective))
+                run = build(OpView(node, low, acc16_mode and runs16, effective, self.device))
             except UnknownOpError:
                 raise
             except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -221,6 +221,17 @@ class Emulator:
 
     def run(self, plan: Plan, inputs: Sequence[torch.Tensor], stats: dict[str, OpStats] | None = None) -> list[torch.Tensor]:
         """Execute ``plan`` on ``inputs`` (program input order); returns the program outputs as FP32."""
+        if self.device.type != "cuda":
+            return self._run(plan, inputs, stats)
+        # FP32 means FP32: cuDNN would otherwise run convolutions in TF32 on Ampere and later GPUs.
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return self._run(plan, inputs, stats)
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+    def _run(self, plan: Plan, inputs: Sequence[torch.Tensor], stats: dict[str, OpStats] | None) -> list[torch.Tensor]:
         if len(inputs) != len(plan.input_slots):
             raise EmulatorError(f"the program takes {len(plan.input_slots)} inputs, got {len(inputs)}")
         slots: list[Any] = [None] * plan.n_slots

@@ -39,8 +39,10 @@ class UnknownOpError(NotImplementedError):
 class OpView:
     """What a kernel builder may know about one op, fixed when the emulator plans an assignment."""
 
-    def __init__(self, node: Node, low: bool, acc16: bool, effective: dict[str, Any]) -> None:
+    def __init__(self, node: Node, low: bool, acc16: bool, effective: dict[str, Any],
+                 device: torch.device | None = None) -> None:
         self.node = node
+        self.device = device or torch.device("cpu")  # where kernels that create tensors put them
         self.low = low  # the op runs in FP16
         self.acc16 = acc16  # and its reductions accumulate in FP16
         self._effective = effective  # const float params after the FP16 pass's rounding
@@ -818,14 +820,16 @@ def _fill(v: OpView) -> Run:
     shape = _static(v)
     value = v.fval("value", 0.0)
     dtype = TORCH_DTYPES.get(v.out[0].dtype, torch.float32)
-    return lambda a: torch.full(shape, value, dtype=dtype)
+    device = v.device
+    return lambda a: torch.full(shape, value, dtype=dtype, device=device)
 
 
 @builder("range_1d", layout=True)
 def _range_1d(v: OpView) -> Run:
     start, end, step = v.attr("start"), v.attr("end"), v.attr("step")
     dtype = TORCH_DTYPES.get(v.out[0].dtype, torch.float32)
-    return lambda a: torch.arange(start, end, step, dtype=dtype)
+    device = v.device
+    return lambda a: torch.arange(start, end, step, dtype=dtype, device=device)
 
 
 @builder("one_hot")
