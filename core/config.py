@@ -3,7 +3,8 @@
 Each grid axis (``surgery``, ``precision``, ``stft``, ``compute``) is a list of plugin entries written as a
 bare name (``all-fp16``) or a one-key mapping (``{curated-fp32: {ops: [softmax]}}``); each plugin's options
 are validated by that plugin's own ``Params`` model. :func:`load_config` validates everything, plugin
-names included, without building a model.
+names included, and whether each surgery applies to the model, without loading weights (demo and random
+models are checked on a meta-device skeleton; see :mod:`htx.applicability`).
 """
 
 from __future__ import annotations

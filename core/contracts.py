@@ -140,7 +140,10 @@ class InnerModel(nn.Module):
     ``forward(spec_cac, mix)`` takes the complex-as-channels spectrogram ``[B, 2C, F, T]`` and the
     waveform ``[B, C, L]`` and returns ``(spec_out [B, S, 2C, F, T], wave_out [B, S, C, L])``, with no
     complex tensors and no STFT. ``host_pre``/``host_post`` run on the host in FP32 around it (identity
-    by default); a surgery that moves work out of the converted model overrides them.
+    by default); a surgery that moves work out of the converted model overrides them. The compute unit
+    runs ``forward(*args)`` on the ``args`` of ``host_pre`` and hands its output tuple to ``host_post``,
+    which returns ``(spec_out, wave_out)``. A surgery with ``needs_stft = False`` gets ``spec_cac=None``
+    in ``host_pre``; its ``host_post`` returns ``spec_out=None`` and the pipeline skips the iSTFT.
     """
 
     def host_pre(self, spec_cac: torch.Tensor, mix: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Any]:
@@ -175,7 +178,11 @@ class Surgery(Plugin):
     needs_stft: ClassVar[bool] = True
 
     def check(self, model: nn.Module) -> None:
-        """Raise :class:`htx.errors.ModelError` when this surgery does not apply to ``model``."""
+        """Raise :class:`htx.errors.ModelError` when this surgery does not apply to ``model``.
+
+        Look at the architecture only (module types, config attributes), never at weight values:
+        ``htx validate`` passes a skeleton built on the meta device (see ``htx.models.model_skeleton``).
+        """
         from htx.errors import ModelError
 
         if type(model).__name__ != "HTDemucs":

@@ -91,7 +91,7 @@ def _pipeline(surgery, model, mix, unit: TorchUnit | None = None):
     else:
         forward = unit.compile(unit.prepare(inner, tuple(args)), Assignment.all_fp32())
     pipe = Pipeline(inner, forward, stft, model.nfft, torch.device("cpu"), needs_stft=surgery.needs_stft)
-    with torch.no_grad():
+    with torch.no_grad(), mha_fastpath(False):  # as the compute units and conversion run the inner model
         return pipe(mix), pipe
 
 

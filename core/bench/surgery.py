@@ -9,6 +9,7 @@ variant sees the same machine load; ratios are against ``full-hybrid``.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 import traceback
@@ -53,11 +54,13 @@ def bench_surgery(
     dev = torch.device(device)
     stft = registry.create("stft", "torch")
     mix = 0.2 * torch.randn(1, net.audio_channels, loaded.segment_length, generator=torch.Generator().manual_seed(0))
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(True)  # the original forward as users run it (torch's default)
+    fastpath_before = torch.backends.mha.get_fastpath_enabled()
+    # The original forward as users run it: torch's fused self-attention fast path on (its default). The
+    # variants run with it off, as conversion and the torch compute unit do, whatever ran before them.
+    torch.backends.mha.set_fastpath_enabled(True)
     with torch.no_grad():
         ref = net(mix)
-    torch.backends.mha.set_fastpath_enabled(before)
+    torch.backends.mha.set_fastpath_enabled(False)
 
     rows: dict[str, dict[str, Any]] = {}
     inners: dict[str, tuple[Any, Any]] = {}
@@ -98,7 +101,6 @@ def bench_surgery(
     }
 
     # latency: interleaved rounds (one warm-up), so drifting machine load hits every variant alike
-    torch.backends.mha.set_fastpath_enabled(False)
     with torch.no_grad():
         for pipe in pipes.values():
             pipe(mix)
@@ -112,6 +114,7 @@ def bench_surgery(
             samples = getattr(pipe.times, stage)
             row[f"{stage}_ms"] = percentiles([s * 1000 for s in samples])["median"] if samples else 0.0
         row["pipeline_ms"] = row["stft_ms"] + row["model_ms"] + row["istft_ms"]
+    torch.backends.mha.set_fastpath_enabled(fastpath_before)
     base = rows.get("full-hybrid")
     for row in rows.values():
         if base is not None:
@@ -124,6 +127,8 @@ def bench_surgery(
         "segment_s": loaded.segment_length / loaded.samplerate,
         "device": device,
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "repeats": repeats,
         "host": platform.node(),
         "torch": torch.__version__,
@@ -142,6 +147,7 @@ def command(
     repeats: int = typer.Option(5, min=1, help="timed rounds (after one warm-up round)"),
     convert: bool = typer.Option(True, help="convert each variant with coremltools and count its MIL ops"),
     device: str = typer.Option("cpu", help="device for the latency rounds (cpu, cuda, mps); parity runs on cpu"),
+    variants: str = typer.Option(",".join(VARIANTS), help="comma-separated surgeries to compare (full-hybrid is the baseline)"),
     save_to: Path | None = typer.Option(None, "--save", help="write the raw result as JSON (e.g. experiments/benchmarks/surgery-demo.json)"),
 ) -> None:
     """Every surgery on one segment: FP32 parity, conversion and MIL op count, latency and speed-up vs full-hybrid."""
@@ -151,7 +157,8 @@ def command(
 
     @handle_errors
     def _run() -> None:
-        result = bench_surgery(model, repeats=repeats, convert=convert, device=device, say=lambda m: err().print(m, highlight=False))
+        names = tuple(v.strip() for v in variants.split(",") if v.strip())
+        result = bench_surgery(model, variants=names, repeats=repeats, convert=convert, device=device, say=lambda m: err().print(m, highlight=False))
         table = Table(title=f"surgery variants: {result['model']}, {result['segment_s']:g} s segment, {device}, {repeats} rounds")
         for col in ("variant", "max abs diff", "within tol", "SNR dB", "converts", "MIL ops", "stft ms", "model ms",
                     "istft ms", "model speed-up", "pipeline speed-up"):
