@@ -15,11 +15,14 @@ evaluation time. Projected and estimated numbers are labelled as such.
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from htx.bench.planted import planted_ops, planted_plugin
 from htx.config import parse_config
@@ -34,6 +37,11 @@ MODELS: dict[str, Any] = {
     # HTDemucs's own defaults (channels 48, depth 4, 5 transformer layers, 10 s segment), random init.
     "full": {"random": {"seed": 0}},
 }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average: benchmarks on a shared machine report how busy it was."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 class _Deadline(Exception):
@@ -67,6 +75,7 @@ def bench_model(
     from htx_plugins.precision.bisect import Bisect, bound
 
     registry = build_registry(get_plugin_manager(extra_plugins=(planted_plugin(),)))
+    load_before = _load_average()
     params = {"criterion": criterion}
     with tempfile.TemporaryDirectory() as tmp:
         raw = {
@@ -121,6 +130,7 @@ def bench_model(
         "eval_s_median": median, "eval_s_min": min(times) if times else None, "eval_s_max": max(times) if times else None,
         "evaluations_bound": bound(len(culprits), n), "oracle_evaluations": oracle,
         "linear_scan_evaluations": n, "linear_scan_s_estimated": n * median,
+        "torch_threads": torch.get_num_threads(), "load_average_1min": [load_before, _load_average()],
     }
     if finished and result is not None:
         found = result.summary["fp32_ops"]

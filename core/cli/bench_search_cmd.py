@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -59,7 +60,16 @@ def bench_search(
     out().print(table)
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"benchmark": "search", "host": platform.node(), "machine": platform.machine(),
-                  "created": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+        # Rows of models not benchmarked now are kept, so models can be measured in separate invocations.
+        kept = []
+        if out_path.exists():
+            try:
+                kept = [r for r in json.loads(out_path.read_text()).get("rows", []) if r.get("model") not in keys]
+            except (json.JSONDecodeError, AttributeError):
+                kept = []
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for r in rows:
+            r.update({"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(), "measured_at": stamp})
+        record = {"benchmark": "search", "command": "htx bench search", "rows": kept + rows}
         out_path.write_text(json.dumps(record, indent=1, default=str))
         e.print(f"wrote {out_path}", highlight=False)

@@ -68,7 +68,7 @@ def nan_sources(
             f"x {spec.compute.key()} x {spec.fixture}", highlight=False, markup=False)
     o.print(f"assignment: {n_fp16} of {n_compute} compute ops FP16 ({how})", highlight=False, markup=False)
     recorded = ", ".join(str(s.segment) for s in segments)
-    o.print(f"recorded segment(s) {recorded} of {last.n_segments} of fixture {last.fixture} ({prep.compute.runtime})",
+    o.print(f"recorded segment(s) {recorded} of fixture {last.fixture} (segments 0..{last.n_segments - 1}; {prep.compute.runtime})",
             highlight=False, markup=False)
     if not bad:
         o.print(f"no op produced NaN/Inf in the recorded segment(s) of {last.fixture}.", highlight=False, markup=False)
