@@ -160,7 +160,7 @@ def command(
     snr0 = results["serial"]["snr"]
     table = Table(title=f"htx bench executors: 24-trial CPU grid on {platform.node()} ({cores} cores)")
     for col in ("executor", "workers", "wall s", "speed-up", "per core", "Σ trial s", "efficiency",
-                "overhead/trial s", "1st trial s", "ok", "max |ΔSNR| dB"):
+                "overhead/trial s", "1st trial s", "ok", "max |ΔSNR| dB (<100)"):
         table.add_column(col, justify="left" if col == "executor" else "right")
     for kind, r in results.items():
         n = 1 if kind == "serial" else slots
@@ -169,7 +169,8 @@ def command(
         r["speedup_per_core"] = r["speedup"] / cores
         r["overhead_per_trial_s"] = (r["wall_s"] * n - r["trial_s_sum"]) / r["trials"]
         r["efficiency"] = r["trial_s_sum"] / (r["wall_s"] * n)
-        diffs = [abs(v - snr0[k]) for k, v in r["snr"].items() if v is not None and snr0.get(k) is not None]
+        # Trials near float32 round-off (fp32: SNR ~140 dB) differ by several dB with the thread count: skip them.
+        diffs = [abs(v - snr0[k]) for k, v in r["snr"].items() if v is not None and snr0.get(k) is not None and snr0[k] < 100]
         r["max_snr_diff_db"] = max(diffs, default=0.0)
         table.add_row(
             kind, str(n), f"{r['wall_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['speedup_per_core']:.2f}",
@@ -188,8 +189,8 @@ def command(
         rr = results["ray"]
         notes.append(f"ray cluster start: {ray_start:.1f} s (not in its wall); with it: {base / (rr['wall_s'] + ray_start):.2f}x.")
     notes.append("efficiency = sum of trial durations / (wall x workers): the share of worker time spent in trials.")
-    notes.append(f"serial runs torch with {torch.get_num_threads()} threads, each worker with 1; ΔSNR: torch sums in a "
-                 "thread-count-dependent order, so metrics may differ in the last bits.")
+    notes.append(f"serial runs torch with {torch.get_num_threads()} threads, each worker with 1; torch sums in a "
+                 "thread-count-dependent order, so SNRs differ at round-off level; ΔSNR is over trials below 100 dB.")
     notes.append("load average (1, 5, 15 min) before: {:.1f} {:.1f} {:.1f}, after: {:.1f} {:.1f} {:.1f} "
                  "(other work on the machine skews every number).".format(*load_before, *os.getloadavg()))
     for line in notes:
