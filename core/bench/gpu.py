@@ -100,7 +100,7 @@ def categorize(name: str) -> str:
 def run(
     seconds: float = 60.0,
     repeats: int = 5,
-    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16),
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 6, 11),
     policy_batch: int = 4,
     bisect: bool = True,
     emulator: bool = True,
@@ -299,7 +299,7 @@ def _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, batc
     from htx.plugins import load_registry
 
     reg = load_registry()
-    policy = reg.create("precision", "bisect", {"criterion": {"snr_db": 60}})
+    policy = reg.create("precision", "bisect", {"criterion": {"snr_db": 60}, "granularity": "type-then-instance", "max_seconds": 150})
     unit, prepared = prepared_by_low["fp16"]
     short = mix[..., : int(10 * model.samplerate)]
     ref_short = ref_np[..., : short.shape[-1]]
