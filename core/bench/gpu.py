@@ -178,6 +178,8 @@ def run(
         wall, samples, out = timed(sep, repeats)
         torch.cuda.reset_peak_memory_stats()
         sep()
+        if getattr(fwd, "failed", None):
+            say(f"    (CUDA graph capture failed, ran eagerly: {fwd.failed[:160]})")
         return wall, samples, out.float().cpu().numpy(), torch.cuda.max_memory_allocated() / 2**20
 
     from htx_plugins.precision.static import CURATED_DEFAULT
@@ -302,7 +304,13 @@ def _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, batc
     policy = reg.create("precision", "bisect", {"criterion": {"snr_db": 60}, "granularity": "type-then-instance", "max_seconds": 150})
     unit, prepared = prepared_by_low["fp16"]
     short = mix[..., : int(10 * model.samplerate)]
-    ref_short = ref_np[..., : short.shape[-1]]
+    from demucs.apply import apply_model
+
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():  # the 10 s clip's own FP32 reference (its segments differ from the 60 s clip's)
+        ref_short = apply_model(model, short[None], shifts=0, split=True, overlap=0.25, device=short.device, progress=False)[0].float().cpu().numpy()
+    torch.backends.cudnn.allow_tf32 = tf32
 
     def evaluate(asg: Assignment) -> dict[str, Any]:
         fwd = unit.compile(prepared, asg)
