@@ -80,3 +80,14 @@ def mil_type_for_aten(func: Any, args: tuple[Any, ...] = ()) -> str | None:
 
 def is_compute(mil_type: str) -> bool:
     return mil_type not in LAYOUT_TYPES
+
+
+#: aten reductions over squared inputs that the MIL vocabulary labels by their reduction (``reduce_mean``):
+#: compute units mark such op instances with ``OpInfo.info["squares"] = True``.
+SQUARING_ATEN = frozenset({"std", "var", "std_mean", "var_mean"})
+
+
+def squares_input(func: Any) -> bool:
+    """Whether an aten op reduces the squares of its input (its FP16 accumulator grows with x**2)."""
+    name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
+    return name in SQUARING_ATEN

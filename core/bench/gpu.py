@@ -73,6 +73,13 @@ def test_clip(seconds: float, samplerate: int = 44100, seed: int = 0) -> torch.T
     return torch.from_numpy(x.astype(np.float32))
 
 
+def _last_baseline(model: Any, mix: torch.Tensor, dev: torch.device) -> np.ndarray:
+    from demucs.apply import apply_model
+
+    with torch.no_grad():
+        return apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0].float().cpu().numpy()
+
+
 def categorize(name: str) -> str:
     n = name.lower()
     if any(k in n for k in ("fmha", "flash", "attention", "sdpa", "softmax")):
@@ -93,7 +100,7 @@ def categorize(name: str) -> str:
 def run(
     seconds: float = 60.0,
     repeats: int = 5,
-    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16),
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 6, 11),
     policy_batch: int = 4,
     bisect: bool = True,
     emulator: bool = True,
@@ -136,14 +143,21 @@ def run(
         apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)
     rec["baseline"] = {"wall_s": base_s, "samples": base_samples, "rtf": base_s / seconds,
                        "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
+    # The FP32 reference proper: the same call with TF32 off (cuDNN uses TF32 for convs by default).
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():
+        ref = apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0]
+    torch.backends.cudnn.allow_tf32 = tf32
     ref_np = ref.float().cpu().numpy()
+    rec["baseline"]["snr_db_vs_true_fp32"] = accuracy(ref_np, _last_baseline(model, mix, dev), 1e-3, 1e-4)["snr_db"]
     say(f"baseline demucs apply_model fp32: {base_s * 1000:.1f} ms for {seconds:.0f} s (RTF {base_s / seconds:.4f})")
 
     inner = FullHybrid().build(model)
     stft = TorchSTFT()
 
-    def build(low: str, batch: int, graphs: bool = True) -> tuple[Any, Any]:
-        unit = TorchUnit(TorchUnit.Params(device="cuda", low_dtype=low, cuda_graphs=graphs))
+    def build(low: str, batch: int, graphs: bool = True, group_norm: str = "auto") -> tuple[Any, Any]:
+        unit = TorchUnit(TorchUnit.Params(device="cuda", low_dtype=low, cuda_graphs=graphs, group_norm=group_norm))
         ex_mix = 0.1 * torch.randn(batch, 2, seg_len, device=dev)
         prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex_mix, model.nfft)), ex_mix))
         return unit, prepared
@@ -164,6 +178,8 @@ def run(
         wall, samples, out = timed(sep, repeats)
         torch.cuda.reset_peak_memory_stats()
         sep()
+        if getattr(fwd, "failed", None):
+            say(f"    (CUDA graph capture failed, ran eagerly: {fwd.failed[:160]})")
         return wall, samples, out.float().cpu().numpy(), torch.cuda.max_memory_allocated() / 2**20
 
     from htx_plugins.precision.static import CURATED_DEFAULT
@@ -229,11 +245,15 @@ def run(
         say(f"  batch {b:3d}: {wall * 1000:8.1f} ms  x{base_s / wall:5.2f}  peak {mem:7.0f} MiB")
     rec["batch_sweep"] = {"policy": fastest, "results": sweep}
 
-    # graphs off, to show what the Python dispatch costs
-    unit, prepared = build(low, policy_batch, graphs=False)
-    wall, _, _, _ = pipeline_run(unit, prepared, choose(unit.ops(prepared)) if fastest in policies else Assignment.all_fp16(unit.ops(prepared)), policy_batch)
-    rec["no_cuda_graphs"] = {"policy": fastest, "wall_s": wall, "speedup": base_s / wall}
-    say(f"  {fastest} without CUDA graphs: {wall * 1000:.1f} ms  x{base_s / wall:.2f}")
+    # ablations: what the CUDA graphs and the reduction-based group norm each buy
+    ablations = {}
+    for label, kw in (("no CUDA graphs", {"graphs": False}), ("native group_norm", {"group_norm": "native"})):
+        unit, prepared = build(low, policy_batch, **kw)
+        ops_a = unit.ops(prepared)
+        wall, _, _, _ = pipeline_run(unit, prepared, choose(ops_a) if fastest in policies else Assignment.all_fp16(ops_a), policy_batch)
+        ablations[label] = {"policy": fastest, "wall_s": wall, "speedup": base_s / wall}
+        say(f"  {fastest} with {label}: {wall * 1000:.1f} ms  x{base_s / wall:.2f}")
+    rec["ablations"] = ablations
 
     # FLOPs per second of audio, achieved throughput
     from torch.utils.flop_counter import FlopCounterMode
@@ -281,10 +301,16 @@ def _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, batc
     from htx.plugins import load_registry
 
     reg = load_registry()
-    policy = reg.create("precision", "bisect", {"criterion": {"snr_db": 60}})
+    policy = reg.create("precision", "bisect", {"criterion": {"snr_db": 60}, "granularity": "type-then-instance", "max_seconds": 150})
     unit, prepared = prepared_by_low["fp16"]
     short = mix[..., : int(10 * model.samplerate)]
-    ref_short = ref_np[..., : short.shape[-1]]
+    from demucs.apply import apply_model
+
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():  # the 10 s clip's own FP32 reference (its segments differ from the 60 s clip's)
+        ref_short = apply_model(model, short[None], shifts=0, split=True, overlap=0.25, device=short.device, progress=False)[0].float().cpu().numpy()
+    torch.backends.cudnn.allow_tf32 = tf32
 
     def evaluate(asg: Assignment) -> dict[str, Any]:
         fwd = unit.compile(prepared, asg)

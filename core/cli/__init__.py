@@ -9,9 +9,11 @@ from htx.cli import (
     convert_cmd,
     fixtures_cmd,
     leaderboard_cmd,
+    nan_sources_cmd,
     ops_cmd,
     plugins_cmd,
     run_cmd,
+    separate_cmd,
     show_cmd,
     validate_cmd,
 )
@@ -30,6 +32,8 @@ app.command("leaderboard")(leaderboard_cmd.leaderboard)
 app.command("show")(show_cmd.show)
 app.command("convert")(convert_cmd.convert)
 app.command("ops")(ops_cmd.ops)
+app.command("separate")(separate_cmd.separate)
+app.command("nan-sources")(nan_sources_cmd.nan_sources)
 app.add_typer(fixtures_cmd.app, name="fixtures")
 app.add_typer(bench_cmd.app, name="bench")
 

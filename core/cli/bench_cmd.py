@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import typer
 
+from htx.bench import executors as bench_executors
+from htx.bench import surgery as surgery_bench
+from htx.cli import bench_search_cmd
+from htx.cli.common import err, handle_errors, out
+
 app = typer.Typer(help="Benchmarks: ratios measured side by side in one run on this machine.", no_args_is_help=True)
 
 
@@ -26,6 +31,31 @@ def gpu(
     bench_gpu.run(seconds=seconds, repeats=repeats, policy_batch=batch, bisect=bisect, emulator=emulator, out_json=out)
 
 
+@app.command("stft")
+@handle_errors
+def stft(
+    seconds: float = typer.Option(60.0, "--seconds", min=0.1, help="length of the stereo test clip"),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="interleaved timing rounds (the median is shown)"),
+    backends: list[str] = typer.Option(None, "--stft", help="backend name (repeatable); default: every registered one"),
+    parity: bool = typer.Option(True, "--parity/--no-parity", help="also print parity vs the exact Demucs STFT"),
+) -> None:
+    """Forward + inverse STFT per backend: throughput relative to torch and to the memory-bandwidth bound."""
+    from htx.bench import stft as bench
+    from htx.plugins import load_registry
+
+    reg = load_registry()
+    names = backends or reg.names("stft")
+    if "torch" in names:  # the reference row first
+        names = ["torch", *(n for n in names if n != "torch")]
+    plugins = [reg.create("stft", n) for n in names]
+    err().print(f"timing {', '.join(names)} on {seconds:g} s of stereo audio ...", highlight=False)
+    result = bench.run(plugins, seconds=seconds, repeats=repeats)
+    rows = bench.parity(plugins) if parity else None
+    bench.print_report(out(), result, rows)
+
+app.command("surgery")(surgery_bench.command)
+
+
 @app.command("coreml")
 def coreml(
     segment: float = typer.Option(7.8, help="segment length in seconds (the released HTDemucs models use 7.8)"),
@@ -39,3 +69,7 @@ def coreml(
     from htx.bench import coreml as bench_coreml
 
     bench_coreml.run(segment=segment, repeats=repeats, device=device, cache_dir=cache_dir, fp16=fp16, out_json=out)
+
+app.command("search")(bench_search_cmd.bench_search)
+
+app.command("executors")(bench_executors.command)

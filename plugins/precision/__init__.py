@@ -1,6 +1,8 @@
 """Built-in precision policies."""
 
 from htx.hookspecs import hookimpl
+from htx_plugins.precision.bisect import Bisect
+from htx_plugins.precision.magnitude import Magnitude
 from htx_plugins.precision.static import FP32, AllFP16, CuratedFP32
 
 
@@ -9,3 +11,5 @@ def htx_register_precision_policies(register):
     register(FP32)
     register(AllFP16)
     register(CuratedFP32)
+    register(Bisect)
+    register(Magnitude)

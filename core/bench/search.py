@@ -1,0 +1,148 @@
+"""``htx bench search``: wall time and evaluation count of one bisect search vs a linear scan.
+
+For each model the benchmark runs the real pipeline (FP32 reference from the disk cache, one ``prepare``,
+then one ``compile`` + separation + metrics per evaluation) on the ``planted-faults`` surgery, whose four
+known culprits make the search non-trivial on any HTDemucs, with one fixture of one segment. It reports the
+bisect search's wall time and evaluation count next to the n evaluations of a one-op-at-a-time scan.
+
+A linear scan is not run: its time is *estimated* as n times the median evaluation time measured during the
+search. When a search would not finish within ``max_seconds`` (the full-size model on a CPU: each FP16-
+emulated evaluation takes minutes), the search is stopped there; the row then reports what was measured and
+a *projection*: the evaluation count the same algorithm needs with the planted oracle (pass iff the four
+culprits are FP32, the construction verified on every model that finished) times the median measured
+evaluation time. Projected and estimated numbers are labelled as such.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from htx.bench.planted import planted_ops, planted_plugin
+from htx.config import parse_config
+from htx.contracts import Assignment, SearchContext
+from htx.grid import expand_grid
+from htx.plugins import build_registry, get_plugin_manager
+from htx.runner import Runner
+from htx.store import Store
+
+MODELS: dict[str, Any] = {
+    "demo": "demo",
+    # HTDemucs's own defaults (channels 48, depth 4, 5 transformer layers, 10 s segment), random init.
+    "full": {"random": {"seed": 0}},
+}
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average: benchmarks on a shared machine report how busy it was."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _oracle_evaluations(ops: list[Any], culprits: list[str], params: dict[str, Any]) -> int:
+    """Evaluations bisect needs on ``ops`` when exactly ``culprits`` must be FP32 (no model run)."""
+    from htx_plugins.precision.bisect import Bisect
+
+    need = frozenset(culprits)
+    compute = [op.name for op in ops if op.compute]
+
+    def evaluate(a: Assignment) -> dict[str, Any]:
+        ok = need <= frozenset(n for n in compute if n not in a.fp16)
+        return {"finite": ok, "nan_count": 0 if ok else 1, "inf_count": 0, "within_tol": ok, "snr_db": None}
+
+    ctx = SearchContext(ops, evaluate)
+    return Bisect(Bisect.Params(**params)).search(ctx).evaluations
+
+
+def bench_model(
+    model_key: str,
+    criterion: Any = "finite",
+    device: str = "cpu",
+    max_seconds: float = 600.0,
+    cache_dir: str = "experiments/cache",
+    say: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
+    """One bisect search on ``planted-faults`` of ``model_key`` (``demo`` or ``full``); a result row."""
+    from htx_plugins.precision.bisect import Bisect, bound
+
+    registry = build_registry(get_plugin_manager(extra_plugins=(planted_plugin(),)))
+    load_before = _load_average()
+    params = {"criterion": criterion}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = {
+            "name": f"bench-search-{model_key}", "model": MODELS[model_key],
+            "fixtures": ["sine_440"],  # default duration: exactly one model segment
+            "surgery": ["planted-faults"], "precision": [{"bisect": params}], "stft": ["torch"],
+            "compute": [{"torch": {"device": device}}],
+            "store": {"path": f"{tmp}/htx.sqlite", "cache_dir": cache_dir, "artifacts_dir": f"{tmp}/runs"},
+            "trial_timeout_s": 1e6,
+        }
+        cfg = parse_config(raw, f"bench {model_key}", registry)
+        with Store(cfg.store.path) as store:
+            runner = Runner(cfg, registry, store, on_message=say)
+            t0 = time.perf_counter()
+            runner.load()
+            load_s = time.perf_counter() - t0
+            spec = expand_grid(cfg)[0]
+            t0 = time.perf_counter()
+            prep = runner.prepared_for(spec)
+            prepare_s = time.perf_counter() - t0
+            n = sum(op.compute for op in prep.ops)
+            culprits = planted_ops(prep.ops)["culprits"]
+            times: list[float] = []
+            t_start = time.perf_counter()
+
+            def evaluate(a: Assignment) -> dict[str, Any]:
+                if time.perf_counter() - t_start > max_seconds:
+                    raise _Deadline
+                t = time.perf_counter()
+                m = runner.evaluate_assignment(prep, spec.stft, a)
+                times.append(time.perf_counter() - t)
+                say(f"  evaluation {len(times)}: {len(a.fp16)}/{n} ops FP16, finite={m['finite']}, {times[-1]:.1f} s")
+                return m
+
+            ctx = SearchContext(prep.ops, evaluate, targets=cfg.targets)
+            say(f"{model_key}: bisect over {n} compute ops (planted culprits {culprits}) ...")
+            t0 = time.perf_counter()
+            finished, result = True, None
+            try:
+                result = Bisect(Bisect.Params(**params)).search(ctx)
+            except _Deadline:
+                finished = False
+            search_s = time.perf_counter() - t0
+    model = runner.loaded
+    median = statistics.median(times) if times else float("nan")
+    oracle = _oracle_evaluations(prep.ops, culprits, params)
+    row: dict[str, Any] = {
+        "model": model_key, "model_source": model.source,
+        "segment_s": model.segment_length / model.samplerate, "device": device, "criterion": str(criterion),
+        "n_ops": n, "planted_k": len(culprits), "load_s": load_s, "prepare_s": prepare_s,
+        "finished": finished, "evaluations_measured": len(times), "search_s_measured": search_s,
+        "eval_s_median": median, "eval_s_min": min(times) if times else None, "eval_s_max": max(times) if times else None,
+        "evaluations_bound": bound(len(culprits), n), "oracle_evaluations": oracle,
+        "linear_scan_evaluations": n, "linear_scan_s_estimated": n * median,
+        "torch_threads": torch.get_num_threads(), "load_average_1min": [load_before, _load_average()],
+    }
+    if finished and result is not None:
+        found = result.summary["fp32_ops"]
+        row.update({
+            "evaluations": result.evaluations, "search_s": search_s, "found": found,
+            "found_planted_exactly": sorted(found) == sorted(culprits),
+            "speedup_vs_linear_estimated": (n * median) / search_s if search_s else None,
+        })
+    else:
+        row.update({
+            "evaluations": None, "search_s": None,
+            "evaluations_projected": oracle, "search_s_projected": oracle * median,
+            "speedup_vs_linear_projected": n / oracle,
+        })
+    return row

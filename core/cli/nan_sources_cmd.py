@@ -1,0 +1,87 @@
+"""``htx nan-sources RUN/TRIAL``: which ops are the first to go NaN/Inf under a trial's assignment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from htx.cli.common import err, handle_errors, out
+from htx.errors import HtxError
+from htx.nan_sources import (
+    find_nan_sources,
+    non_finite_ops,
+    parse_trial_ref,
+    rebuild_trial,
+    record_segments,
+    trial_assignment,
+)
+from htx.plugins import load_registry
+from htx.store import Store
+
+
+@handle_errors
+def nan_sources(
+    ref: str = typer.Argument(..., metavar="RUN/TRIAL", help="run id and trial id, e.g. 20260101-120000-abc123/1a2b3c4d5e6f"),
+    db: Path = typer.Option(Path("experiments/htx.sqlite"), "--db", help="results database"),
+    segment: int = typer.Option(None, "--segment", help="record only this segment (0-based); default: scan until one goes non-finite"),
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Re-run one trial's assignment with per-op recording and list the ops where NaN/Inf are born.
+
+    A source is an op whose output holds NaN or Inf while all its inputs are finite; the ops after it
+    only propagate the damage.
+    """
+    if fmt not in ("table", "json"):
+        raise HtxError(f"unknown --format {fmt!r}: use table or json")
+    if not db.exists():
+        raise HtxError(f"No results in {db}. Run `htx run CONFIG` first.")
+    run_id, trial_id = parse_trial_ref(ref)
+    e = err()
+    registry = load_registry()
+    with Store(db) as store:
+        if run_id == "latest":
+            run_id = store.latest_run_id() or run_id
+        runner, spec, record = rebuild_trial(store, run_id, trial_id, registry, on_message=lambda m: e.print(m, markup=False, highlight=False))
+        runner.load()
+        prep = runner.prepared_for(spec)
+        assignment, how = trial_assignment(runner, spec, record)
+        segments = record_segments(runner, spec, assignment, segment)
+    last = segments[-1]
+    ops = prep.ops
+    sources = find_nan_sources(last.stats, ops, assignment)
+    bad = non_finite_ops(last.stats, ops)
+    n_fp16 = sum(op.name in assignment.fp16 for op in ops if op.compute)
+    n_compute = sum(op.compute for op in ops)
+    if fmt == "json":
+        typer.echo(json.dumps({
+            "run": run_id, "trial": trial_id, "fixture": last.fixture, "segment": last.segment,
+            "n_segments": last.n_segments, "segments_recorded": [s.segment for s in segments],
+            "assignment": {"source": how, "fp16_ops": n_fp16, "compute_ops": n_compute},
+            "non_finite_ops": len(bad),
+            "sources": [s.__dict__ | {"precision": "fp16" if s.fp16 else "fp32"} for s in sources],
+        }, indent=2))
+        return
+    o = out()
+    o.print(f"trial {trial_id} of run {run_id}: {spec.surgery.key()} x {spec.precision.key()} x {spec.stft.key()} "
+            f"x {spec.compute.key()} x {spec.fixture}", highlight=False, markup=False)
+    o.print(f"assignment: {n_fp16} of {n_compute} compute ops FP16 ({how})", highlight=False, markup=False)
+    recorded = ", ".join(str(s.segment) for s in segments)
+    o.print(f"recorded segment(s) {recorded} of fixture {last.fixture} (segments 0..{last.n_segments - 1}; {prep.compute.runtime})",
+            highlight=False, markup=False)
+    if not bad:
+        o.print(f"no op produced NaN/Inf in the recorded segment(s) of {last.fixture}.", highlight=False, markup=False)
+        return
+    o.print(f"segment {last.segment}: {len(bad)} of {len(ops)} ops have NaN/Inf outputs; "
+            f"{len(sources)} source(s) (output non-finite, inputs finite):", highlight=False, markup=False)
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for col, just in (("#", "right"), ("op", "left"), ("type", "left"), ("precision", "left"), ("NaN", "right"),
+                      ("Inf", "right"), ("max |input|", "right"), ("max |output| (finite)", "right")):
+        table.add_column(col, justify=just, no_wrap=True)
+    for s in sources:
+        table.add_row(str(s.position), s.name, s.type, "fp16" if s.fp16 else "fp32", str(s.nan), str(s.inf),
+                      f"{s.max_abs_input:.6g}", f"{s.max_abs:.6g}")
+    o.print(table)

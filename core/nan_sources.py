@@ -1,0 +1,134 @@
+"""NaN/Inf source localization: which ops are the first to produce non-finite values.
+
+One recorded pass (:meth:`htx.contracts.ComputeUnit.record`) gives per-op :class:`OpStats`. A *source* is an
+op whose output holds NaN or Inf while every input it received was finite: the place where a non-finite
+value is born (an FP16 overflow, a division by zero, ``sqrt`` of a negative), as opposed to the ops that
+merely propagate it. :func:`find_nan_sources` is shared by ``htx nan-sources`` and the tests;
+:func:`rebuild_trial` and :func:`record_segments` rebuild a stored trial and record it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from htx.contracts import Assignment, OpInfo, OpStats
+from htx.errors import HtxError
+
+
+@dataclass(frozen=True)
+class NanSource:
+    """One op whose output went non-finite while its inputs were finite."""
+
+    position: int  # index of the op in execution order
+    name: str
+    type: str
+    fp16: bool
+    nan: int
+    inf: int
+    max_abs_input: float
+    max_abs: float  # max |output| over its finite values
+
+
+def non_finite_ops(stats: dict[str, OpStats], ops: Sequence[OpInfo]) -> list[OpInfo]:
+    """Ops (in execution order) whose output holds NaN or Inf."""
+    return [op for op in ops if op.name in stats and not stats[op.name].finite]
+
+
+def find_nan_sources(stats: dict[str, OpStats], ops: Sequence[OpInfo], assignment: Assignment | None = None) -> list[NanSource]:
+    """The ops, in execution order, whose output is non-finite while all their inputs are finite."""
+    fp16 = assignment.fp16 if assignment is not None else frozenset()
+    out: list[NanSource] = []
+    for i, op in enumerate(ops):
+        st = stats.get(op.name)
+        if st is None or st.finite or not st.inputs_finite:
+            continue
+        out.append(NanSource(i, op.name, op.type, op.name in fp16, st.nan, st.inf, st.max_abs_input, st.max_abs))
+    return out
+
+
+@dataclass
+class SegmentRecord:
+    """Per-op statistics of one recorded segment of a fixture."""
+
+    fixture: str
+    segment: int  # 0-based
+    n_segments: int
+    offset: int  # first sample
+    stats: dict[str, OpStats]
+
+
+def parse_trial_ref(ref: str) -> tuple[str, str]:
+    """``RUN/TRIAL`` -> ``(run_id, trial_id)``."""
+    run_id, sep, trial_id = ref.strip().rpartition("/")
+    if not sep or not run_id or not trial_id:
+        raise HtxError(f"expected RUN/TRIAL (e.g. 20260101-120000-abc123/1a2b3c4d5e6f), got {ref!r}; "
+                       "trial ids are in `htx leaderboard --format csv` (column trial) and `htx show RUN`")
+    return run_id, trial_id
+
+
+def rebuild_trial(store: Any, run_id: str, trial_id: str, registry: Any, on_message: Callable[[str], None] | None = None) -> tuple[Any, Any, Any]:
+    """``(runner, spec, record)`` for a stored trial: its run's config, grid entry and stored row."""
+    from htx.config import parse_config
+    from htx.grid import expand_grid
+    from htx.runner import Runner
+
+    run = store.get_run(run_id)
+    cfg = parse_config(json.loads(run["config_json"]), f"run {run_id}", registry)
+    specs = {s.trial_id: s for s in expand_grid(cfg)}
+    if trial_id not in specs:
+        known = ", ".join(list(specs)[:6])
+        raise HtxError(f"run {run_id} has no trial {trial_id!r}; its trials: {known}{' ...' if len(specs) > 6 else ''}")
+    records = {t.trial_id: t for t in store.trials([run_id])}
+    runner = Runner(cfg, registry, store, on_message=on_message)
+    runner.run_id = run_id
+    return runner, specs[trial_id], records.get(trial_id)
+
+
+def trial_assignment(runner: Any, spec: Any, record: Any) -> tuple[Assignment, str]:
+    """The trial's assignment and where it came from.
+
+    Static policies are re-applied. For search policies the FP32 set stored in the trial's search log is
+    used (the search is re-run only when the log is gone).
+    """
+    prep = runner.prepared_for(spec)
+    policy = runner.registry.create("precision", spec.precision.name, spec.precision.params)
+    if policy.is_search and record is not None:
+        log_path = (record.info.get("search") or {}).get("log")
+        if log_path and Path(log_path).exists():
+            data = json.loads(Path(log_path).read_text())
+            return Assignment.keep_fp32(prep.ops, data["fp32_ops"]), f"search log {log_path}"
+    info = runner.assignment_for(spec)
+    how = f"re-ran search {policy.label} ({info.evaluations} evaluations)" if policy.is_search else f"policy {policy.label}"
+    return info.assignment, how
+
+
+def record_segments(runner: Any, spec: Any, assignment: Assignment, segment: int | None = None) -> list[SegmentRecord]:
+    """Record the trial's fixture segment by segment, stopping at the first with a non-finite op.
+
+    ``segment`` (0-based) records that segment only.
+    """
+    from htx.separation import chunk_offsets
+
+    runner.load()
+    fx = runner.fixtures[spec.fixture_index]
+    if fx.error is not None:
+        raise HtxError(fx.reason or str(fx.error))
+    prep = runner.prepared_for(spec)
+    offsets = chunk_offsets(fx.value.mix.shape[-1], runner.loaded.segment_length, runner.cfg.separation.overlap)
+    if segment is not None and not 0 <= segment < len(offsets):
+        raise HtxError(f"--segment {segment}: fixture {fx.value.name} has segments 0..{len(offsets) - 1}")
+    todo = [segment] if segment is not None else range(len(offsets))
+    records: list[SegmentRecord] = []
+    for k in todo:
+        try:
+            stats = runner.record_assignment(prep, spec.stft, assignment, fixture_index=spec.fixture_index, offset=offsets[k])
+        except NotImplementedError as exc:
+            raise HtxError(f"{exc}; per-op recording needs a compute unit that can record (e.g. torch)") from None
+        records.append(SegmentRecord(fx.value.name, k, len(offsets), offsets[k], stats))
+        if any(not st.finite for st in stats.values()):
+            break
+    return records
