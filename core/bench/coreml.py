@@ -5,7 +5,8 @@ On the full-size model (HTDemucs defaults, random init, one 7.8 s segment, batch
 - first conversion (trace + ``ct.convert`` + save + load into the emulator) vs a second ``prepare`` of the
   same model that hits the on-disk cache (target: second / first < 0.05);
 - the emulator running the FP32 program vs the torch inner model, per segment on the same device
-  (medians after a warm-up; target <= 2x on CPU);
+  (medians of interleaved runs after a warm-up, plus the ratio of process CPU times, which other
+  load on a shared machine disturbs less; target <= 2x on CPU);
 - peak resident memory while the emulator runs one segment (target < 4 GiB). Method: on Linux the
   kernel's peak-RSS counter (``VmHWM``) is reset through ``/proc/self/clear_refs`` just before the pass and
   read after it; the torch inner model is measured the same way for comparison.
@@ -71,9 +72,31 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, 
     return statistics.median(samples), samples
 
 
+def interleaved(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> tuple[float, list[float], float, list[float], float]:
+    """Median wall times of ``a`` and ``b`` run alternately (so load from elsewhere hits both alike),
+    and the ratio of their summed process CPU times (b / a)."""
+    a()
+    b()
+    ta, tb, ca, cb = [], [], 0.0, 0.0
+    for _ in range(repeats):
+        for fn, walls in ((a, ta), (b, tb)):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            walls.append(time.perf_counter() - t0)
+            if fn is a:
+                ca += time.process_time() - c0
+            else:
+                cb += time.process_time() - c0
+    return statistics.median(ta), ta, statistics.median(tb), tb, cb / ca if ca else float("nan")
+
+
 def run(
     segment: float = 7.8,
-    repeats: int = 3,
+    repeats: int = 5,
     device: str = "cpu",
     cache_dir: str | None = None,
     fp16: bool = True,
@@ -135,15 +158,15 @@ def run(
             with torch.no_grad():
                 return inner_dev(*args)
 
-        torch_s, torch_samples = timed(torch_inner, repeats)
-        emu_s, emu_samples = timed(lambda: emu32(*args), repeats)
+        torch_s, torch_samples, emu_s, emu_samples, cpu_ratio = interleaved(torch_inner, lambda: emu32(*args), repeats)
         with torch.no_grad():
             ref = inner_dev(*args)
         out = emu32(*args)
         max_diff = max(float((a - b).abs().max()) for a, b in zip(ref, out, strict=True))
         say(f"torch inner model: {torch_s * 1000:.0f} ms per segment; emulator FP32: {emu_s * 1000:.0f} ms "
-            f"(max |emulator - torch| {max_diff:.2e})")
+            f"(medians of {repeats} interleaved runs; process CPU time ratio {cpu_ratio:.2f}; max |emulator - torch| {max_diff:.2e})")
         rec.update(torch_inner_ms=torch_s * 1000, emulator_fp32_ms=emu_s * 1000, speed_ratio=emu_s / torch_s,
+                   cpu_time_ratio=cpu_ratio,
                    torch_samples_ms=[s * 1000 for s in torch_samples], emulator_samples_ms=[s * 1000 for s in emu_samples],
                    fp32_max_abs_diff=max_diff)
         del ref, out

@@ -59,7 +59,7 @@ app.command("surgery")(surgery_bench.command)
 @app.command("coreml")
 def coreml(
     segment: float = typer.Option(7.8, help="segment length in seconds (the released HTDemucs models use 7.8)"),
-    repeats: int = typer.Option(3, help="timed repeats (median reported)"),
+    repeats: int = typer.Option(5, help="timed repeats of each, interleaved (medians reported)"),
     device: str = typer.Option("cpu", help="device of the emulator and the torch baseline: cpu or cuda"),
     cache_dir: str = typer.Option(None, help="conversion cache to use (default: a fresh temporary one, so the first conversion is measured)"),
     fp16: bool = typer.Option(True, help="also time the all-FP16 emulation"),
