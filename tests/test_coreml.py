@@ -404,3 +404,22 @@ def test_model_hash_ignores_kwargs_order():
     a = random_htdemucs(seed=0, channels=8, depth=2, t_layers=1, segment=1)
     b = random_htdemucs(seed=0, segment=1, t_layers=1, depth=2, channels=8)
     assert model_hash(a) == model_hash(b)
+
+
+def test_half_native_elementwise_ops_equal_fp32_rounded_once():
+    # The emulator runs these ops directly on FP16 tensors; that must equal FP32 arithmetic rounded once.
+    from htx_plugins.compute.coreml.emulator import HALF_NATIVE
+    from htx_plugins.compute.coreml.kernels import _BINARY, _UNARY
+
+    gen = torch.Generator().manual_seed(0)
+    mags = torch.tensor([6e-8, 1e-5, 1e-2, 1.0, 3.0, 255.0, 4e4, 6.5e4])
+    x = (torch.randn(4096, generator=gen) * mags[torch.randint(0, 8, (4096,), generator=gen)]).half()
+    y = (torch.randn(4096, generator=gen) * mags[torch.randint(0, 8, (4096,), generator=gen)]).half()
+    x[:4] = torch.tensor([float("inf"), -float("inf"), 0.0, -0.0])
+    for op in sorted(HALF_NATIVE):
+        fn = _BINARY.get(op) or _UNARY[op]
+        args16 = (x, y) if op in _BINARY else (x.abs() if op == "sqrt" else x,)
+        got = fn(*args16)
+        want = fn(*(a.float() for a in args16)).half()
+        assert got.dtype == torch.float16, op
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=op)

@@ -65,6 +65,10 @@ def convert(
     p_entry = pick_entry(cfg, registry, "precision", precision)
     c_entry = coreml_entry(cfg)
     if target is not None:
+        from htx_plugins.compute.coreml.convert import TARGETS
+
+        if target not in TARGETS:
+            raise HtxError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
         c_entry = PluginEntry(name="coreml", params={**c_entry.params, "target": target})
     unit_params = registry.get("compute", "coreml").Params(**c_entry.params)
     e = err()

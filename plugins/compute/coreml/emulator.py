@@ -29,6 +29,10 @@ from htx_plugins.compute.coreml.kernels import LAYOUT_KERNELS, TORCH_DTYPES, OpV
 
 #: Non-float constant inputs that kernels read as tensors (everything else non-float is an attribute).
 TENSOR_PARAMS = frozenset({"indices", "cond", "attn_mask"})
+#: Elementwise ops whose FP16 result, computed directly on FP16 tensors, is bit-identical to FP32
+#: arithmetic rounded once to FP16 (correctly rounded +, -, *, /, sqrt; exact max, min, abs, relu), so
+#: they skip the widen/round passes. tests/test_coreml.py checks the equivalence on this machine.
+HALF_NATIVE = frozenset({"add", "sub", "mul", "real_div", "sqrt", "square", "maximum", "minimum", "abs", "relu"})
 #: Op types whose statistics report a reduction size (elements combined per output element).
 REDUCING = ("reduce_", "softmax", "layer_norm", "instance_norm", "l2_norm", "batch_norm")
 
@@ -128,8 +132,11 @@ class Emulator:
             low = node.name in fp16 and node.fp16_valid and _castable(node)
             if low:
                 low_ops.add(node.name)
-            layout = node.type in LAYOUT_KERNELS or node.type == "cast"
             runs16 = low or any(a.var.dtype == "fp16" for a in _flat_args(node))
+            # Kernels that take their inputs in the stored dtype: layout ops, and IEEE-exact elementwise ops
+            # whose float inputs are all FP16 (their FP16 result equals FP32 arithmetic rounded once).
+            layout = (node.type in LAYOUT_KERNELS or node.type == "cast"
+                      or (node.type in HALF_NATIVE and runs16 and _all_fp16_inputs(node, low)))
             effective: dict[str, Any] = {}
             args: list[tuple[str, Getter]] = []
             raw: list[tuple[str, Getter]] = []
@@ -264,6 +271,15 @@ class Emulator:
             for s in st.free:
                 slots[s] = None
         return [slots[s].float() if slots[s].is_floating_point() else slots[s] for s in plan.output_slots]
+
+
+def _all_fp16_inputs(node: Node, low: bool) -> bool:
+    """Whether every float input of ``node`` reaches it in FP16 (declared so, or cast by the FP16 pass)."""
+    for param, arg in node.inputs.items():
+        for a in arg if isinstance(arg, list) else [arg]:
+            if a.var.dtype == "fp32" and not (low and param in node.cast_params):
+                return False
+    return True
 
 
 def _castable(node: Node) -> bool:
