@@ -3,11 +3,13 @@
 Each grid axis (``surgery``, ``precision``, ``stft``, ``compute``) is a list of plugin entries written as a
 bare name (``all-fp16``) or a one-key mapping (``{curated-fp32: {ops: [softmax]}}``); each plugin's options
 are validated by that plugin's own ``Params`` model. :func:`load_config` validates everything, plugin
-names included, without building a model.
+names included, and whether each surgery applies to the model, without loading weights (demo and random
+models are checked on a meta-device skeleton; see :mod:`htx.applicability`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,15 +177,103 @@ class Separation(Strict):
     batch_size: int = Field(1, ge=1)
 
 
+class LocalExecutor(Strict):
+    """``executor: {local: {workers: N}}``: a pool of worker processes on this machine."""
+
+    workers: int | None = Field(None, ge=1, description="worker processes (default: one per CPU core)")
+    threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: cores // workers)")
+    retries: int = Field(0, ge=0, description="re-runs of a trial whose worker process died")
+    hang_grace_s: float = Field(60.0, gt=0, description="a worker silent for 3 x trial_timeout_s + this is killed")
+
+
+class RayExecutor(Strict):
+    """``executor: {ray: {address: local|auto|ray://host:port}}``: trials as Ray tasks (``pip install 'htx[ray]'``)."""
+
+    address: str = "local"
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the cluster started by `address: local` (default: all)")
+    retries: int = Field(1, ge=0, description="re-runs of a trial whose worker or node died")
+    resources: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Ray resources per compute unit name or entry key, replacing the unit's own"
+    )
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description="passed to ray.init (e.g. py_modules)")
+    hang_grace_s: float = Field(60.0, gt=0, description="a task silent for 3 x trial_timeout_s + this is cancelled")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v in ("local", "auto") or v.startswith("ray://") or (":" in v and "/" not in v):
+            return v
+        raise ValueError(f"address {v!r}: use `local` (start a cluster here), `auto` (the running cluster), `ray://host:port` or `host:port`")
+
+
+EXECUTOR_KINDS = ("serial", "local", "ray")
+RAY_INSTALL = "pip install 'htx[ray]'"
+
+
 class Executor(Strict):
-    kind: Literal["serial"] = "serial"
+    """Where trials run: ``serial`` (this process, the default), ``local`` (process pool) or ``ray``."""
+
+    kind: Literal["serial", "local", "ray"] = "serial"
+    local: LocalExecutor | None = None
+    ray: RayExecutor | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _from_yaml(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"kind": value}
+        if isinstance(value, dict) and value and "kind" not in value:
+            if len(value) != 1 or next(iter(value)) not in EXECUTOR_KINDS:
+                raise ValueError(f"executor is `serial`, `local`, `ray` or a one-key mapping such as {{local: {{workers: 4}}}}, got {sorted(value)}")
+            (kind, opts), = value.items()
+            return {"kind": kind} if kind == "serial" else {"kind": kind, kind: opts or {}}
         return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Executor:
+        if self.kind == "local" and self.local is None:
+            self.local = LocalExecutor()
+        if self.kind == "ray" and self.ray is None:
+            self.ray = RayExecutor()
+        other = {"serial": ("local", "ray"), "local": ("ray",), "ray": ("local",)}[self.kind]
+        given = [k for k in other if getattr(self, k) is not None]
+        if given:
+            raise ValueError(f"executor kind is {self.kind!r} but options for {given[0]!r} are given; keep one")
+        if self.kind == "ray":
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ValueError(f"the `ray` executor needs Ray, an optional dependency: {RAY_INSTALL} (or use executor `local`)")
+        return self
+
+
+def executor_override(kind: str | None, workers: int | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A raw-config edit for ``htx run --executor KIND --workers N`` (``--workers`` alone means ``local``).
+
+    Options already in the config are kept when the kind stays the same.
+    """
+
+    def apply(data: dict[str, Any]) -> dict[str, Any]:
+        current = data.get("executor", "serial")
+        if isinstance(current, str):
+            cur_kind, cur_opts = current, {}
+        elif isinstance(current, dict) and "kind" in current:
+            cur_kind = current["kind"]
+            cur_opts = current.get(cur_kind) or {}
+        elif isinstance(current, dict) and len(current) == 1:
+            (cur_kind, cur_opts), = current.items()
+            cur_opts = cur_opts or {}
+        else:
+            cur_kind, cur_opts = None, {}
+        new_kind = kind or ("local" if workers is not None else cur_kind)
+        opts = dict(cur_opts) if new_kind == cur_kind and isinstance(cur_opts, dict) else {}
+        if workers is not None:
+            if new_kind != "local":
+                raise ConfigError([f"--workers sets the size of the local process pool; it does not apply to executor {new_kind!r} (for ray, set executor.ray.num_cpus)"])
+            opts["workers"] = workers
+        return {**data, "executor": {new_kind: opts} if opts else new_kind}
+
+    return apply
 
 
 class ExperimentConfig(Strict):
@@ -222,10 +312,18 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_config(data: Any, source: str | None = None, registry: Any = None) -> ExperimentConfig:
-    """Validate a config mapping; with a registry, also plugin names and each plugin's options."""
+Override = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def parse_config(data: Any, source: str | None = None, registry: Any = None, override: Override | None = None) -> ExperimentConfig:
+    """Validate a config mapping; with a registry, also plugin names and each plugin's options.
+
+    ``override`` edits the raw mapping before validation (command-line flags such as ``--executor``).
+    """
     if not isinstance(data, dict):
         raise ConfigError([f"the config must be a mapping of keys (name, model, fixtures, ...), got {type(data).__name__}"], source)
+    if override is not None:
+        data = override(data)
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
@@ -266,10 +364,13 @@ def check_plugins(cfg: ExperimentConfig, registry: Any) -> list[str]:
         msg = check_fixture_entry(fx)
         if msg:
             problems.append(f"fixtures.{i}: {msg}")
+    from htx.applicability import config_surgery_problems
+
+    problems.extend(config_surgery_problems(cfg, registry))
     return problems
 
 
-def load_config(path: str | Path, registry: Any = None) -> ExperimentConfig:
+def load_config(path: str | Path, registry: Any = None, override: Override | None = None) -> ExperimentConfig:
     """Read YAML and validate it (plugin names and options too when a registry is given)."""
     path = Path(path)
     if not path.exists():
@@ -283,4 +384,4 @@ def load_config(path: str | Path, registry: Any = None) -> ExperimentConfig:
         raise ConfigError([f"YAML syntax error at {where}{problem}. Fix the YAML syntax (indentation, colons, quotes)."], str(path)) from None
     if data is None:
         raise ConfigError(["the file is empty; a config needs at least `name` and `fixtures`"], str(path))
-    return parse_config(data, str(path), registry)
+    return parse_config(data, str(path), registry, override)

@@ -140,7 +140,10 @@ class InnerModel(nn.Module):
     ``forward(spec_cac, mix)`` takes the complex-as-channels spectrogram ``[B, 2C, F, T]`` and the
     waveform ``[B, C, L]`` and returns ``(spec_out [B, S, 2C, F, T], wave_out [B, S, C, L])``, with no
     complex tensors and no STFT. ``host_pre``/``host_post`` run on the host in FP32 around it (identity
-    by default); a surgery that moves work out of the converted model overrides them.
+    by default); a surgery that moves work out of the converted model overrides them. The compute unit
+    runs ``forward(*args)`` on the ``args`` of ``host_pre`` and hands its output tuple to ``host_post``,
+    which returns ``(spec_out, wave_out)``. A surgery with ``needs_stft = False`` gets ``spec_cac=None``
+    in ``host_pre``; its ``host_post`` returns ``spec_out=None`` and the pipeline skips the iSTFT.
     """
 
     def host_pre(self, spec_cac: torch.Tensor, mix: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Any]:
@@ -175,7 +178,11 @@ class Surgery(Plugin):
     needs_stft: ClassVar[bool] = True
 
     def check(self, model: nn.Module) -> None:
-        """Raise :class:`htx.errors.ModelError` when this surgery does not apply to ``model``."""
+        """Raise :class:`htx.errors.ModelError` when this surgery does not apply to ``model``.
+
+        Look at the architecture only (module types, config attributes), never at weight values:
+        ``htx validate`` passes a skeleton built on the meta device (see ``htx.models.model_skeleton``).
+        """
         from htx.errors import ModelError
 
         if type(model).__name__ != "HTDemucs":
@@ -345,10 +352,21 @@ class ComputeUnit(Plugin):
 
     kind = "compute"
     emulated: bool = False
+    #: True when ``prepare`` stores its result under ``cache_dir`` (a conversion): parallel executors then
+    #: prepare each (surgery, compute) pair once in the driver, so workers load it instead of converting.
+    disk_cached_prepare: ClassVar[bool] = False
 
     @property
     def runtime(self) -> str:
         return self.name
+
+    def resources(self) -> dict[str, float]:
+        """What a worker needs to run this unit, as Ray resources: ``{"GPU": 1}``, ``{"macos": 1}``.
+
+        ``{}`` (the default) means one CPU. The ``ray`` executor requests these per trial (the config's
+        ``executor.ray.resources`` can replace them); other executors ignore them.
+        """
+        return {}
 
     @property
     def device(self) -> torch.device:

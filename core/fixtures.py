@@ -164,22 +164,58 @@ def load_fixture(entry: Any, samplerate: int, channels: int, default_length: int
     raise AudioError(check_fixture_entry(entry) or f"unknown fixture {entry.name!r}")
 
 
-def describe_fixtures() -> list[dict[str, Any]]:
-    """Rows for ``htx fixtures list``: name, kind, duration, whether true stems exist."""
+def clips_in(directory: Path) -> dict[str, Path]:
+    """Mixes in ``directory`` by name: ``<name>.flac`` whose stems are ``<name>.<stem>.flac`` beside them."""
+    if not directory.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(directory.glob("*.flac")) if "." not in p.stem}
+
+
+def describe_fixtures(extra_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Rows for ``htx fixtures list``: name, kind, duration, whether true stems exist.
+
+    ``extra_dir`` adds the clips of a folder (e.g. written by ``htx fixtures make``), usable by path.
+    """
+    from htx.models import SOURCES
+
     rows: list[dict[str, Any]] = []
     for name, (_, _, desc) in sorted(BUILTINS.items()):
         rows.append({"name": name, "kind": "built-in", "duration_s": None, "stems": False, "description": desc})
-    for name, path in shipped_fixtures().items():
-        try:
-            import soundfile as sf
+    groups = [("shipped", shipped_fixtures())]
+    if extra_dir is not None:
+        groups.append(("file", clips_in(Path(extra_dir))))
+    for kind, clips in groups:
+        for name, path in clips.items():
+            try:
+                import soundfile as sf
 
-            info = sf.info(str(path))
-            dur = info.frames / info.samplerate
-        except Exception:
-            dur = None
-        has_stems = all(path.with_name(f"{name}.{s}.flac").exists() for s in ("drums", "bass", "other", "vocals"))
-        rows.append({"name": name, "kind": "shipped", "duration_s": dur, "stems": has_stems, "description": str(path)})
+                info = sf.info(str(path))
+                dur = info.frames / info.samplerate
+            except Exception:
+                dur = None
+            has_stems = all(path.with_name(f"{name}.{s}.flac").exists() for s in SOURCES)
+            desc = str(path) if kind == "shipped" else f"use by path: {path}"
+            rows.append({"name": name, "kind": kind, "duration_s": dur, "stems": has_stems, "description": desc})
     return rows
+
+
+def load_musicgen() -> Any:
+    """The song generator ``fixtures/musicgen.py`` of this checkout (htx-independent, so not a package module)."""
+    import importlib.util
+    import sys
+
+    from htx.models import REPO_ROOT
+
+    path = REPO_ROOT / "fixtures" / "musicgen.py"
+    if "htx_musicgen" in sys.modules:
+        return sys.modules["htx_musicgen"]
+    if not path.exists():
+        raise AudioError(f"the song generator {path} is missing; `htx fixtures make` needs a source checkout of htx")
+    spec = importlib.util.spec_from_file_location("htx_musicgen", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["htx_musicgen"] = module  # multiprocessing workers pickle its functions by this name
+    spec.loader.exec_module(module)
+    return module
 
 
 __all__ = ["Audio", "Fixture", "load_fixture", "fixture_names", "describe_fixtures", "AudioError"]

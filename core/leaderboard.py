@@ -37,7 +37,10 @@ def _row(rec: TrialRecord, snr_target: float) -> dict[str, Any]:
         "pass": rec.status == "ok" and passes({**m, "within_tol": bool(m.get("within_tol"))}, snr_target),
         "pareto": False, "reason": rec.reason or "",
         "emulated": bool(rec.info.get("emulated")),
+        "stft_emulated": bool(rec.info.get("stft_emulated")),
     }
+    if row["stft_emulated"]:  # an STFT that imitates a platform library it cannot call here says so everywhere
+        row["stft"] = f"{rec.stft} (emulated)"
     for key in NUMERIC:
         v = m.get(key)
         row[key] = None if v is None or (isinstance(v, float) and math.isnan(v)) else v

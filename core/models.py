@@ -19,9 +19,10 @@ from torch import nn
 from htx.errors import ModelError
 
 SOURCES = ["drums", "bass", "other", "vocals"]
-#: The small configuration of the demo model (and of the random stand-in used before it is trained).
+#: The configuration of the shipped demo model (fixtures/demo/htdemucs_demo.th, trained by
+#: fixtures/train_demo.py) and of the seeded random stand-in used when the checkpoint is missing.
 DEMO_KWARGS: dict[str, Any] = dict(
-    sources=SOURCES, audio_channels=2, channels=16, depth=4, t_layers=1, segment=2, samplerate=44100
+    sources=SOURCES, audio_channels=2, samplerate=44100, segment=2, channels=16, depth=4, t_layers=2, nfft=4096
 )
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +102,8 @@ def model_hash(model: nn.Module) -> str:
     h.update(type(model).__qualname__.encode())
     init = getattr(model, "_init_args_kwargs", None)
     if init is not None:
-        h.update(repr(init).encode())
+        args, kwargs = init
+        h.update(repr((args, sorted(kwargs.items()))).encode())  # kwargs order (e.g. from a stored config) is not content
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
@@ -170,6 +172,24 @@ def load_pretrained(name: str) -> nn.Module:
     model = _single(model, name).float().eval()
     check_weights(model, name)
     return model
+
+
+def model_skeleton(cfg: Any) -> nn.Module | None:
+    """The architecture a config asks for, cheaply, for validation; None when it needs the weights.
+
+    ``random`` and ``demo`` without its trained checkpoint: built on the meta device (no memory, no weights).
+    ``demo`` with its checkpoint: the (small) checkpoint is loaded. ``path`` and ``pretrained``: None, because
+    their architecture is only known once the weights are read; the runner checks those after loading the
+    model, before any trial.
+    """
+    if cfg.kind == "random" or (cfg.kind == "demo" and not demo_checkpoint().exists()):
+        kw = dict(cfg.random) if cfg.kind == "random" else dict(DEMO_KWARGS)
+        seed = int(kw.pop("seed", 0))
+        with torch.device("meta"):
+            return random_htdemucs(seed=seed, **kw)
+    if cfg.kind == "demo":
+        return load_checkpoint(demo_checkpoint())
+    return None
 
 
 def load_model(cfg: Any) -> LoadedModel:

@@ -137,7 +137,7 @@ class Runner:
         self,
         cfg: ExperimentConfig,
         registry: Registry,
-        store: Store,
+        store: Store | None,
         config_path: str | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
         on_message: Callable[[str], None] | None = None,
@@ -156,6 +156,8 @@ class Runner:
         self.prepared: dict[tuple[str, str], _Cached] = {}
         self.assignments: dict[tuple[str, str, str], _Cached] = {}
         self.run_id: str | None = None
+        self.references_computed = 0
+        self.executor_report: Any = None  # set by a parallel executor (htx.executors.ExecutorReport)
 
     # shared work --------------------------------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class Runner:
             self.say("loading model ...")
             self.loaded = load_model(self.cfg.model)
             self.say(f"model: {self.loaded.source} (hash {self.loaded.hash})")
+            self.check_surgeries()  # before fixtures, references or any trial
         loaded = self.loaded
         for i, entry in enumerate(self.cfg.fixtures):
             if i in self.fixtures:
@@ -188,11 +191,25 @@ class Runner:
             try:
                 t0 = time.perf_counter()
                 ref, hit = get_reference(loaded, fx.value, self.cfg.separation.overlap, self.cfg.separation.transition_power, self.cache_dir)
+                self.references_computed += not hit
                 self.say(f"reference {fx.value.name}: {'cached' if hit else f'computed in {time.perf_counter() - t0:.1f} s'}")
                 cached.value = ref
             except Exception as exc:
                 cached.error, cached.reason = exc, f"reference for {fx.value.name}: {describe_failure(exc)}"
             self.references[i] = cached
+
+    def check_surgeries(self) -> None:
+        """Raise :class:`ModelError` before any trial when a configured surgery does not apply to the model."""
+        from htx.applicability import surgery_problems
+        from htx.errors import ModelError
+
+        problems = surgery_problems(self.registry, self.cfg.surgery, self.loaded.model)
+        if problems:
+            raise ModelError(
+                f"{len(problems)} surgery(ies) do not apply to {self.loaded.source}:\n"
+                + "\n".join(f"  - {p}" for p in problems)
+                + "\nRemove them from `surgery:` or use a model they apply to."
+            )
 
     def _example_inputs(self, stft: STFTBackend | None, surgery: Surgery) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.loaded.model
@@ -248,6 +265,13 @@ class Runner:
         )
 
     def _separate(self, pipe: Pipeline, fixture: Fixture) -> np.ndarray:
+        return self.separate_mix(pipe, fixture.mix)
+
+    def separate_mix(
+        self, pipe: Pipeline, mix: np.ndarray, progress: Callable[[int, int], None] | None = None,
+        transition: str = "demucs", crossfade_length: int | None = None,
+    ) -> np.ndarray:
+        """Separate ``mix [C, L]`` (model rate and channels) with ``pipe``, segment by segment -> ``[S, C, L]``."""
         batch = self.cfg.separation.batch_size
 
         def fn(chunks: torch.Tensor) -> torch.Tensor:
@@ -257,10 +281,24 @@ class Runner:
             return pipe(chunks)[:n].cpu()
 
         out = separate(
-            fn, torch.from_numpy(fixture.mix), self.loaded.segment_length, len(self.loaded.sources),
+            fn, torch.from_numpy(mix), self.loaded.segment_length, len(self.loaded.sources),
             self.cfg.separation.overlap, self.cfg.separation.transition_power, batch,
+            progress=progress, transition=transition, crossfade_length=crossfade_length,
         )
         return out.numpy()
+
+    def pipeline_for(self, spec: TrialSpec) -> tuple[Pipeline, Prepared, AssignmentInfo]:
+        """The segment pipeline one trial of ``spec`` runs (prepared model, assignment, STFT backend)."""
+        prep = self.prepared_for(spec)
+        stft: STFTBackend | None = None
+        if prep.surgery.needs_stft:
+            stft = self._plugin("stft", spec.stft)
+            ok, why = stft.available()
+            if not ok:
+                raise UnavailableError(f"stft {stft.label} unavailable: {why}")
+        ainfo = self.assignment_for(spec)
+        forward = prep.compute.compile(prep.prepared, ainfo.assignment)
+        return self._segment_fn(prep, forward, stft), prep, ainfo
 
     def evaluate_assignment(self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment) -> dict[str, Any]:
         """Run ``assignment`` on every usable fixture; aggregated metrics (used by search policies)."""
@@ -347,11 +385,7 @@ class Runner:
     # one trial -----------------------------------------------------------------------------------------
 
     def run_trial(self, spec: TrialSpec) -> TrialRecord:
-        rec = TrialRecord(
-            run_id=self.run_id or "", trial_id=spec.trial_id, idx=spec.idx, surgery=spec.surgery.key(),
-            precision=spec.precision.key(), stft=spec.stft.key(), compute=spec.compute.key(), fixture=spec.fixture,
-            status="failed", started_at=time.time(),
-        )
+        rec = new_record(self.run_id or "", spec)
         t0 = time.perf_counter()
         try:
             self._run_trial(spec, rec)
@@ -446,6 +480,15 @@ class Runner:
 
     # the run -------------------------------------------------------------------------------------------
 
+    def finish_trial(self, rec: TrialRecord) -> None:
+        """Commit one finished trial to the store (its own transaction) and report a status other than ok.
+
+        Only the driver calls this: with a parallel executor, records come back from the workers.
+        """
+        self.store.write_trial(rec)
+        if rec.status != "ok":
+            self.say(f"{rec.status}: {trial_label(rec)}: {rec.reason}")
+
     def run(self, resume: str | None = None) -> str:
         specs = expand_grid(self.cfg)
         if resume:
@@ -464,13 +507,14 @@ class Runner:
             if todo:
                 self.load()
                 self.store.update_run(self.run_id, model_source=self.loaded.source, model_hash=self.loaded.hash)
-            for n, spec in enumerate(todo):
-                label = f"{spec.surgery.key()} x {spec.precision.key()} x {spec.stft.key()} x {spec.compute.key()} x {spec.fixture}"
-                self.on_progress(label, len(done) + n, len(specs))
-                rec = self.run_trial(spec)
-                self.store.write_trial(rec)
-                if rec.status != "ok":
-                    self.say(f"{rec.status}: {label}: {rec.reason}")
+            if self.cfg.executor.kind == "serial":
+                for n, spec in enumerate(todo):
+                    self.on_progress(trial_label(spec), len(done) + n, len(specs))
+                    self.finish_trial(self.run_trial(spec))
+            elif todo:
+                from htx.executors import run_parallel
+
+                run_parallel(self, todo, len(done), len(specs))
             self.on_progress("done", len(specs), len(specs))
         except KeyboardInterrupt:
             self.store.update_run(self.run_id, status="interrupted", finished_at=time.time())
@@ -480,6 +524,24 @@ class Runner:
             raise
         self.store.update_run(self.run_id, status="finished", finished_at=time.time())
         return self.run_id
+
+
+def new_record(run_id: str, spec: TrialSpec, status: str = "failed", reason: str | None = None) -> TrialRecord:
+    """The record of ``spec`` before it runs (executors also use it for trials whose worker died)."""
+    return TrialRecord(
+        run_id=run_id, trial_id=spec.trial_id, idx=spec.idx, surgery=spec.surgery.key(),
+        precision=spec.precision.key(), stft=spec.stft.key(), compute=spec.compute.key(), fixture=spec.fixture,
+        status=status, reason=reason, started_at=time.time(),
+    )
+
+
+def trial_label(trial: TrialSpec | TrialRecord) -> str:
+    """``surgery x precision x stft x compute x fixture`` for progress and log lines."""
+    if isinstance(trial, TrialSpec):
+        parts = (trial.surgery.key(), trial.precision.key(), trial.stft.key(), trial.compute.key(), trial.fixture)
+    else:
+        parts = (trial.surgery, trial.precision, trial.stft, trial.compute, trial.fixture)
+    return " x ".join(parts)
 
 
 def _all_names(runner: Runner, spec: TrialSpec) -> list[str]:

@@ -1,8 +1,14 @@
-"""Chunked separation: segments of the model's training length, overlap-add with demucs's transition.
+"""Chunked separation: segments of the model's training length, overlap-add between them.
 
 :func:`separate` reproduces ``demucs.apply.apply_model(model, mix, shifts=0, split=True, overlap=...,
 transition_power=...)`` for any per-segment function, so a pipeline built from a surgery, an STFT
 backend and a compute unit can be compared sample for sample with the original model.
+
+Two transitions between segments:
+
+- ``demucs`` (default): demucs's triangular weights, segments ``overlap`` apart (``apply_model``'s output);
+- ``linear``: segments overlap by a fixed ``crossfade_length`` (1 s in the seed implementations) and are
+  joined with a linear crossfade; each segment has full weight outside its crossfade regions.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 SegmentFn = Callable[[torch.Tensor], torch.Tensor]  # [B, C, segment] -> [B, S, C, segment]
+TRANSITIONS = ("demucs", "linear")
 
 
 def transition_weight(segment_length: int, transition_power: float = 1.0, device: torch.device | None = None) -> torch.Tensor:
@@ -22,6 +29,21 @@ def transition_weight(segment_length: int, transition_power: float = 1.0, device
         torch.arange(segment_length - segment_length // 2, 0, -1, device=device),
     ])
     return (weight / weight.max()) ** transition_power
+
+
+def linear_weight(segment_length: int, crossfade_length: int, device: torch.device | None = None) -> torch.Tensor:
+    """Full weight with linear ramps over the first and last ``crossfade_length`` samples.
+
+    The ramps are ``k / (crossfade_length + 1)``, never zero, so where one segment's fade-out meets the
+    next one's fade-in the two weights sum to exactly 1.
+    """
+    if not 0 < crossfade_length < segment_length:
+        raise ValueError(f"crossfade_length {crossfade_length} must be between 1 and segment_length - 1 ({segment_length - 1})")
+    ramp = torch.arange(1, crossfade_length + 1, device=device, dtype=torch.float32) / (crossfade_length + 1)
+    weight = torch.ones(segment_length, device=device)
+    weight[:crossfade_length] = ramp
+    weight[segment_length - crossfade_length:] = ramp.flip(0)
+    return weight
 
 
 def chunk_offsets(length: int, segment_length: int, overlap: float) -> list[int]:
@@ -57,13 +79,28 @@ def separate(
     transition_power: float = 1.0,
     batch_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    transition: str = "demucs",
+    crossfade_length: int | None = None,
 ) -> torch.Tensor:
-    """Separate ``mix [C, L]`` into ``[S, C, L]`` segment by segment with overlap-add."""
+    """Separate ``mix [C, L]`` into ``[S, C, L]`` segment by segment with overlap-add.
+
+    ``transition="demucs"`` uses ``overlap`` and ``transition_power`` exactly as ``apply_model``;
+    ``transition="linear"`` ignores both and crossfades over ``crossfade_length`` samples.
+    ``progress(done, total)`` is called after each batch of segments.
+    """
     channels, length = mix.shape
     out = torch.zeros(num_sources, channels, length, device=mix.device)
     sum_weight = torch.zeros(length, device=mix.device)
-    weight = transition_weight(segment_length, transition_power, mix.device)
-    offsets = chunk_offsets(length, segment_length, overlap)
+    if transition == "demucs":
+        weight = transition_weight(segment_length, transition_power, mix.device)
+        offsets = chunk_offsets(length, segment_length, overlap)
+    elif transition == "linear":
+        if crossfade_length is None:
+            raise ValueError("transition='linear' needs crossfade_length (samples)")
+        weight = linear_weight(segment_length, crossfade_length, mix.device)
+        offsets = list(range(0, length, segment_length - crossfade_length))
+    else:
+        raise ValueError(f"unknown transition {transition!r}; use one of {', '.join(TRANSITIONS)}")
     done = 0
     for b in range(0, len(offsets), batch_size):
         group = offsets[b: b + batch_size]

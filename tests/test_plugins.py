@@ -14,10 +14,10 @@ from htx.errors import PluginError
 from htx.plugins import build_registry, get_plugin_manager, module_plugin
 
 BUILTINS = {
-    "surgery": {"full-hybrid"},
-    "precision": {"fp32", "all-fp16", "curated-fp32"},
-    "stft": {"torch"},
-    "compute": {"torch"},
+    "surgery": {"full-hybrid", "external-norm", "decomposed-attention", "safe-norm", "time-only"},
+    "precision": {"fp32", "all-fp16", "curated-fp32", "bisect", "magnitude"},
+    "stft": {"torch", "numpy", "vdsp"},
+    "compute": {"torch", "coreml"},
 }
 
 

@@ -6,11 +6,14 @@ import typer
 
 from htx.cli import (
     bench_cmd,
+    convert_cmd,
     fixtures_cmd,
     leaderboard_cmd,
     nan_sources_cmd,
+    ops_cmd,
     plugins_cmd,
     run_cmd,
+    separate_cmd,
     show_cmd,
     validate_cmd,
 )
@@ -27,6 +30,9 @@ app.command("validate")(validate_cmd.validate)
 app.command("plugins")(plugins_cmd.plugins)
 app.command("leaderboard")(leaderboard_cmd.leaderboard)
 app.command("show")(show_cmd.show)
+app.command("convert")(convert_cmd.convert)
+app.command("ops")(ops_cmd.ops)
+app.command("separate")(separate_cmd.separate)
 app.command("nan-sources")(nan_sources_cmd.nan_sources)
 app.add_typer(fixtures_cmd.app, name="fixtures")
 app.add_typer(bench_cmd.app, name="bench")

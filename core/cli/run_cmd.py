@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from htx.cli.common import err, handle_errors, out
-from htx.config import load_config, parse_config
+from htx.config import EXECUTOR_KINDS, executor_override, load_config, parse_config
 from htx.errors import HtxError
 from htx.leaderboard import collect, rich_table
 from htx.plugins import load_registry
@@ -24,16 +24,21 @@ def run(
     resume: str = typer.Option(None, "--resume", help="continue RUN_ID, skipping its finished trials"),
     db: Path = typer.Option(None, "--db", help="results database (default: the config's store.path)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
+    executor: str = typer.Option(None, "--executor", help="serial | local | ray (overrides the config's `executor:`)"),
+    workers: int = typer.Option(None, "--workers", min=1, help="worker processes of the local executor (implies --executor local)"),
 ) -> None:
     """Run an experiment grid against the FP32 reference and show the leaderboard."""
     registry = load_registry()
     if config is None and resume is None:
         raise HtxError("give a CONFIG to run, or --resume RUN_ID to continue a run")
+    if executor is not None and executor not in EXECUTOR_KINDS:
+        raise HtxError(f"--executor {executor!r}: use one of {', '.join(EXECUTOR_KINDS)}")
+    override = executor_override(executor, workers) if executor or workers else None
     if config is not None:
-        cfg = load_config(config, registry)
+        cfg = load_config(config, registry, override)
     else:
         with Store(db or "experiments/htx.sqlite") as s:
-            cfg = parse_config(json.loads(s.get_run(resume)["config_json"]), f"run {resume}", registry)
+            cfg = parse_config(json.loads(s.get_run(resume)["config_json"]), f"run {resume}", registry, override)
     store_path = db or Path(cfg.store.path)
     e = err()
     t0 = time.perf_counter()

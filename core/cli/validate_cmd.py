@@ -1,4 +1,4 @@
-"""``htx validate CONFIG``: check a config (plugin names and options included) without building a model."""
+"""``htx validate CONFIG``: check a config (plugin names and options included) without loading weights."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from htx.plugins import load_registry
 
 @handle_errors
 def validate(config: Path = typer.Argument(..., help="experiment config (YAML)")) -> None:
-    """Validate CONFIG: schema, plugin names, plugin options and fixtures. Builds no model."""
+    """Validate CONFIG: schema, plugin names, plugin options, fixtures, and whether each surgery applies to the
+    model (demo and random models: from their architecture, no weights; path and pretrained models are
+    checked when the run starts, before any trial)."""
     cfg = load_config(config, load_registry())
     n = len(expand_grid(cfg))
     axes = " x ".join(f"{len(getattr(cfg, a))} {a}" for a in ("surgery", "precision", "stft", "compute"))

@@ -8,10 +8,13 @@ to FP32, the same semantics as Core ML's ``FP16ComputePrecision``.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
@@ -39,8 +42,19 @@ class _OpMode(TorchDispatchMode):
         listing: list[OpInfo] | None = None,
         stats: dict[str, OpStats] | None = None,
         weight_cache: dict[Any, torch.Tensor] | None = None,
+        reduce_group_norm: bool = False,
+        lazy: bool = False,
+        host_cache: dict[Any, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        # Constants that the model builds on the host and copies to the GPU on every call (demucs's 2-D
+        # positional embedding): keep one device copy per content, so the forward can be a CUDA graph.
+        self.host_cache = host_cache
+        self.reduce_group_norm = reduce_group_norm
+        # lazy: low-precision outputs stay low until an FP32 op needs them. Exactly the values of
+        # casting every FP16 op's output back to FP32 (the round trip FP16 -> FP32 -> FP16 is lossless),
+        # without the memory traffic of a cast pair around every op.
+        self.lazy = lazy
         self.fp16 = fp16
         self.low = low_dtype
         self.listing = listing
@@ -60,9 +74,23 @@ class _OpMode(TorchDispatchMode):
             return t.to(self.low)
         return t
 
+    def _cached_host_copy(self, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        dev = kwargs.get("device")
+        if t.device.type != "cpu" or dev is None or torch.device(dev).type == "cpu" or t.numel() > 1 << 24:
+            return torch.ops.aten._to_copy.default(t, **kwargs)
+        key = (tuple(t.shape), t.dtype, str(kwargs), hash(t.contiguous().numpy().tobytes()))
+        cached = self.host_cache.get(key)
+        if cached is None:
+            cached = torch.ops.aten._to_copy.default(t, **kwargs)
+            self.host_cache[key] = cached
+        return cached
+
     def _to_high(self, t: Any) -> Any:
         if isinstance(t, torch.Tensor) and t.dtype == self.low:
-            return t.to(torch.float32)
+            if t.is_contiguous():
+                return t.to(torch.float32)
+            # Keep the view's strides: kernels take other (1-ulp different) paths on other layouts.
+            return torch.empty_strided(t.size(), t.stride(), dtype=torch.float32, device=t.device).copy_(t)
         return t
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -77,18 +105,31 @@ class _OpMode(TorchDispatchMode):
             if squares_input(func):
                 info["squares"] = True
             self.listing.append(OpInfo(name, mil, is_compute(mil), info))
+        impl = func
+        if func is torch.ops.aten._to_copy.default and self.host_cache is not None:
+            impl = self._cached_host_copy
+        if self.reduce_group_norm and func is torch.ops.aten.native_group_norm.default:
+            impl = _group_norm_by_reductions
+        mutable = func._schema.is_mutable and bool(args) and isinstance(args[0], torch.Tensor)
         if name in self.fp16:
             low_args = tree_map(self._to_low, args)
             low_kwargs = tree_map(self._to_low, kwargs)
-            out = func(*low_args, **low_kwargs)
-            if func._schema.is_mutable and args and isinstance(args[0], torch.Tensor):
-                # In-place op: write the low-precision result back into the FP32 tensor it mutates.
+            out = impl(*low_args, **low_kwargs)
+            if mutable and low_args[0] is not args[0]:
+                # In-place op: write the low-precision result back into the tensor it mutates.
                 args[0].copy_(out if isinstance(out, torch.Tensor) else out[0])
                 out = args[0]
-            else:
+            elif not self.lazy:
                 out = tree_map(self._to_high, out)
+        elif self.lazy and is_compute(mil) and _has_low(args, kwargs, self.low):
+            # An FP32 op fed by low-precision tensors: upcast (exact), as the per-op cast-back would have.
+            high_args = tree_map(self._to_high, args)
+            out = impl(*high_args, **tree_map(self._to_high, kwargs))
+            if mutable and high_args[0] is not args[0]:
+                args[0].copy_(out if isinstance(out, torch.Tensor) else out[0])
+                out = args[0]
         else:
-            out = func(*args, **kwargs)
+            out = impl(*args, **kwargs)
         if self.stats is not None:
             self._record(name, mil, args, out)
         return out
@@ -122,6 +163,61 @@ class _OpMode(TorchDispatchMode):
         self.stats[name] = st
 
 
+def _group_norm_by_reductions(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, N: int, C: int, HxW: int, group: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``aten.native_group_norm`` through parallel reduction kernels.
+
+    PyTorch's CUDA group norm computes each (sample, group) row's moments in one thread block, so
+    ``GroupNorm(1, C)`` on a large activation runs on a handful of SMs. Same math and the same internal
+    FP32 accumulation as the native kernel, with inputs/outputs in the caller's dtype.
+    """
+    xf = x.float().reshape(N, group, -1)
+    var, mean = torch.var_mean(xf, dim=-1, correction=0)
+    rstd = torch.rsqrt(var + eps)  # [N, group]
+    # Fold normalization and affine into one multiply-add per element: y = x * a + c.
+    a = rstd.repeat_interleave(C // group, dim=1)  # [N, C]
+    c = -mean.repeat_interleave(C // group, dim=1) * a
+    if weight is not None:
+        a = a * weight.float()[None]
+        c = c * weight.float()[None]
+    if bias is not None:
+        c = c + bias.float()[None]
+    y = torch.addcmul(c[:, :, None].to(x.dtype), x.reshape(N, C, -1), a[:, :, None].to(x.dtype))
+    return y.reshape(x.shape).to(x.dtype), mean.reshape(N, group).to(x.dtype), rstd.reshape(N, group).to(x.dtype)
+
+
+_CONV_FUNCS = {F.conv1d: "conv", F.conv2d: "conv", F.conv_transpose1d: "conv_transpose", F.conv_transpose2d: "conv_transpose"}
+_SDPA_FUNCS = {F.scaled_dot_product_attention}
+
+
+class _LazyCompositeMode(TorchFunctionMode):
+    """With lazy casts, make composite ops that check dtypes *before* dispatch see consistent dtypes.
+
+    ``F.conv1d`` and friends compare the input's dtype with the weight's, and ``F.scaled_dot_product_attention``
+    compares query/key/value, before the aten op reaches the dispatch mode. Knowing which op instance comes
+    next (the dispatch mode's counter), cast that op's tensor arguments to its assigned dtype here.
+    """
+
+    def __init__(self, op_mode: _OpMode) -> None:
+        super().__init__()
+        self.op_mode = op_mode
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        mil = _CONV_FUNCS.get(func) if func in _CONV_FUNCS else ("scaled_dot_product_attention" if func in _SDPA_FUNCS else None)
+        if mil is not None:
+            m = self.op_mode
+            name = f"{mil}_{m.counter[mil]}"
+            cast = m._to_low if name in m.fp16 else m._to_high
+            args, kwargs = tree_map(cast, args), tree_map(cast, kwargs)
+        return func(*args, **kwargs)
+
+
+def _has_low(args: Any, kwargs: Any, low: torch.dtype) -> bool:
+    return any(t.dtype == low for t in _tensors(args) + _tensors(kwargs))
+
+
 def _tensors(x: Any) -> list[torch.Tensor]:
     found: list[torch.Tensor] = []
     tree_map(lambda t: found.append(t) if isinstance(t, torch.Tensor) else None, x)
@@ -131,6 +227,51 @@ def _tensors(x: Any) -> list[torch.Tensor]:
 class TorchParams(Params):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     low_dtype: Literal["fp16", "bf16"] = "fp16"
+    #: On CUDA, capture the forward (casts included) once per input shape into a CUDA graph and replay
+    #: it: removes the per-op Python cost of the precision dispatch, which dominates on fast GPUs.
+    cuda_graphs: bool = True
+    #: ``reduce`` computes group norm with parallel reductions (same math); ``auto`` = reduce on CUDA.
+    group_norm: Literal["auto", "native", "reduce"] = "auto"
+    #: ``lazy`` keeps FP16 results in FP16 between FP16 ops (bit-identical to ``per-op`` cast-back).
+    casts: Literal["lazy", "per-op"] = "lazy"
+
+
+class _Graphed:
+    """Replays a CUDA graph of ``fn`` per input shape; falls back to ``fn`` when capture fails."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.graphs: dict[tuple, tuple[Any, list[torch.Tensor], Any]] = {}
+        self.failed: str | None = None
+
+    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> tuple[Any, list[torch.Tensor], Any]:
+        static_in = [t.clone() for t in inputs]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up fills the weight cache and cuDNN autotuning outside the graph
+                self.fn(*static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.fn(*static_in)
+        return graph, static_in, static_out
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        if self.failed is not None:
+            return self.fn(*inputs)
+        key = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self._capture(inputs)
+            except Exception as exc:  # capture is an optimization: never a reason to fail a trial
+                self.failed = f"{type(exc).__name__}: {exc}"
+                return self.fn(*inputs)
+        graph, static_in, static_out = self.graphs[key]
+        for dst, src in zip(static_in, inputs):
+            dst.copy_(src)
+        graph.replay()
+        return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, static_out)
 
 
 class Prepared:
@@ -165,6 +306,11 @@ class TorchUnit(ComputeUnit):
     def runtime(self) -> str:
         return f"torch:{self.device.type}"
 
+    def resources(self) -> dict[str, float]:
+        # Ray schedules `cuda` trials on GPU workers and `mps` ones on Macs (custom resource `macos`);
+        # `auto` runs wherever it lands and uses what that worker has.
+        return {"cuda": {"GPU": 1.0}, "mps": {"macos": 1.0}}.get(self.params.device, {})
+
     def available(self) -> tuple[bool, str]:
         dev = self.params.device
         if dev == "cuda" and not torch.cuda.is_available():
@@ -187,20 +333,30 @@ class TorchUnit(ComputeUnit):
         return list(prepared.op_list)
 
     def compile(self, prepared: Prepared, assignment: Assignment) -> Any:
+        torch.backends.mha.set_fastpath_enabled(False)
         inner = prepared.inner
         fp16 = frozenset(assignment.fp16)
-        if not fp16:
-            def forward_fp32(*inputs: torch.Tensor) -> Any:
-                with torch.no_grad():
-                    return inner(*inputs)
-            return forward_fp32
         weight_cache: dict[Any, torch.Tensor] = {}
         low = self.low_dtype
+        gn = self.params.group_norm
+        reduce_gn = gn == "reduce" or (gn == "auto" and self.device.type == "cuda")
+        lazy = self.params.casts == "lazy"
+        graphs = self.device.type == "cuda" and self.params.cuda_graphs
+        host_cache: dict[Any, torch.Tensor] | None = {} if graphs else None
 
         def forward(*inputs: torch.Tensor) -> Any:
-            with torch.no_grad(), _OpMode(fp16=fp16, low_dtype=low, weight_cache=weight_cache):
-                return inner(*inputs)
+            if not fp16 and not reduce_gn and not graphs:
+                with torch.no_grad():
+                    return inner(*inputs)
+            mode = _OpMode(fp16=fp16, low_dtype=low, weight_cache=weight_cache, reduce_group_norm=reduce_gn, lazy=lazy,
+                           host_cache=host_cache)
+            fn_mode = _LazyCompositeMode(mode) if lazy and fp16 else contextlib.nullcontext()
+            with torch.no_grad(), fn_mode, mode:
+                out = inner(*inputs)
+            return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.dtype == low else t, out)
 
+        if graphs:
+            return _Graphed(forward)
         return forward
 
     def record(self, prepared: Prepared, assignment: Assignment, inputs: tuple[torch.Tensor, ...]) -> dict[str, OpStats]:

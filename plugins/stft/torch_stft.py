@@ -58,6 +58,19 @@ def demucs_ispec(z: torch.Tensor, length: int, n_fft: int = 4096) -> torch.Tenso
     return x.reshape(*other, length)
 
 
+def plain_stft(x: torch.Tensor, n_fft: int = 4096) -> torch.Tensor:
+    """``torch.stft`` without Demucs's cropping (``center=True``, every bin and frame): ``[N, L]`` -> ``[N, F, T]``."""
+    window = torch.hann_window(n_fft, dtype=x.dtype, device=x.device)
+    return torch.stft(x, n_fft, n_fft // 4, window=window, win_length=n_fft, normalized=True, center=True,
+                      return_complex=True, pad_mode="reflect")
+
+
+def plain_istft(z: torch.Tensor, length: int, n_fft: int = 4096) -> torch.Tensor:
+    """The inverse of :func:`plain_stft`: ``[N, F, T]`` -> ``[N, length]``."""
+    window = torch.hann_window(n_fft, dtype=z.real.dtype, device=z.device)
+    return torch.istft(z, n_fft, n_fft // 4, window=window, win_length=n_fft, normalized=True, center=True, length=length)
+
+
 class TorchSTFTParams(Params):
     dtype: Literal["float32", "float64"] = "float32"
 
@@ -81,5 +94,8 @@ class TorchSTFT(STFTBackend):
         return z.to(torch.complex64)
 
     def istft(self, z: torch.Tensor, length: int, n_fft: int = 4096) -> torch.Tensor:
+        from htx_plugins.stft.checks import check_spectrogram
+
+        check_spectrogram(z, length, n_fft)
         dt = torch.complex128 if self.params.dtype == "float64" else torch.complex64
         return demucs_ispec(z.to(dt), length, n_fft).to(torch.float32)

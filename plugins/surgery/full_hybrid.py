@@ -76,6 +76,10 @@ def run_branches(m: nn.Module, x: torch.Tensor, xt: torch.Tensor) -> tuple[torch
 class FullHybridInner(InnerModel):
     """``(spec_cac [B, 2C, F, T], mix [B, C, L]) -> (spec_out [B, S, 2C, F, T], wave_out [B, S, C, L])``."""
 
+    #: The input normalization (a surgery may swap in an equivalent formulation).
+    normalize_spec = staticmethod(normalize_spec)
+    normalize_wave = staticmethod(normalize_wave)
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
@@ -85,8 +89,8 @@ class FullHybridInner(InnerModel):
         B, _, Fq, T = spec_cac.shape
         S = self.num_sources
         length = mix.shape[-1]
-        x, mean, std = normalize_spec(spec_cac)
-        xt, meant, stdt = normalize_wave(mix)
+        x, mean, std = self.normalize_spec(spec_cac)
+        xt, meant, stdt = self.normalize_wave(mix)
         x, xt = run_branches(self.model, x, xt)
         spec_out = x.view(B, S, -1, Fq, T) * std[:, None] + mean[:, None]
         wave_out = xt.view(B, S, -1, length) * stdt[:, None] + meant[:, None]
@@ -110,7 +114,7 @@ class FullHybrid(Surgery):
         from htx.errors import ModelError
 
         if not model.cac or model.wiener_iters:
-            raise ModelError("full-hybrid needs an HTDemucs with cac=True and wiener_iters=0 (the released configs)")
+            raise ModelError(f"{self.name} needs an HTDemucs with cac=True and wiener_iters=0 (the released configs)")
 
     def build(self, model: nn.Module) -> InnerModel:
         self.check(model)

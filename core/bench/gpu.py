@@ -1,0 +1,417 @@
+"""GPU benchmark: full-size HTDemucs latency per precision policy, side by side with demucs itself.
+
+Everything is measured in one process on one device: demucs's own ``apply_model`` (FP32) is the
+baseline; the htx pipeline (STFT backend + inner model under a precision assignment + iSTFT + overlap-add)
+runs per policy; a batch-size sweep, FLOP count, profile and the Core ML emulator follow. Warm-up is
+excluded, timings are medians of ``repeats`` runs with CUDA synchronized around each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from htx.contracts import Assignment
+from htx.metrics import accuracy
+from htx.pipeline import Pipeline, spec_to_cac
+from htx.separation import separate
+
+#: Dense (no sparsity) peak throughput in TFLOP/s of the SXM parts, from NVIDIA's datasheets.
+PEAKS = {"H100": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7}, "H200": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7}}
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, list[float], Any]:
+    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs (synchronized)."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    samples = []
+    for _ in range(repeats):
+        _sync()
+        t0 = time.perf_counter()
+        out = fn()
+        _sync()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples), samples, out
+
+
+def test_clip(seconds: float, samplerate: int = 44100, seed: int = 0) -> torch.Tensor:
+    """A deterministic stereo clip: the music generator when available, else tones plus noise."""
+    try:
+        import importlib.util
+
+        from htx.models import fixtures_dir
+
+        spec = importlib.util.spec_from_file_location("musicgen", fixtures_dir() / "musicgen.py")
+        if spec is not None and spec.loader is not None and Path(spec.origin).exists():
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            if hasattr(mod, "generate_song"):
+                song = mod.generate_song(seed=seed, duration=seconds, samplerate=samplerate)
+                mix = song["mix"] if isinstance(song, dict) else song[0]
+                return torch.from_numpy(np.asarray(mix, dtype=np.float32))
+    except Exception:
+        pass
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * samplerate)) / samplerate
+    x = 0.2 * np.sin(2 * np.pi * 110 * t) + 0.1 * np.sin(2 * np.pi * 440 * t * (1 + 0.01 * np.sin(t)))
+    x = np.stack([x, np.roll(x, 100)]) + 0.05 * rng.standard_normal((2, t.size))
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def _last_baseline(model: Any, mix: torch.Tensor, dev: torch.device) -> np.ndarray:
+    from demucs.apply import apply_model
+
+    with torch.no_grad():
+        return apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0].float().cpu().numpy()
+
+
+def categorize(name: str) -> str:
+    n = name.lower()
+    if any(k in n for k in ("fmha", "flash", "attention", "sdpa", "softmax")):
+        return "attention"
+    if any(k in n for k in ("fft", "stft", "spectral")):
+        return "stft"
+    if any(k in n for k in ("norm", "welford", "moments")):
+        return "normalization"
+    if any(k in n for k in ("conv", "cudnn", "implicit", "winograd", "dgrad", "wgrad", "fprop")):
+        return "conv"
+    if any(k in n for k in ("gemm", "cutlass", "sm90", "xmma", "ampere", "matmul", "mm_")):
+        return "gemm (linear/matmul, incl. convs lowered to GEMM)"
+    if any(k in n for k in ("copy", "cast", "convert", "to_", "elementwise", "vectorized", "unrolled")):
+        return "elementwise/casts"
+    return "other"
+
+
+def run(
+    seconds: float = 60.0,
+    repeats: int = 5,
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 6, 11),
+    policy_batch: int = 4,
+    bisect: bool = True,
+    emulator: bool = True,
+    out_json: str | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the whole benchmark and return (and optionally write) its JSON record."""
+    from demucs.apply import apply_model
+
+    from htx.models import random_htdemucs
+    from htx_plugins.compute.torch_unit import TorchUnit
+    from htx_plugins.stft.torch_stft import TorchSTFT
+    from htx_plugins.surgery.full_hybrid import FullHybrid
+
+    if not torch.cuda.is_available():
+        raise SystemExit("htx bench gpu needs a CUDA GPU (torch.cuda.is_available() is False)")
+    dev = torch.device("cuda")
+    gpu = torch.cuda.get_device_name(0)
+    peak = next((v for k, v in PEAKS.items() if k in gpu), None)
+    rec: dict[str, Any] = {
+        "device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d"),
+        "host": platform.node(), "clip_s": seconds, "repeats": repeats,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
+    torch.backends.mha.set_fastpath_enabled(False)
+    model = random_htdemucs(0).to(dev).eval()
+    rec["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    seg_len = int(model.segment * model.samplerate)
+    mix = test_clip(seconds).to(dev)
+    say(f"{gpu}, torch {torch.__version__}; full-size HTDemucs {rec['params_m']:.1f} M params; {seconds:.0f} s clip")
+
+    # baseline: demucs's own apply_model, FP32, same device, same segment/overlap
+    with torch.no_grad():
+        base_s, base_samples, ref = timed(
+            lambda: apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0],
+            repeats,
+        )
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)
+    rec["baseline"] = {"wall_s": base_s, "samples": base_samples, "rtf": base_s / seconds,
+                       "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
+    # The FP32 reference proper: the same call with TF32 off (cuDNN uses TF32 for convs by default).
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():
+        ref = apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0]
+    torch.backends.cudnn.allow_tf32 = tf32
+    ref_np = ref.float().cpu().numpy()
+    rec["baseline"]["snr_db_vs_true_fp32"] = accuracy(ref_np, _last_baseline(model, mix, dev), 1e-3, 1e-4)["snr_db"]
+    say(f"baseline demucs apply_model fp32: {base_s * 1000:.1f} ms for {seconds:.0f} s (RTF {base_s / seconds:.4f})")
+
+    inner = FullHybrid().build(model)
+    stft = TorchSTFT()
+
+    def build(low: str, batch: int, graphs: bool = True, group_norm: str = "auto") -> tuple[Any, Any]:
+        unit = TorchUnit(TorchUnit.Params(device="cuda", low_dtype=low, cuda_graphs=graphs, group_norm=group_norm))
+        ex_mix = 0.1 * torch.randn(batch, 2, seg_len, device=dev)
+        prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex_mix, model.nfft)), ex_mix))
+        return unit, prepared
+
+    def pipeline_run(unit: Any, prepared: Any, assignment: Assignment, batch: int) -> tuple[float, list[float], np.ndarray, float]:
+        fwd = unit.compile(prepared, assignment)
+        pipe = Pipeline(inner, fwd, stft, model.nfft, dev, sync=_sync)
+
+        def fn(chunks: torch.Tensor) -> torch.Tensor:
+            n = chunks.shape[0]
+            if n < batch:
+                chunks = torch.cat([chunks, chunks.new_zeros(batch - n, *chunks.shape[1:])])
+            return pipe(chunks)[:n]
+
+        def sep() -> torch.Tensor:
+            return separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch)
+
+        wall, samples, out = timed(sep, repeats)
+        torch.cuda.reset_peak_memory_stats()
+        sep()
+        return wall, samples, out.float().cpu().numpy(), torch.cuda.max_memory_allocated() / 2**20
+
+    from htx_plugins.precision.static import CURATED_DEFAULT
+
+    policies: dict[str, tuple[str, Callable[[list], Assignment]]] = {
+        "fp32": ("fp16", lambda ops: Assignment.all_fp32()),
+        "all-fp16": ("fp16", lambda ops: Assignment.all_fp16(ops)),
+        "bf16": ("bf16", lambda ops: Assignment.all_fp16(ops)),
+        "curated-fp32": ("fp16", lambda ops: Assignment.keep_fp32(ops, [o.name for o in ops if o.type in CURATED_DEFAULT])),
+    }
+    results: dict[str, Any] = {}
+    prepared_by_low: dict[str, Any] = {}
+    for low in ("fp16", "bf16"):
+        prepared_by_low[low] = build(low, policy_batch)
+    ops = prepared_by_low["fp16"][0].ops(prepared_by_low["fp16"][1])
+    rec["n_ops"] = sum(o.compute for o in ops)
+
+    def measure(name: str, low: str, assignment: Assignment) -> None:
+        unit, prepared = prepared_by_low[low]
+        wall, samples, out, mem = pipeline_run(unit, prepared, assignment, policy_batch)
+        m = accuracy(ref_np, out, 1e-3, 1e-4)
+        results[name] = {
+            "wall_s": wall, "samples": samples, "speedup": base_s / wall, "rtf": wall / seconds, "snr_db": m["snr_db"],
+            "max_abs_diff": m["max_abs_diff"], "nan": m["nan_count"], "inf": m["inf_count"], "peak_mem_mb": mem,
+            "fp16_op_fraction": assignment.fp16_fraction(ops), "batch": policy_batch,
+        }
+        say(f"  {name:14s} {wall * 1000:8.1f} ms  x{base_s / wall:5.2f} vs demucs  SNR {m['snr_db'] if m['snr_db'] is not None else float('nan'):7.2f} dB  "
+            f"peak {mem:7.0f} MiB  fp16 ops {assignment.fp16_fraction(ops):.2f}")
+
+    say(f"htx pipeline (batch {policy_batch} segments, CUDA graphs):")
+    for name, (low, choose) in policies.items():
+        measure(name, low, choose(ops))
+
+    if bisect:
+        try:
+            results["bisect"] = _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, policy_batch, pipeline_run, base_s, seconds, say)
+        except Exception as exc:  # the search plugin may be missing in a partial install
+            results["bisect"] = {"error": f"{type(exc).__name__}: {exc}"}
+            say(f"  bisect: not run ({type(exc).__name__}: {exc})")
+    rec["policies"] = results
+
+    # quality bars
+    bars = {}
+    for bar in (60.0, 40.0, 30.0):
+        ok = {k: v for k, v in results.items() if "wall_s" in v and v["snr_db"] is not None and v["snr_db"] >= bar}
+        if ok:
+            best = min(ok, key=lambda k: ok[k]["wall_s"])
+            bars[f"snr>={bar:g}"] = {"policy": best, "speedup": ok[best]["speedup"], "snr_db": ok[best]["snr_db"]}
+    rec["quality_bars"] = bars
+    fastest = min((k for k, v in results.items() if "wall_s" in v), key=lambda k: results[k]["wall_s"])
+    rec["fastest"] = {"policy": fastest, "speedup": results[fastest]["speedup"]}
+    say("fastest policy per quality bar: " + "; ".join(f"{k}: {v['policy']} x{v['speedup']:.2f}" for k, v in bars.items()))
+
+    # batch sweep for the fastest policy
+    low, choose = policies.get(fastest, ("fp16", lambda o: Assignment.all_fp16(o)))
+    sweep = {}
+    for b in batch_sizes:
+        unit, prepared = build(low, b)
+        ops_b = unit.ops(prepared)
+        asg = results[fastest].get("assignment_fn", choose)(ops_b) if fastest in policies else Assignment.all_fp16(ops_b)
+        wall, _, _, mem = pipeline_run(unit, prepared, asg, b)
+        sweep[b] = {"wall_s": wall, "speedup": base_s / wall, "peak_mem_mb": mem}
+        say(f"  batch {b:3d}: {wall * 1000:8.1f} ms  x{base_s / wall:5.2f}  peak {mem:7.0f} MiB")
+    rec["batch_sweep"] = {"policy": fastest, "results": sweep}
+
+    # ablations: what the CUDA graphs and the reduction-based group norm each buy
+    ablations = {}
+    for label, kw in (("no CUDA graphs", {"graphs": False}), ("native group_norm", {"group_norm": "native"})):
+        unit, prepared = build(low, policy_batch, **kw)
+        ops_a = unit.ops(prepared)
+        wall, _, _, _ = pipeline_run(unit, prepared, choose(ops_a) if fastest in policies else Assignment.all_fp16(ops_a), policy_batch)
+        ablations[label] = {"policy": fastest, "wall_s": wall, "speedup": base_s / wall}
+        say(f"  {fastest} with {label}: {wall * 1000:.1f} ms  x{base_s / wall:.2f}")
+    rec["ablations"] = ablations
+
+    # FLOPs per second of audio, achieved throughput
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ex_mix = 0.1 * torch.randn(1, 2, seg_len, device=dev)
+    ex_spec = spec_to_cac(stft.stft(ex_mix, model.nfft))
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        inner(ex_spec, ex_mix)
+    flops_seg = fc.get_total_flops()
+    seg_s = seg_len / model.samplerate
+    n_segments = math.ceil(mix.shape[-1] / int(0.75 * seg_len))
+    total_flops = flops_seg * n_segments
+    rec["flops"] = {"per_segment_gflop": flops_seg / 1e9, "per_audio_second_gflop": flops_seg / seg_s / 1e9,
+                    "segments": n_segments}
+    for k in ("fp32", fastest):
+        ach = total_flops / results[k]["wall_s"] / 1e12
+        ref_peak = (peak or {}).get("tf32" if k == "fp32" else "fp16")
+        results[k]["achieved_tflops"] = ach
+        results[k]["fraction_of_peak"] = ach / ref_peak if ref_peak else None
+    rec["baseline"]["achieved_tflops"] = total_flops / base_s / 1e12
+    say(f"FLOPs: {flops_seg / seg_s / 1e9:.1f} GFLOP per second of audio; fastest achieves "
+        f"{results[fastest]['achieved_tflops']:.1f} TFLOP/s"
+        + (f" = {100 * results[fastest]['fraction_of_peak']:.1f}% of dense FP16 peak" if results[fastest].get("fraction_of_peak") else ""))
+
+    # profile of the fastest policy: top kernels and shares
+    rec["profile"] = _profile(prepared_by_low[low], choose, inner, stft, model, mix, seg_len, policy_batch, fastest in policies)
+    say("profile shares: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rec["profile"]["shares"].items()))
+
+    # htx's own overhead: grid expansion + one store write, relative to one trial
+    rec["overhead"] = _overhead(results[fastest]["wall_s"])
+    say(f"htx overhead per trial: {rec['overhead']['overhead_ms']:.2f} ms = {100 * rec['overhead']['fraction']:.3f}% of a trial")
+
+    if emulator:
+        rec["coreml_emulator"] = _emulator(inner, stft, model, seg_len, dev, say)
+
+    if out_json:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(rec, indent=1, default=str))
+    return rec
+
+
+def _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, batch, pipeline_run, base_s, seconds, say):
+    """Find the bisect FP32 set (criterion SNR >= 60 dB on the first 10 s) and time it on the full clip."""
+    from htx.contracts import SearchContext
+    from htx.plugins import load_registry
+
+    reg = load_registry()
+    policy = reg.create("precision", "bisect", {"criterion": {"snr_db": 60}, "granularity": "type-then-instance", "max_seconds": 150})
+    unit, prepared = prepared_by_low["fp16"]
+    short = mix[..., : int(10 * model.samplerate)]
+    ref_short = ref_np[..., : short.shape[-1]]
+
+    def evaluate(asg: Assignment) -> dict[str, Any]:
+        fwd = unit.compile(prepared, asg)
+        pipe = Pipeline(inner, fwd, stft, model.nfft, torch.device("cuda"), sync=_sync)
+
+        def fn(chunks):
+            n = chunks.shape[0]
+            if n < batch:
+                chunks = torch.cat([chunks, chunks.new_zeros(batch - n, *chunks.shape[1:])])
+            return pipe(chunks)[:n]
+
+        out = separate(fn, short, seg_len, len(model.sources), 0.25, 1.0, batch).float().cpu().numpy()
+        m = accuracy(ref_short, out, 1e-3, 1e-4)
+        return {**m, "finite": m["nan_count"] == 0 and m["inf_count"] == 0, "per_fixture": {"clip10s": m},
+                "fp16_op_fraction": asg.fp16_fraction(ops)}
+
+    ctx = SearchContext(ops, evaluate=evaluate, record=lambda a: unit.record(prepared, a, prepared.example_inputs))
+    t0 = time.perf_counter()
+    result = policy.search(ctx)
+    search_s = time.perf_counter() - t0
+    wall, samples, out, mem = pipeline_run(unit, prepared, result.assignment, batch)
+    m = accuracy(ref_np, out, 1e-3, 1e-4)
+    fp32_ops = sorted(set(o.name for o in ops if o.compute) - set(result.assignment.fp16))
+    say(f"  {'bisect':14s} {wall * 1000:8.1f} ms  x{base_s / wall:5.2f} vs demucs  SNR {m['snr_db']:7.2f} dB  "
+        f"peak {mem:7.0f} MiB  fp32 set {len(fp32_ops)} ops, {result.evaluations or ctx.evaluations} evaluations in {search_s:.0f} s")
+    return {"wall_s": wall, "samples": samples, "speedup": base_s / wall, "rtf": wall / seconds, "snr_db": m["snr_db"],
+            "max_abs_diff": m["max_abs_diff"], "nan": m["nan_count"], "inf": m["inf_count"], "peak_mem_mb": mem,
+            "fp16_op_fraction": result.assignment.fp16_fraction(ops), "fp32_ops": fp32_ops,
+            "evaluations": result.evaluations or ctx.evaluations, "search_s": search_s, "batch": batch}
+
+
+def _profile(unit_prepared, choose, inner, stft, model, mix, seg_len, batch, known) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity, profile
+
+    unit, prepared = unit_prepared
+    ops = unit.ops(prepared)
+    fwd = unit.compile(prepared, choose(ops) if known else Assignment.all_fp16(ops))
+    pipe = Pipeline(inner, fwd, stft, model.nfft, torch.device("cuda"), sync=_sync)
+
+    def fn(chunks):
+        n = chunks.shape[0]
+        if n < batch:
+            chunks = torch.cat([chunks, chunks.new_zeros(batch - n, *chunks.shape[1:])])
+        return pipe(chunks)[:n]
+
+    separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch)  # warm (captures graphs)
+    _sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch)
+        _sync()
+    kernels: dict[str, float] = {}
+    for evt in prof.key_averages():
+        dt = getattr(evt, "device_type", None)
+        t = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
+        if t and (dt is None or "CUDA" in str(dt)):
+            kernels[evt.key] = kernels.get(evt.key, 0.0) + float(t)
+    total = sum(kernels.values()) or 1.0
+    shares: dict[str, float] = {}
+    for name, t in kernels.items():
+        c = categorize(name)
+        shares[c] = shares.get(c, 0.0) + t / total
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
+    return {"total_gpu_ms": total / 1000.0, "shares": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
+            "top_kernels": [{"name": k[:120], "ms": v / 1000.0, "share": v / total} for k, v in top]}
+
+
+def _overhead(trial_s: float) -> dict[str, Any]:
+    import tempfile
+
+    from htx.config import parse_config
+    from htx.grid import expand_grid
+    from htx.store import Store, TrialRecord
+
+    cfg = parse_config({"name": "o", "fixtures": ["sine_440", "white_noise", "silence"],
+                        "precision": ["fp32", "all-fp16", "curated-fp32"]})
+    with tempfile.TemporaryDirectory() as d, Store(Path(d) / "o.sqlite") as store:
+        run_id = store.create_run("o", {}, None, "x", "h")
+        t0 = time.perf_counter()
+        n = 20
+        for i in range(n):
+            specs = expand_grid(cfg)
+            store.write_trial(TrialRecord(run_id, f"t{i}", i, "s", "p", "b", "c", "f", "ok",
+                                          metrics={f"m{k}": float(k) for k in range(40)}, info={"x": list(range(50))}))
+        per = (time.perf_counter() - t0) / n
+    del specs
+    return {"overhead_ms": per * 1000, "trial_s": trial_s, "fraction": per / trial_s}
+
+
+def _emulator(inner, stft, model, seg_len, dev, say) -> dict[str, Any]:
+    try:
+        from htx.plugins import load_registry
+
+        reg = load_registry()
+        if "coreml" not in reg.names("compute"):
+            return {"error": "coreml compute unit not installed"}
+        unit = reg.create("compute", "coreml", {"runtime": "emulated", "device": "cuda"})
+        ex_mix = 0.1 * torch.randn(1, 2, seg_len)
+        ex_spec = spec_to_cac(stft.stft(ex_mix, model.nfft))
+        t0 = time.perf_counter()
+        prepared = unit.prepare(inner.to("cpu"), (ex_spec, ex_mix), cache_dir=Path("experiments/cache"))
+        conv_s = time.perf_counter() - t0
+        inner.to(dev)
+        fwd = unit.compile(prepared, Assignment.all_fp32())
+        args = (ex_spec.to(dev), ex_mix.to(dev))
+        with torch.no_grad():
+            emu_s, _, _ = timed(lambda: fwd(*args), 5)
+            torch_s, _, _ = timed(lambda: inner(*args), 5)
+        say(f"Core ML emulator on CUDA: {emu_s * 1000:.1f} ms per segment vs torch inner {torch_s * 1000:.1f} ms (x{emu_s / torch_s:.2f}); conversion {conv_s:.0f} s")
+        return {"emulator_ms": emu_s * 1000, "torch_inner_ms": torch_s * 1000, "ratio": emu_s / torch_s, "conversion_s": conv_s}
+    except Exception as exc:
+        say(f"Core ML emulator on CUDA: not measured ({type(exc).__name__}: {exc})")
+        return {"error": f"{type(exc).__name__}: {exc}"}

@@ -1,0 +1,97 @@
+"""What runs inside a worker process (local pool or Ray task): rebuild the run once, then run chunks.
+
+A worker keeps one :class:`~htx.runner.Runner` per run in memory, so the model, fixtures, references,
+prepared models and precision assignments it built for one chunk serve every later chunk it gets. The
+references come from the driver (its on-disk cache, or Ray's object store), never recomputed here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from htx.config import parse_config
+from htx.errors import HtxError
+from htx.executors.plan import RunPayload
+from htx.grid import TrialSpec
+from htx.plugins import load_registry
+from htx.runner import Runner, _Cached, describe_failure, new_record
+
+#: (payload key, runner) of the run this process last worked on.
+_CURRENT: tuple[str, Runner] | None = None
+
+#: Shared data the driver already holds, as shipped through Ray's object store:
+#: ``{"fixtures": {i: Fixture}, "errors": {i: reason}, "references": {i: ndarray}, "reference_errors": {i: reason}}``.
+Shared = dict[str, dict[int, Any]]
+
+
+def worker_name() -> str:
+    return f"{platform.node()}:{os.getpid()}"
+
+
+def runner_for(payload: RunPayload, shared: Shared | None = None) -> Runner:
+    """This process's runner for the payload's run, built on first use."""
+    global _CURRENT
+    if _CURRENT is not None and _CURRENT[0] == payload.key:
+        return _CURRENT[1]
+    _CURRENT = None  # drop the previous run's models before building this one
+    for path in payload.sys_path:
+        if path not in sys.path and os.path.isdir(path):
+            sys.path.append(path)
+    extras = tuple(importlib.import_module(name) for name in payload.plugin_modules)
+    registry = load_registry(extra_plugins=extras)
+    cfg = parse_config(payload.config, f"run {payload.run_id}", registry)
+    runner = Runner(cfg, registry, store=None)
+    runner.run_id = payload.run_id
+    if shared is not None:
+        for i, fixture in shared["fixtures"].items():
+            # Object-store arrays are read-only; trials hand them to torch, which wants writable memory.
+            fixture.mix = fixture.mix.copy()
+            runner.fixtures[i] = _Cached(value=fixture)
+        for i, reason in shared["errors"].items():
+            runner.fixtures[i] = _Cached(error=HtxError(reason), reason=reason)
+        for i, ref in shared["references"].items():
+            runner.references[i] = _Cached(value=ref.copy())
+        for i, reason in shared["reference_errors"].items():
+            runner.references[i] = _Cached(error=HtxError(reason), reason=reason)
+    runner.load()
+    if runner.loaded.hash != payload.model_hash:
+        raise HtxError(
+            f"the worker built model {runner.loaded.hash}, the driver {payload.model_hash} "
+            "(a different checkpoint file or demucs/torch version on this node)"
+        )
+    _CURRENT = (payload.key, runner)
+    return runner
+
+
+def worker_stats(runner: Runner | None) -> dict[str, Any]:
+    return {
+        "worker": worker_name(),
+        "references_computed": runner.references_computed if runner else 0,
+        "prepared": len(runner.prepared) if runner else 0,
+    }
+
+
+def run_chunk(payload: RunPayload, specs: tuple[TrialSpec, ...], shared: Shared | None = None) -> Iterator[tuple[Any, ...]]:
+    """Run one chunk: ``("begin",)``, then ``("start", trial_id)`` before and ``("record", rec, stats)`` after each trial.
+
+    The driver learns which trial is running from ``start``: if this process dies, that trial is the one
+    that killed it. A worker that cannot build the run records every trial of the chunk as failed.
+    """
+    yield ("begin",)
+    try:
+        runner = runner_for(payload, shared)
+    except Exception as exc:
+        reason = f"worker {worker_name()} could not set up the run: {describe_failure(exc)}"
+        for spec in specs:
+            yield ("record", new_record(payload.run_id, spec, "failed", reason), worker_stats(None))
+        return
+    for spec in specs:
+        yield ("start", spec.trial_id)
+        rec = runner.run_trial(spec)
+        rec.info["worker"] = worker_name()
+        yield ("record", rec, worker_stats(runner))

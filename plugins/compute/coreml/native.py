@@ -1,0 +1,81 @@
+"""The native Core ML runtime (macOS only): typed conversion per assignment, ``MLModel.predict`` timing.
+
+Everything that touches the runtime goes through :func:`runtime_available` and :func:`load_mlmodel`,
+the boundary that tests replace with a mock. This path is untested on hardware until someone runs
+``htx run configs/ane_fp16.yaml`` on a Mac.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from htx_plugins.compute.coreml.convert import Signature, coremltools, load_program, quiet, typed_convert
+
+UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+
+
+def runtime_available() -> tuple[bool, str]:
+    """``(True, "")`` where coremltools can run predictions, else ``(False, why)``."""
+    if sys.platform != "darwin":
+        return False, f"the Core ML runtime needs macOS; this is {platform.system() or sys.platform}"
+    try:
+        from coremltools import libcoremlpython  # noqa: F401
+    except Exception as exc:  # pragma: no cover - depends on the Mac's install
+        return False, f"coremltools has no Core ML runtime here ({type(exc).__name__}: {exc}); install the macOS wheel of coremltools"
+    return True, ""
+
+
+def load_mlmodel(path: Path, units: str) -> Any:
+    """The runtime boundary: an ``MLModel`` loaded for prediction on ``units``."""
+    ct = coremltools()
+    return ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, units))
+
+
+def assignment_tag(fp16: frozenset[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(fp16)).encode()).hexdigest()[:16]
+
+
+def typed_package(base: Path, sig: Signature, target: str, fp16: frozenset[str], out_dir: Path) -> Path:
+    """The typed ``.mlpackage`` for ``fp16`` (converted from a fresh copy of the FP32 program once, then cached)."""
+    path = Path(out_dir) / f"typed-{assignment_tag(fp16)}.mlpackage"
+    if not path.exists():
+        mlmodel, _ = typed_convert(load_program(base), sig, target, fp16)
+        tmp = path.with_name(f"{path.stem}.tmp{time.time_ns()}.mlpackage")  # coremltools insists on the suffix
+        with quiet():
+            mlmodel.save(str(tmp))
+        tmp.rename(path)
+    return path
+
+
+@dataclass
+class NativeForward:
+    """Callable with the inner model's inputs, predicting with the Core ML runtime."""
+
+    model: Any
+    sig: Signature
+
+    def __call__(self, *inputs: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        tensors = [t for i, t in enumerate(inputs) if i not in self.sig.none_inputs]
+        feed = {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in zip(self.sig.input_names, tensors, strict=True)}
+        result = self.model.predict(feed)
+        outs = iter(torch.from_numpy(np.ascontiguousarray(np.asarray(result[n], dtype=np.float32))) for n in self.sig.output_names)
+        return tuple(None if i in self.sig.none_outputs else next(outs) for i in range(self.sig.n_outputs))
+
+
+def compile_native(base: Path, sig: Signature, target: str, fp16: frozenset[str], units: str, out_dir: Path) -> NativeForward:
+    """Convert ``fp16`` with coremltools' op_selector, load it on ``units`` and warm it up once."""
+    path = typed_package(base, sig, target, fp16, out_dir)
+    forward = NativeForward(load_mlmodel(path, units), sig)
+    zeros = [torch.zeros(s) for s in sig.input_shapes]
+    it = iter(zeros)
+    forward(*[None if i in sig.none_inputs else next(it) for i in range(sig.n_inputs)])  # first predict compiles for the device
+    return forward

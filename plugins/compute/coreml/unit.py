@@ -1,0 +1,167 @@
+"""``coreml`` compute unit: real coremltools conversion, executed natively on macOS or by the emulator."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, Params
+from htx.errors import UnavailableError
+from htx.opmap import is_compute
+from htx_plugins.compute.coreml import native
+from htx_plugins.compute.coreml.convert import CachedConversion, Signature, cached_graph, convert_cached
+from htx_plugins.compute.coreml.emulator import Emulator, Plan
+from htx_plugins.compute.coreml.graph import Graph
+
+
+class CoreMLParams(Params):
+    units: Literal["CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"] = "CPU_AND_NE"
+    runtime: Literal["auto", "native", "emulated"] = "auto"
+    target: Literal["iOS15", "iOS16", "iOS17", "iOS18"] = "iOS18"
+    accumulate: Literal["fp32", "fp16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class CoreMLPrepared:
+    """One converted program: the cache entry, the parsed graph, its op list and (emulated) the emulator."""
+
+    conversion: CachedConversion
+    graph: Graph
+    op_list: list[OpInfo]
+    emulator: Emulator | None
+    load_s: float
+    plans: OrderedDict[frozenset[str], Plan] = field(default_factory=OrderedDict)
+
+    @property
+    def sig(self) -> Signature:
+        return self.conversion.sig
+
+
+class CoreMLUnit(ComputeUnit):
+    """Core ML ``mlprogram`` conversion with per-op FP16/FP32 (coremltools ``FP16ComputePrecision`` semantics).
+
+    ``prepare`` converts the inner model once to an FP32 mlprogram (cached on disk by content hash under
+    ``<cache_dir>/coreml/``). On macOS with the Core ML runtime (``runtime: native``, or ``auto``) each
+    assignment is converted with coremltools' ``op_selector`` and predicted on ``units``; elsewhere the
+    typed-execution emulator runs the program op by op in torch, every value in its assigned dtype.
+    ``runtime: native`` where there is no Core ML runtime makes the trials ``unavailable``; it never
+    silently emulates.
+
+    Example config::
+
+        compute:
+          - coreml                                          # CPU_AND_NE, native on a Mac, emulated elsewhere
+          - coreml: {units: ALL, runtime: native}           # unavailable off macOS
+          - coreml: {runtime: emulated, accumulate: fp16, device: cuda, target: iOS17}
+    """
+
+    name = "coreml"
+    Params = CoreMLParams
+
+    #: assignments kept planned per prepared program (a bisection revisits few)
+    MAX_PLANS = 8
+
+    @property
+    def resolved_runtime(self) -> str:
+        if self.params.runtime == "auto":
+            return "native" if native.runtime_available()[0] else "emulated"
+        return self.params.runtime
+
+    @property
+    def emulated(self) -> bool:  # type: ignore[override]
+        return self.resolved_runtime == "emulated"
+
+    @property
+    def runtime(self) -> str:
+        if self.emulated:
+            return "coreml:emulated"
+        return f"coreml:native[{self.params.units}]"
+
+    @property
+    def device(self) -> torch.device:
+        if not self.emulated:
+            return torch.device("cpu")
+        if self.params.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.params.device)
+
+    def available(self) -> tuple[bool, str]:
+        if self.params.runtime == "native":
+            ok, why = native.runtime_available()
+            if not ok:
+                return False, f"runtime native: {why} (use runtime: auto or emulated to emulate it)"
+        if self.emulated and self.params.device == "cuda" and not torch.cuda.is_available():
+            return False, "device cuda: CUDA is not available (no GPU or a CPU-only torch build)"
+        return True, ""
+
+    # ------------------------------------------------------------------------------------------------
+
+    def prepare(self, inner: InnerModel, example_inputs: tuple[torch.Tensor, ...], cache_dir: Path | None = None) -> CoreMLPrepared:
+        ok, why = self.available()
+        if not ok:
+            raise UnavailableError(f"compute {self.label} unavailable: {why}")
+        conversion = convert_cached(inner, tuple(example_inputs), self.params.target, cache_dir)
+        t0 = time.perf_counter()
+        graph, _ = cached_graph(conversion)
+        load_s = time.perf_counter() - t0
+        ops = [
+            OpInfo(n.name, n.type, is_compute(n.type), {"shape": [list(o.shape) for o in n.outputs], "fp16_valid": n.fp16_valid})
+            for n in graph.nodes
+        ]
+        emulator = Emulator(graph, self.device, self.params.accumulate) if self.emulated else None
+        return CoreMLPrepared(conversion, graph, ops, emulator, load_s)
+
+    def ops(self, prepared: CoreMLPrepared) -> list[OpInfo]:
+        return list(prepared.op_list)
+
+    def _plan(self, prepared: CoreMLPrepared, assignment: Assignment) -> Plan:
+        key = frozenset(assignment.fp16)
+        plan = prepared.plans.get(key)
+        if plan is None:
+            assert prepared.emulator is not None
+            plan = prepared.emulator.plan(key)
+            prepared.plans[key] = plan
+            while len(prepared.plans) > self.MAX_PLANS:
+                prepared.plans.popitem(last=False)
+        else:
+            prepared.plans.move_to_end(key)
+        return plan
+
+    def compile(self, prepared: CoreMLPrepared, assignment: Assignment) -> Any:
+        sig = prepared.sig
+        if prepared.emulator is None:
+            out_dir = prepared.conversion.path.parent
+            if not out_dir.exists():  # pragma: no cover - cache entry removed under us
+                out_dir = Path(tempfile.mkdtemp(prefix="htx-coreml-"))
+            return native.compile_native(prepared.conversion.path, sig, prepared.conversion.target,
+                                         frozenset(assignment.fp16), self.params.units, out_dir)
+        emulator = prepared.emulator
+        plan = self._plan(prepared, assignment)
+
+        def forward(*inputs: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+            tensors = [t for i, t in enumerate(inputs) if i not in sig.none_inputs]
+            with torch.no_grad():
+                outs = iter(emulator.run(plan, tensors))
+            return tuple(None if i in sig.none_outputs else next(outs) for i in range(sig.n_outputs))
+
+        return forward
+
+    def record(self, prepared: CoreMLPrepared, assignment: Assignment, inputs: tuple[torch.Tensor, ...]) -> dict[str, OpStats]:
+        """Per-op statistics of one emulated pass (max |x|, NaN/Inf counts, input magnitude, reduction size)."""
+        emulator = prepared.emulator
+        if emulator is None:
+            # Recording needs every intermediate value, which only the emulator exposes.
+            emulator = Emulator(prepared.graph, "cpu", self.params.accumulate)
+        plan = self._plan(prepared, assignment) if prepared.emulator is not None else emulator.plan(frozenset(assignment.fp16))
+        stats: dict[str, OpStats] = {}
+        tensors = [t for i, t in enumerate(inputs) if i not in prepared.sig.none_inputs]
+        with torch.no_grad():
+            emulator.run(plan, tensors, stats=stats)
+        return stats

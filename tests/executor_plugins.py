@@ -1,0 +1,71 @@
+"""Precision policies that misbehave on purpose, for tests/test_executors.py.
+
+They live in an importable module (tests/ is on the driver's ``sys.path``, which executors hand to their
+workers) because worker processes load a run's plugins by module name; a plugin built in memory with
+``module_plugin`` cannot reach them. Use them with the `local` and `ray` executors only: in a serial
+run they would kill or hang the test process itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Literal
+
+from htx.contracts import Assignment, Params, PrecisionPolicy
+from htx.hookspecs import hookimpl
+
+
+class KillParams(Params):
+    how: Literal["exit", "sigkill"] = "exit"
+
+
+class KillWorker(PrecisionPolicy):
+    """Ends the worker process running it: ``os._exit(3)`` or SIGKILL (a segfaulting runtime, the OOM killer)."""
+
+    name = "kill-worker"
+    Params = KillParams
+
+    def select(self, ops):
+        if self.params.how == "exit":
+            os._exit(3)
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(60)
+
+
+class Hang(PrecisionPolicy):
+    """Blocks SIGALRM, so the in-process deadline cannot fire, and sleeps: a trial stuck in native code."""
+
+    name = "hang"
+
+    def select(self, ops):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(600)
+        return Assignment.all_fp32()
+
+
+class CrashParams(Params):
+    marker: str
+
+
+class CrashDriverOnce(PrecisionPolicy):
+    """SIGKILLs the driver (the parent of a local-pool worker) once, then behaves like ``fp32``."""
+
+    name = "crash-driver-once"
+    Params = CrashParams
+
+    def select(self, ops):
+        marker = Path(self.params.marker)
+        if not marker.exists():
+            marker.write_text(str(os.getppid()))
+            os.kill(os.getppid(), signal.SIGKILL)
+        return Assignment.all_fp32()
+
+
+@hookimpl
+def htx_register_precision_policies(register):
+    register(KillWorker)
+    register(Hang)
+    register(CrashDriverOnce)

@@ -1,0 +1,94 @@
+"""The torch compute unit: op naming, precision semantics, lazy casts, group-norm kernel choice."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from htx.contracts import Assignment
+from htx.models import random_htdemucs
+from htx.pipeline import spec_to_cac
+from htx_plugins.compute.torch_unit import TorchUnit
+from htx_plugins.precision.static import CuratedFP32
+from htx_plugins.stft.torch_stft import TorchSTFT
+from htx_plugins.surgery.full_hybrid import FullHybrid
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = random_htdemucs(0, channels=8, depth=4, t_layers=1, segment=1)
+    inner = FullHybrid().build(model)
+    mix = 0.1 * torch.randn(1, 2, 44100, generator=torch.Generator().manual_seed(0))
+    spec = spec_to_cac(TorchSTFT().stft(mix))
+    return inner, (spec, mix)
+
+
+def _unit(**kw):
+    return TorchUnit(TorchUnit.Params(device="cpu", **kw))
+
+
+def test_op_names_stable_and_typed(setup):
+    inner, inputs = setup
+    unit = _unit()
+    a, b = unit.ops(unit.prepare(inner, inputs)), unit.ops(unit.prepare(inner, inputs))
+    assert [(o.name, o.type) for o in a] == [(o.name, o.type) for o in b]
+    types = {o.type for o in a}
+    assert {"conv", "conv_transpose", "linear", "scaled_dot_product_attention", "layer_norm", "reduce_mean"} <= types
+    assert not any(t.startswith("aten.") for t in types), types  # every op maps to the vocabulary
+    assert {o.name for o in a if not o.compute} and all(o.type in ("reshape", "transpose", "expand_dims", "squeeze", "slice_by_index", "concat", "pad", "gather", "tile", "identity", "broadcast_to") for o in a if not o.compute)
+
+
+def test_lazy_casts_bit_identical_to_per_op(setup):
+    inner, inputs = setup
+    lazy, per_op = _unit(), _unit(casts="per-op")
+    p_lazy, p_per = lazy.prepare(inner, inputs), per_op.prepare(inner, inputs)
+    ops = lazy.ops(p_lazy)
+    rng = random.Random(0)
+    compute = [o.name for o in ops if o.compute]
+    assignments = [
+        Assignment.all_fp16(ops),
+        CuratedFP32().select(ops),
+        Assignment(frozenset(rng.sample(compute, len(compute) // 2))),
+    ]
+    for asg in assignments:
+        a = lazy.compile(p_lazy, asg)(*inputs)
+        b = per_op.compile(p_per, asg)(*inputs)
+        for x, y in zip(a, b):
+            assert x.dtype == torch.float32
+            assert torch.equal(x, y)
+
+
+def test_fp16_changes_output_and_fp32_is_exact(setup):
+    inner, inputs = setup
+    unit = _unit()
+    prepared = unit.prepare(inner, inputs)
+    ref = inner(*inputs)
+    fp32 = unit.compile(prepared, Assignment.all_fp32())(*inputs)
+    fp16 = unit.compile(prepared, Assignment.all_fp16(unit.ops(prepared)))(*inputs)
+    assert all(torch.equal(a, b) for a, b in zip(ref, fp32))
+    err = (fp16[1] - ref[1]).abs().max()
+    assert 0 < err < 1e-2
+
+
+def test_group_norm_by_reductions_matches_native(setup):
+    inner, inputs = setup
+    native, reduced = _unit(group_norm="native"), _unit(group_norm="reduce")
+    pn, pr = native.prepare(inner, inputs), reduced.prepare(inner, inputs)
+    a = native.compile(pn, Assignment.all_fp32())(*inputs)
+    b = reduced.compile(pr, Assignment.all_fp32())(*inputs)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_record_reports_per_op_stats(setup):
+    inner, inputs = setup
+    unit = _unit()
+    prepared = unit.prepare(inner, inputs)
+    stats = unit.record(prepared, Assignment.all_fp32(), inputs)
+    names = {o.name for o in unit.ops(prepared)}
+    assert set(stats) == names
+    assert all(s.finite for s in stats.values())
+    assert max(s.max_abs for s in stats.values()) > 0
+    assert any(s.reduction_size > 1 for s in stats.values())
