@@ -149,6 +149,10 @@ def test_resources_per_compute_unit(tmp_path):
     assert trial_resources(by_device["cuda"], reg, {"torch": {"GPU": 0.5, "CPU": 2}}) == {"GPU": 0.5, "CPU": 2}
     key = by_device["cuda"].compute.key()
     assert trial_resources(by_device["cuda"], reg, {key: {"GPU": 2}, "torch": {"GPU": 0.5}}) == {"GPU": 2}
+    coreml = [{"coreml": {"runtime": "native"}}, {"coreml": {"runtime": "emulated", "device": "cuda"}}, "coreml"]
+    specs = expand_grid(parse_config(make_config(tmp_path, compute=coreml), registry=reg))
+    assert [trial_resources(s, reg, {}) for s in specs] == [{"macos": 1.0}, {"GPU": 1.0}, {}]
+    assert reg.get("compute", "coreml").disk_cached_prepare and not reg.get("compute", "torch").disk_cached_prepare
 
 
 def test_plugins_must_be_importable_by_workers():

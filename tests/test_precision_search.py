@@ -404,3 +404,35 @@ def test_magnitude_policy_uses_record(planted_run):
     assert set(r["planted"]["culprits"]) <= set(result.summary["fp32_ops"])
     strict = Magnitude(Magnitude.Params(headroom=1, reductions=False)).search(ctx)
     assert set(strict.summary["fp32_ops"]) <= set(result.summary["fp32_ops"])
+
+
+def test_search_policies_on_the_coreml_emulator(tmp_path):
+    """The policies use only the compute-unit contract: the same planted set on the Core ML emulator."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plugin = planted_plugin()
+        reg = build_registry(get_plugin_manager(extra_plugins=(plugin,)))
+        cfg = parse_config(make_config(
+            tmp_path, surgery=["planted-faults"], precision=[{"bisect": {"criterion": "finite"}}, "magnitude"],
+            compute=[{"coreml": {"runtime": "emulated", "device": "cpu"}}],
+        ), registry=reg)
+        with Store(cfg.store.path) as store:
+            runner = Runner(cfg, reg, store)
+            run_id = runner.run()
+            trials = {t.precision: t for t in store.trials([run_id])}
+            spec = expand_grid(cfg)[0]
+            prep = runner.prepared_for(spec)
+            assert prep.compute.runtime == "coreml:emulated"
+            planted = planted_ops(prep.ops)  # MIL op names now, not the torch unit's
+            n = sum(op.compute for op in prep.ops)
+            bisect = trials[BISECT]
+            assert sorted(bisect.info["search"]["fp32_ops"]) == sorted(planted["culprits"])
+            assert bisect.status == "ok" and bisect.metrics["evaluations"] <= bound(4, n)
+            kept = set(trials["magnitude"].info["search"]["fp32_ops"])
+            assert set(planted["culprits"]) <= kept and not set(planted["harmless"]) & kept
+            a = Assignment.all_fp16(prep.ops)
+            stats = runner.record_assignment(prep, spec.stft, a)
+            assert [s.name for s in find_nan_sources(stats, prep.ops, a)] == planted["first_overflow"]
+    finally:
+        torch.set_num_threads(threads)

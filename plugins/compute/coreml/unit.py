@@ -67,6 +67,16 @@ class CoreMLUnit(ComputeUnit):
 
     #: assignments kept planned per prepared program (a bisection revisits few)
     MAX_PLANS = 8
+    #: ``prepare`` converts once per key into ``<cache_dir>/coreml/``: parallel executors convert in the driver.
+    disk_cached_prepare = True
+
+    def resources(self) -> dict[str, float]:
+        # Native Core ML needs a Mac worker (custom Ray resource `macos`); the emulator on CUDA needs a GPU.
+        if self.params.runtime == "native":
+            return {"macos": 1.0}
+        if self.params.device == "cuda":
+            return {"GPU": 1.0}
+        return {}
 
     @property
     def resolved_runtime(self) -> str:
