@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from conftest import make_config
-from htx.config import parse_config
+from htx.config import ModelConfig, parse_config
 from htx.contracts import Assignment
 from htx.errors import ConfigError, ModelError
-from htx.models import model_skeleton, random_htdemucs, save_checkpoint
+from htx.models import load_model, model_skeleton, random_htdemucs, save_checkpoint
 from htx.pipeline import Pipeline, spec_to_cac
 from htx.plugins import load_registry
 from htx.runner import Runner
@@ -43,8 +43,9 @@ def _within(out: torch.Tensor, ref: torch.Tensor) -> tuple[bool, float]:
 
 @contextlib.contextmanager
 def mha_fastpath(enabled: bool):
-    """The original forward's self-attention takes torch's fused fast path when it is enabled (torch's default);
-    conversion and the torch unit switch it off globally. References here are taken with it on, as users run."""
+    """torch's fused self-attention fast path, which the original forward takes when it is on (torch's default).
+    Conversion and the compute units switch it off, so references here are taken with it off too: the fused
+    kernel alone differs from the unfused path by ~1.6e-7 on the trained demo model, more than atol 1e-7."""
     before = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(enabled)
     try:
@@ -54,7 +55,7 @@ def mha_fastpath(enabled: bool):
 
 
 def _reference(model: nn.Module, mix: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad(), mha_fastpath(True):
+    with torch.no_grad(), mha_fastpath(False):
         return model(mix)
 
 
@@ -118,6 +119,29 @@ def test_parity_small_bottom_channels(registry):
     out, _ = _pipeline(_surgery(registry, "time-only"), model, mix)
     assert not torch.allclose(out, ref, atol=1e-3)  # the frequency branch's part is really missing
     _assert_time_only_is_the_time_branch(model, mix)
+
+
+def test_trained_demo_variants_as_accurate_as_the_original_fp32(registry):
+    """On the trained demo model rtol 1e-5/atol 1e-7 is at FP32's own noise floor (the original forward run with
+    another thread count misses it on a few of 705,600 samples), so parity is also measured against the model
+    evaluated in float64: each exact variant's error is the original FP32 forward's own."""
+    model = load_model(ModelConfig(kind="demo")).model
+    mix = 0.2 * torch.randn(1, 2, int(model.segment * model.samplerate), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        truth = copy.deepcopy(model).double()(mix.double())
+    ref = _reference(model, mix)
+
+    def error(out: torch.Tensor) -> tuple[float, float]:
+        e = out.double() - truth
+        return float(e.abs().max()), float(10 * torch.log10(truth.pow(2).sum() / e.pow(2).sum()))
+
+    max_orig, snr_orig = error(ref)
+    assert snr_orig > 110  # FP32 itself is this close to float64
+    for name in EXACT:
+        out, _ = _pipeline(_surgery(registry, name), model, mix)
+        max_err, snr = error(out)
+        assert max_err <= 1.25 * max_orig and snr >= snr_orig - 0.5, (name, max_err, max_orig, snr, snr_orig)
+        assert _snr(out, ref) > 120, name
 
 
 def _full_hybrid_wave(model, mix) -> torch.Tensor:
