@@ -169,7 +169,7 @@ def test_local_pool_matches_serial_and_survives_dead_and_hung_workers(serial):
     root, expected = serial
     runner, trials, run = _run(
         root, precision=["fp32", "all-fp16", {"kill-worker": {"how": "sigkill"}}, "hang"],
-        executor={"local": {"workers": 2, "threads_per_worker": 1, "hang_grace_s": 1}}, trial_timeout_s=6,
+        executor={"local": {"workers": 2, "threads_per_worker": 1, "hang_grace_s": 1}}, trial_timeout_s=12,
     )
     assert run["status"] == "finished" and run["n_trials"] == 4
     _same_as_serial(trials, expected)
