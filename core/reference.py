@@ -11,7 +11,7 @@ import torch
 from htx.fixtures import Fixture
 from htx.models import LoadedModel
 
-REFERENCE_VERSION = "1"
+REFERENCE_VERSION = "2"  # 2: torch's MHA fast path pinned off
 
 
 def reference_key(loaded: LoadedModel, fixture: Fixture, overlap: float, transition_power: float) -> str:
@@ -26,11 +26,19 @@ def compute_reference(loaded: LoadedModel, mix: np.ndarray, overlap: float, tran
     from demucs.apply import apply_model
 
     model = loaded.model.to("cpu").float().eval()
-    with torch.no_grad():
-        out = apply_model(
-            model, torch.from_numpy(mix)[None], shifts=0, split=True, overlap=overlap,
-            transition_power=transition_power, progress=False, device="cpu",
-        )
+    # torch's fused self-attention fast path is a global switch that conversion and the compute units turn
+    # off; its kernel alone differs from the unfused path by ~1.6e-7 on the demo model (above atol 1e-7), so
+    # the reference takes the unfused path whatever ran before it in this process.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            out = apply_model(
+                model, torch.from_numpy(mix)[None], shifts=0, split=True, overlap=overlap,
+                transition_power=transition_power, progress=False, device="cpu",
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return out[0].numpy().astype(np.float32)
 
 

@@ -106,6 +106,8 @@ def test_parity_small(registry, small, name):
     out, _ = _pipeline(_surgery(registry, name), model, mix, TorchUnit(TorchUnit.Params(device="cpu")))
     ok, max_diff = _within(out, ref)
     assert ok, f"{name}: max abs diff {max_diff:.3e}"
+    if name in ("full-hybrid", "external-norm"):  # the original's ops in the original order: bitwise equal
+        assert max_diff == 0.0, max_diff
 
 
 def test_parity_small_bottom_channels(registry):
@@ -124,7 +126,8 @@ def test_parity_small_bottom_channels(registry):
 def test_trained_demo_variants_as_accurate_as_the_original_fp32(registry):
     """On the trained demo model rtol 1e-5/atol 1e-7 is at FP32's own noise floor (the original forward run with
     another thread count misses it on a few of 705,600 samples), so parity is also measured against the model
-    evaluated in float64: each exact variant's error is the original FP32 forward's own."""
+    evaluated in float64: each rewrite's error is the original FP32 forward's own. (full-hybrid and external-norm
+    are bitwise equal to the original forward: see test_parity_small.)"""
     model = load_model(ModelConfig(kind="demo")).model
     mix = 0.2 * torch.randn(1, 2, int(model.segment * model.samplerate), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -137,7 +140,7 @@ def test_trained_demo_variants_as_accurate_as_the_original_fp32(registry):
 
     max_orig, snr_orig = error(ref)
     assert snr_orig > 110  # FP32 itself is this close to float64
-    for name in EXACT:
+    for name in ("decomposed-attention", "safe-norm"):
         out, _ = _pipeline(_surgery(registry, name), model, mix)
         max_err, snr = error(out)
         assert max_err <= 1.25 * max_orig and snr >= snr_orig - 0.5, (name, max_err, max_orig, snr, snr_orig)
