@@ -51,7 +51,10 @@ class CrashParams(Params):
 
 
 class CrashDriverOnce(PrecisionPolicy):
-    """SIGKILLs the driver (the parent of a local-pool worker) once, then behaves like ``fp32``."""
+    """SIGKILLs the driver once, then behaves like ``fp32``.
+
+    The driver's pid comes from ``HTX_TEST_DRIVER_PID`` (pool workers are forked by a fork server, so
+    their parent is not the driver)."""
 
     name = "crash-driver-once"
     Params = CrashParams
@@ -59,8 +62,9 @@ class CrashDriverOnce(PrecisionPolicy):
     def select(self, ops):
         marker = Path(self.params.marker)
         if not marker.exists():
-            marker.write_text(str(os.getppid()))
-            os.kill(os.getppid(), signal.SIGKILL)
+            driver = int(os.environ.get("HTX_TEST_DRIVER_PID", os.getppid()))
+            marker.write_text(str(driver))
+            os.kill(driver, signal.SIGKILL)
         return Assignment.all_fp32()
 
 

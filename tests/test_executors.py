@@ -196,7 +196,8 @@ def test_resume_after_driver_crash(serial, tmp_path):
                       executor={"local": {"workers": 1}})
     cfg["store"]["cache_dir"] = str(serial[0] / "cache")  # the reference is already there
     driver = (
-        "import json, sys, executor_plugins\n"
+        "import json, os, sys, executor_plugins\n"
+        "os.environ['HTX_TEST_DRIVER_PID'] = str(os.getpid())\n"
         "from htx.config import parse_config\nfrom htx.plugins import load_registry\n"
         "from htx.runner import Runner\nfrom htx.store import Store\n"
         "reg = load_registry(extra_plugins=(executor_plugins,))\n"

@@ -92,6 +92,8 @@ def command(
     duration: float = typer.Option(4.0, "--duration", min=0.5, help="seconds of audio per fixture"),
     size: str = typer.Option("demo", "--size", help="model architecture: demo (the demo model's) or tiny"),
     skip_ray: bool = typer.Option(False, "--no-ray", help="leave Ray out (e.g. when it is not installed)"),
+    one_thread: bool = typer.Option(True, "--one-thread/--no-one-thread",
+                                    help="also time serial with 1 torch thread (the per-core baseline)"),
     json_out: Path = typer.Option(None, "--json", help="also write the numbers to this JSON file"),
     workdir: Path = typer.Option(None, "--workdir", help="where stores and caches go (default: a temporary folder)"),
 ) -> None:
@@ -139,6 +141,15 @@ def command(
     e.print(f"serial (torch threads: {torch.get_num_threads()}) ...")
     results["serial"] = _timed_run(bench_config(root, size=size, duration=duration, executor="serial"), registry, say)
     save()
+    if one_thread:
+        threads = torch.get_num_threads()
+        e.print("serial with 1 torch thread (each worker's share) ...")
+        torch.set_num_threads(1)
+        try:
+            results["serial-1-thread"] = _timed_run(bench_config(root, size=size, duration=duration, executor="serial"), registry, say)
+        finally:
+            torch.set_num_threads(threads)
+        save()
     e.print("local ...")
     results["local"] = _timed_run(bench_config(root, size=size, duration=duration, executor={"local": {"workers": slots}}), registry, say)
     save()
@@ -159,14 +170,16 @@ def command(
     base = results["serial"]["wall_s"]
     snr0 = results["serial"]["snr"]
     table = Table(title=f"htx bench executors: 24-trial CPU grid on {platform.node()} ({cores} cores)")
-    for col in ("executor", "workers", "wall s", "speed-up", "per core", "Σ trial s", "efficiency",
+    base1 = results.get("serial-1-thread", {}).get("wall_s")
+    for col in ("executor", "workers", "wall s", "speed-up", "per core", "vs 1 thread", "Σ trial s", "efficiency",
                 "overhead/trial s", "1st trial s", "ok", "max |ΔSNR| dB (<100)"):
         table.add_column(col, justify="left" if col == "executor" else "right")
     for kind, r in results.items():
-        n = 1 if kind == "serial" else slots
+        n = 1 if kind.startswith("serial") else slots
         r["slots"] = n
         r["speedup"] = base / r["wall_s"]
         r["speedup_per_core"] = r["speedup"] / cores
+        r["speedup_vs_one_thread"] = base1 / r["wall_s"] if base1 else None
         r["overhead_per_trial_s"] = (r["wall_s"] * n - r["trial_s_sum"]) / r["trials"]
         r["efficiency"] = r["trial_s_sum"] / (r["wall_s"] * n)
         # Trials near float32 round-off (fp32: SNR ~140 dB) differ by several dB with the thread count: skip them.
@@ -174,6 +187,7 @@ def command(
         r["max_snr_diff_db"] = max(diffs, default=0.0)
         table.add_row(
             kind, str(n), f"{r['wall_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['speedup_per_core']:.2f}",
+            "" if base1 is None else f"{r['speedup_vs_one_thread']:.2f}x",
             f"{r['trial_s_sum']:.1f}", f"{r['efficiency']:.2f}", f"{r['overhead_per_trial_s']:.2f}",
             "" if r["first_start_s"] is None else f"{r['first_start_s']:.1f}", f"{r['ok']}/{r['trials']}",
             f"{r['max_snr_diff_db']:.2g}",
@@ -183,6 +197,8 @@ def command(
     notes = [
         f"speed-up = serial wall / executor wall; per core = speed-up / {cores} (target on a 16-core machine: >= 0.7).",
         f"ideal for 24 equal trials on {slots} workers: {24 / -(-24 // slots):.1f}x (they run in {-(-24 // slots)} waves).",
+        "vs 1 thread = serial-1-thread wall / executor wall: the speed-up from running trials side by side alone, "
+        "without torch's intra-op threads (which serial also uses).",
         "overhead/trial = (wall x workers - sum of trial durations) / 24: start-up, model build, dispatch, idle tail.",
     ]
     if ray_start is not None:

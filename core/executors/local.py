@@ -1,6 +1,6 @@
 """``executor: local``: a pool of worker processes on this machine.
 
-Each worker is a spawned process with its own pipe: the driver sends it one chunk at a time and it
+Each worker is a process with its own pipe: the driver sends it one chunk at a time and it
 streams back ``start``/``record`` events. Unlike ``concurrent.futures.ProcessPoolExecutor`` (where one
 worker's death breaks the whole pool and kills every running trial, without saying which process died
 or how), a dead worker here costs only its current trial, whose row gets the exit code or signal; the
@@ -58,6 +58,22 @@ def _worker_main(conn: Connection, payload: RunPayload, threads: int) -> None:
             return  # the driver is gone (crashed or killed): stop; `htx run --resume` continues the run
 
 
+#: Imported once by the fork server, so each worker starts with them loaded.
+PRELOAD = ("torch", "demucs.htdemucs", "htx.executors.worker", "htx.runner", "htx_plugins")
+
+
+def worker_context(plugin_modules: tuple[str, ...] = ()) -> Any:
+    """The multiprocessing context for pool workers: ``forkserver`` preloading torch and htx (``spawn``
+    where there is no fork server, e.g. on Windows)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    # Only takes effect when the fork server starts (first worker of this process); a module that fails
+    # to import there is skipped, and the worker imports it itself.
+    ctx.set_forkserver_preload([*PRELOAD, *plugin_modules])
+    return ctx
+
+
 @dataclass
 class _Worker:
     process: Any
@@ -66,13 +82,13 @@ class _Worker:
 
 
 class LocalPool:
-    """Backend of the ``local`` executor: ``workers`` spawned processes, ``threads`` torch threads each."""
+    """Backend of the ``local`` executor: ``workers`` processes, ``threads`` torch threads each."""
 
     kind = "local"
 
     def __init__(self, payload: RunPayload, workers: int, threads: int) -> None:
-        # spawn, not fork: the driver has already run torch (OpenMP threads do not survive a fork).
-        self.ctx = mp.get_context("spawn")
+        # Not plain fork: the driver has already run torch (OpenMP threads do not survive a fork).
+        self.ctx = worker_context(payload.plugin_modules)
         self.payload = payload
         self.slots = workers
         self.threads = threads
