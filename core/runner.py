@@ -504,6 +504,11 @@ class Runner:
         todo = [s for s in specs if s.trial_id not in done]
         self.say(f"run {self.run_id}: {len(specs)} trials ({len(done)} already done)")
         try:
+            if todo and self.cfg.executor.kind == "local":
+                from htx.executors.local import start_fork_server
+                from htx.executors.plan import shipped_plugin_modules
+
+                start_fork_server(shipped_plugin_modules(self.registry))
             if todo:
                 self.load()
                 self.store.update_run(self.run_id, model_source=self.loaded.source, model_hash=self.loaded.hash)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -80,6 +81,18 @@ class ExecutorReport:
     deaths: int = 0  # workers or nodes lost while running a chunk
     hangs: int = 0  # chunks killed for silence
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # worker name -> its latest stats
+
+    started_at: float = 0.0  # time.time() at dispatch
+
+    @property
+    def ready_s(self) -> list[float]:
+        """Per worker: seconds from dispatch until its run was built (process start, imports, model)."""
+        return sorted(w["ready_at"] - self.started_at for w in self.workers.values() if "ready_at" in w)
+
+    @property
+    def setup_s(self) -> list[float]:
+        """Per worker: seconds it spent building the run (registry, config, model, fixtures, references)."""
+        return sorted(w["setup_s"] for w in self.workers.values() if "setup_s" in w)
 
     @property
     def references_computed(self) -> int:
@@ -175,12 +188,19 @@ def run_parallel(runner: Runner, todo: list[TrialSpec], n_done: int, n_total: in
     hang_limit = 3 * cfg.trial_timeout_s + grace
     report = ExecutorReport(executor.kind, backend.slots, len(chunks))
     t0 = time.perf_counter()
+    report.started_at = time.time()
     try:
         _drive(runner, backend, chunks, n_done, n_total, retries, hang_limit, report)
     finally:
         backend.close()
     report.wall_s = time.perf_counter() - t0
     runner.executor_report = report
+    ready, setup = report.ready_s, report.setup_s
+    if ready:
+        runner.say(
+            f"{executor.kind}: workers ready {ready[0]:.1f}-{ready[-1]:.1f} s after dispatch "
+            f"(of it building the run: median {statistics.median(setup):.2f} s)"
+        )
     runner.say(
         f"{executor.kind}: {len(report.workers)} worker processes, first trial started after {report.first_start_s or 0:.1f} s; "
         f"{report.deaths} lost, {report.hangs} killed for silence; references computed by workers: {report.references_computed}"

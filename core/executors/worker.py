@@ -11,6 +11,7 @@ import importlib
 import os
 import platform
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,8 @@ from htx.runner import Runner, _Cached, describe_failure, new_record
 
 #: (payload key, runner) of the run this process last worked on.
 _CURRENT: tuple[str, Runner] | None = None
+#: How long this process took to build its runner (seconds), and when it was ready (``time.time()``).
+_SETUP: dict[str, float] = {}
 
 #: Shared data the driver already holds, as shipped through Ray's object store:
 #: ``{"fixtures": {i: Fixture}, "errors": {i: reason}, "references": {i: ndarray}, "reference_errors": {i: reason}}``.
@@ -39,6 +42,7 @@ def runner_for(payload: RunPayload, shared: Shared | None = None) -> Runner:
     if _CURRENT is not None and _CURRENT[0] == payload.key:
         return _CURRENT[1]
     _CURRENT = None  # drop the previous run's models before building this one
+    t0 = time.perf_counter()
     for path in payload.sys_path:
         if path not in sys.path and os.path.isdir(path):
             sys.path.append(path)
@@ -65,6 +69,7 @@ def runner_for(payload: RunPayload, shared: Shared | None = None) -> Runner:
             "(a different checkpoint file or demucs/torch version on this node)"
         )
     _CURRENT = (payload.key, runner)
+    _SETUP.update(setup_s=time.perf_counter() - t0, ready_at=time.time())
     return runner
 
 
@@ -73,6 +78,7 @@ def worker_stats(runner: Runner | None) -> dict[str, Any]:
         "worker": worker_name(),
         "references_computed": runner.references_computed if runner else 0,
         "prepared": len(runner.prepared) if runner else 0,
+        **_SETUP,
     }
 
 
