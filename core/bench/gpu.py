@@ -29,6 +29,18 @@ from htx.separation import separate
 PEAKS = {"H100": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7}, "H200": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7}}
 
 
+
+def padded_to_batch(pipe: Any, batch: int) -> Any:
+    """``pipe`` on a fixed batch size: a short last batch is padded with zeros (one CUDA graph per shape)."""
+
+    def fn(chunks: torch.Tensor) -> torch.Tensor:
+        n = chunks.shape[0]
+        if n < batch:
+            chunks = torch.cat([chunks, chunks.new_zeros(batch - n, *chunks.shape[1:])])
+        return pipe(chunks)[:n]
+
+    return fn
+
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -166,11 +178,7 @@ def run(
         fwd = unit.compile(prepared, assignment)
         pipe = Pipeline(inner, fwd, stft, model.nfft, dev, sync=_sync)
 
-        def fn(chunks: torch.Tensor) -> torch.Tensor:
-            n = chunks.shape[0]
-            if n < batch:
-                chunks = torch.cat([chunks, chunks.new_zeros(batch - n, *chunks.shape[1:])])
-            return pipe(chunks)[:n]
+        fn = padded_to_batch(pipe, batch)
 
         def sep() -> torch.Tensor:
             return separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch)
@@ -316,11 +324,7 @@ def _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, batc
         fwd = unit.compile(prepared, asg)
         pipe = Pipeline(inner, fwd, stft, model.nfft, torch.device("cuda"), sync=_sync)
 
-        def fn(chunks):
-            n = chunks.shape[0]
-            if n < batch:
-                chunks = torch.cat([chunks, chunks.new_zeros(batch - n, *chunks.shape[1:])])
-            return pipe(chunks)[:n]
+        fn = padded_to_batch(pipe, batch)
 
         out = separate(fn, short, seg_len, len(model.sources), 0.25, 1.0, batch).float().cpu().numpy()
         m = accuracy(ref_short, out, 1e-3, 1e-4)
@@ -350,11 +354,7 @@ def _profile(unit_prepared, choose, inner, stft, model, mix, seg_len, batch, kno
     fwd = unit.compile(prepared, choose(ops) if known else Assignment.all_fp16(ops))
     pipe = Pipeline(inner, fwd, stft, model.nfft, torch.device("cuda"), sync=_sync)
 
-    def fn(chunks):
-        n = chunks.shape[0]
-        if n < batch:
-            chunks = torch.cat([chunks, chunks.new_zeros(batch - n, *chunks.shape[1:])])
-        return pipe(chunks)[:n]
+    fn = padded_to_batch(pipe, batch)
 
     separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch)  # warm (captures graphs)
     _sync()
