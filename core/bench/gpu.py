@@ -242,12 +242,16 @@ def run(
     say("fastest policy per quality bar: " + "; ".join(f"{k}: {v['policy']} x{v['speedup']:.2f}" for k, v in bars.items()))
 
     # batch sweep for the fastest policy
-    low, choose = policies.get(fastest, ("fp16", lambda o: Assignment.all_fp16(o)))
+    if fastest in policies:
+        low, choose = policies[fastest]
+    else:  # bisect: its FP32 set by op name (names do not depend on the batch size)
+        keep = list(results[fastest].get("fp32_ops", []))
+        low, choose = "fp16", lambda o: Assignment.keep_fp32(o, keep)
     sweep = {}
     for b in batch_sizes:
         unit, prepared = build(low, b)
         ops_b = unit.ops(prepared)
-        asg = results[fastest].get("assignment_fn", choose)(ops_b) if fastest in policies else Assignment.all_fp16(ops_b)
+        asg = choose(ops_b)
         wall, _, _, mem = pipeline_run(unit, prepared, asg, b)
         sweep[b] = {"wall_s": wall, "speedup": base_s / wall, "peak_mem_mb": mem}
         say(f"  batch {b:3d}: {wall * 1000:8.1f} ms  x{base_s / wall:5.2f}  peak {mem:7.0f} MiB")
@@ -258,7 +262,7 @@ def run(
     for label, kw in (("no CUDA graphs", {"graphs": False}), ("native group_norm", {"group_norm": "native"})):
         unit, prepared = build(low, policy_batch, **kw)
         ops_a = unit.ops(prepared)
-        wall, _, _, _ = pipeline_run(unit, prepared, choose(ops_a) if fastest in policies else Assignment.all_fp16(ops_a), policy_batch)
+        wall, _, _, _ = pipeline_run(unit, prepared, choose(ops_a), policy_batch)
         ablations[label] = {"policy": fastest, "wall_s": wall, "speedup": base_s / wall}
         say(f"  {fastest} with {label}: {wall * 1000:.1f} ms  x{base_s / wall:.2f}")
     rec["ablations"] = ablations
@@ -287,7 +291,7 @@ def run(
         + (f" = {100 * results[fastest]['fraction_of_peak']:.1f}% of dense FP16 peak" if results[fastest].get("fraction_of_peak") else ""))
 
     # profile of the fastest policy: top kernels and shares
-    rec["profile"] = _profile(prepared_by_low[low], choose, inner, stft, model, mix, seg_len, policy_batch, fastest in policies)
+    rec["profile"] = _profile(prepared_by_low[low], choose, inner, stft, model, mix, seg_len, policy_batch)
     say("profile shares: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rec["profile"]["shares"].items()))
 
     # htx's own overhead: grid expansion + one store write, relative to one trial
@@ -346,12 +350,12 @@ def _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, batc
             "evaluations": result.evaluations or ctx.evaluations, "search_s": search_s, "batch": batch}
 
 
-def _profile(unit_prepared, choose, inner, stft, model, mix, seg_len, batch, known) -> dict[str, Any]:
+def _profile(unit_prepared, choose, inner, stft, model, mix, seg_len, batch) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     unit, prepared = unit_prepared
     ops = unit.ops(prepared)
-    fwd = unit.compile(prepared, choose(ops) if known else Assignment.all_fp16(ops))
+    fwd = unit.compile(prepared, choose(ops))
     pipe = Pipeline(inner, fwd, stft, model.nfft, torch.device("cuda"), sync=_sync)
 
     fn = padded_to_batch(pipe, batch)
