@@ -115,3 +115,25 @@ def test_frame_helpers_agree_with_the_exact_dft():
     exact = np.fft.rfft(frames.astype(np.float64) * numpy_stft.hann_periodic(256, np.float64), axis=-1) / 16
     for backend in BACKENDS:
         np.testing.assert_allclose(frame_spectra(backend, frames), exact, atol=2e-6)
+
+
+def test_torch_ispec_hands_istft_a_real_dc_bin(monkeypatch):
+    """torch's inverse FFT on CUDA does not ignore the DC bin's imaginary part (the CPU does): HTDemucs's
+    output then differs by device. The torch backend drops it, so torch.istft never sees it on any device."""
+    import torch
+
+    from htx_plugins.stft import torch_stft
+
+    seen = []
+    real_istft = torch.istft
+
+    def spy(z, *args, **kwargs):
+        seen.append(z.detach().clone())
+        return real_istft(z, *args, **kwargs)
+
+    monkeypatch.setattr(torch_stft.torch, "istft", spy)
+    z = torch.randn(2, 2048, 12, dtype=torch.complex64)
+    out = torch_stft.TorchSTFT().istft(z, 12000)
+    assert out.shape == (2, 12000) and len(seen) == 1
+    assert torch.count_nonzero(seen[0][:, 0].imag) == 0  # DC: real only
+    assert torch.equal(seen[0][:, 1:2048, 2:-2], z[:, 1:])  # every other bin as given (frames padded by 2)

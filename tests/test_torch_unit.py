@@ -92,3 +92,26 @@ def test_record_reports_per_op_stats(setup):
     assert all(s.finite for s in stats.values())
     assert max(s.max_abs for s in stats.values()) > 0
     assert any(s.reduction_size > 1 for s in stats.values())
+
+
+def test_fp32_means_fp32_on_cuda_unless_tf32_is_asked_for():
+    """On CUDA the unit turns cuDNN's and cuBLAS's TF32 off around its forward (on unless `tf32: true`) and
+    restores the user's switches after; elsewhere it leaves them alone."""
+    import torch
+
+    from htx_plugins.compute.torch_unit import TorchParams, tf32_allowed
+
+    assert TorchParams().tf32 is False
+    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # noqa: E731
+    saved = flags()
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with tf32_allowed(torch.device("cuda"), False):
+            assert flags() == (False, False)
+        assert flags() == (True, True)
+        with tf32_allowed(torch.device("cuda"), True):
+            assert flags() == (True, True)
+        with tf32_allowed(torch.device("cpu"), False):
+            assert flags() == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

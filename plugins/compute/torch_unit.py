@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -234,6 +235,23 @@ class TorchParams(Params):
     group_norm: Literal["auto", "native", "reduce"] = "auto"
     #: ``lazy`` keeps FP16 results in FP16 between FP16 ops (bit-identical to ``per-op`` cast-back).
     casts: Literal["lazy", "per-op"] = "lazy"
+    #: On CUDA, let FP32 convolutions and matmuls run in TF32 (10-bit mantissa, like FP16). Off by default:
+    #: an FP32 op means FP32 here, and the FP32 reference is computed without TF32 too.
+    tf32: bool = False
+
+
+@contextlib.contextmanager
+def tf32_allowed(device: torch.device, allowed: bool) -> Iterator[None]:
+    """Set cuDNN's and cuBLAS's TF32 switches for the duration (no-op off CUDA)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class _Graphed:
@@ -343,8 +361,13 @@ class TorchUnit(ComputeUnit):
         lazy = self.params.casts == "lazy"
         graphs = self.device.type == "cuda" and self.params.cuda_graphs
         host_cache: dict[Any, torch.Tensor] | None = {} if graphs else None
+        dev, tf32 = self.device, self.params.tf32
 
         def forward(*inputs: torch.Tensor) -> Any:
+            with tf32_allowed(dev, tf32):  # at capture time too: a CUDA graph replays the kernels it captured
+                return _forward(*inputs)
+
+        def _forward(*inputs: torch.Tensor) -> Any:
             if not fp16 and not reduce_gn and not graphs:
                 with torch.no_grad():
                     return inner(*inputs)
@@ -361,6 +384,7 @@ class TorchUnit(ComputeUnit):
 
     def record(self, prepared: Prepared, assignment: Assignment, inputs: tuple[torch.Tensor, ...]) -> dict[str, OpStats]:
         stats: dict[str, OpStats] = {}
-        with torch.no_grad(), _OpMode(fp16=frozenset(assignment.fp16), low_dtype=self.low_dtype, stats=stats):
+        with tf32_allowed(self.device, self.params.tf32), torch.no_grad(), \
+                _OpMode(fp16=frozenset(assignment.fp16), low_dtype=self.low_dtype, stats=stats):
             prepared.inner(*(t.to(self.device) for t in inputs))
         return stats
