@@ -90,6 +90,14 @@ class _OpMode(TorchDispatchMode):
         if isinstance(t, torch.Tensor) and t.dtype == self.low:
             if t.is_contiguous():
                 return t.to(torch.float32)
+            broadcast = [d for d, (n, s) in enumerate(zip(t.shape, t.stride())) if s == 0 and n > 1]
+            if broadcast:
+                # An expanded view (stride 0) cannot be written into: upcast what it views, then expand again
+                # (what the per-op cast-back did: the FP32 copy was made before the expand).
+                base = t
+                for d in broadcast:
+                    base = base.narrow(d, 0, 1)
+                return self._to_high(base).expand(t.shape)
             # Keep the view's strides: kernels take other (1-ulp different) paths on other layouts.
             return torch.empty_strided(t.size(), t.stride(), dtype=torch.float32, device=t.device).copy_(t)
         return t
@@ -206,6 +214,20 @@ class _LazyCompositeMode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if func is F.multi_head_attention_forward:
+            # It calls scaled_dot_product_attention itself, while this mode is off (a mode does not see the
+            # calls its own handler makes): route that call through the cast below. q comes from one
+            # projection and k/v from another, so with FP32 and FP16 projections they would not match.
+            sdpa = F.scaled_dot_product_attention
+
+            def cast_sdpa(*a: Any, **kw: Any) -> Any:
+                return self.__torch_function__(sdpa, types, a, kw)
+
+            F.scaled_dot_product_attention = cast_sdpa
+            try:
+                return func(*args, **kwargs)
+            finally:
+                F.scaled_dot_product_attention = sdpa
         mil = _CONV_FUNCS.get(func) if func in _CONV_FUNCS else ("scaled_dot_product_attention" if func in _SDPA_FUNCS else None)
         if mil is not None:
             m = self.op_mode
