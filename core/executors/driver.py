@@ -12,8 +12,8 @@ hang_grace_s`` (a trial stuck where the in-process deadline cannot interrupt it)
 from __future__ import annotations
 
 import os
-import sys
 import statistics
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
