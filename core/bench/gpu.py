@@ -92,6 +92,22 @@ def _last_baseline(model: Any, mix: torch.Tensor, dev: torch.device) -> np.ndarr
         return apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0].float().cpu().numpy()
 
 
+def cpu_reference(model: Any, clip: torch.Tensor) -> np.ndarray:
+    """The true FP32 reference, as ``htx run`` computes it: demucs's ``apply_model`` on the CPU.
+
+    Not on the GPU: cuDNN would use TF32, and torch's CUDA inverse FFT uses the imaginary part of the DC
+    bin that the CPU ignores (31.5 dB apart on the trained demo model; docs/stft.md).
+    """
+    import copy
+
+    from demucs.apply import apply_model
+
+    with torch.no_grad():
+        cpu_model = copy.deepcopy(model).cpu()
+        return apply_model(cpu_model, clip.cpu()[None], shifts=0, split=True, overlap=0.25, device="cpu",
+                           progress=False)[0].float().numpy()
+
+
 def categorize(name: str) -> str:
     n = name.lower()
     if any(k in n for k in ("fmha", "flash", "attention", "sdpa", "softmax")):
@@ -155,13 +171,7 @@ def run(
         apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)
     rec["baseline"] = {"wall_s": base_s, "samples": base_samples, "rtf": base_s / seconds,
                        "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
-    # The FP32 reference proper: the same call with TF32 off (cuDNN uses TF32 for convs by default).
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    with torch.no_grad():
-        ref = apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0]
-    torch.backends.cudnn.allow_tf32 = tf32
-    ref_np = ref.float().cpu().numpy()
+    ref_np = cpu_reference(model, mix)
     rec["baseline"]["snr_db_vs_true_fp32"] = accuracy(ref_np, _last_baseline(model, mix, dev), 1e-3, 1e-4)["snr_db"]
     say(f"baseline demucs apply_model fp32: {base_s * 1000:.1f} ms for {seconds:.0f} s (RTF {base_s / seconds:.4f})")
 
@@ -316,13 +326,8 @@ def _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, batc
     policy = reg.create("precision", "bisect", {"criterion": {"snr_db": 60}, "granularity": "type-then-instance", "max_seconds": 150})
     unit, prepared = prepared_by_low["fp16"]
     short = mix[..., : int(10 * model.samplerate)]
-    from demucs.apply import apply_model
 
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    with torch.no_grad():  # the 10 s clip's own FP32 reference (its segments differ from the 60 s clip's)
-        ref_short = apply_model(model, short[None], shifts=0, split=True, overlap=0.25, device=short.device, progress=False)[0].float().cpu().numpy()
-    torch.backends.cudnn.allow_tf32 = tf32
+    ref_short = cpu_reference(model, short)  # the 10 s clip's own reference (its segments differ from the 60 s clip's)
 
     def evaluate(asg: Assignment) -> dict[str, Any]:
         fwd = unit.compile(prepared, asg)
