@@ -187,8 +187,7 @@ def _binary(v: OpView) -> Run:
     return lambda a: fn(a["x"], a["y"])
 
 
-for _t in _BINARY:
-    BUILDERS[_t] = _binary
+builder(*_BINARY)(_binary)
 
 
 # elementwise unary ----------------------------------------------------------------------------------
@@ -208,26 +207,18 @@ def _unary(v: OpView) -> Run:
     return lambda a: fn(a["x"])
 
 
-for _t in _UNARY:
-    BUILDERS[_t] = _unary
+builder(*_UNARY)(_unary)
 
 
-@builder("inverse")
-def _inverse(v: OpView) -> Run:
-    eps = v.fval("epsilon", 1e-4)
-    return lambda a: torch.reciprocal(a["x"] + eps)
+#: Unary ops that add ``epsilon`` to x first: torch function, MIL's default epsilon.
+_EPS_UNARY = {"inverse": (torch.reciprocal, 1e-4), "log": (torch.log, 1e-45), "rsqrt": (torch.rsqrt, 1e-12)}
 
 
-@builder("log")
-def _log(v: OpView) -> Run:
-    eps = v.fval("epsilon", 1e-45)
-    return lambda a: torch.log(a["x"] + eps)
-
-
-@builder("rsqrt")
-def _rsqrt(v: OpView) -> Run:
-    eps = v.fval("epsilon", 1e-12)
-    return lambda a: torch.rsqrt(a["x"] + eps)
+@builder(*_EPS_UNARY)
+def _eps_unary(v: OpView) -> Run:
+    fn, default = _EPS_UNARY[v.node.type]
+    eps = v.fval("epsilon", default)
+    return lambda a: fn(a["x"] + eps)
 
 
 @builder("clip")
