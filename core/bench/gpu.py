@@ -8,6 +8,7 @@ excluded, timings are medians of ``repeats`` runs with CUDA synchronized around 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import platform
@@ -85,27 +86,17 @@ def test_clip(seconds: float, samplerate: int = 44100, seed: int = 0) -> torch.T
     return torch.from_numpy(x.astype(np.float32))
 
 
-def _last_baseline(model: Any, mix: torch.Tensor, dev: torch.device) -> np.ndarray:
-    from demucs.apply import apply_model
-
-    with torch.no_grad():
-        return apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0].float().cpu().numpy()
-
-
-def cpu_reference(model: Any, clip: torch.Tensor) -> np.ndarray:
-    """The true FP32 reference, as ``htx run`` computes it: demucs's ``apply_model`` on the CPU.
+def cpu_reference(cpu_model: Any, clip: torch.Tensor) -> np.ndarray:
+    """The true FP32 reference, as ``htx run`` computes it (:func:`htx.reference.compute_reference`: demucs's
+    ``apply_model`` on the CPU) for ``cpu_model``, a CPU copy of the benchmarked model.
 
     Not on the GPU: cuDNN would use TF32, and torch's CUDA inverse FFT uses the imaginary part of the DC
     bin that the CPU ignores (31.5 dB apart on the trained demo model; docs/stft.md).
     """
-    import copy
+    from htx.models import LoadedModel
+    from htx.reference import compute_reference
 
-    from demucs.apply import apply_model
-
-    with torch.no_grad():
-        cpu_model = copy.deepcopy(model).cpu()
-        return apply_model(cpu_model, clip.cpu()[None], shifts=0, split=True, overlap=0.25, device="cpu",
-                           progress=False)[0].float().numpy()
+    return compute_reference(LoadedModel(cpu_model, "benchmark model", ""), clip.cpu().numpy(), 0.25, 1.0)
 
 
 def categorize(name: str) -> str:
@@ -171,8 +162,9 @@ def run(
         apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)
     rec["baseline"] = {"wall_s": base_s, "samples": base_samples, "rtf": base_s / seconds,
                        "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
-    ref_np = cpu_reference(model, mix)
-    rec["baseline"]["snr_db_vs_true_fp32"] = accuracy(ref_np, _last_baseline(model, mix, dev), 1e-3, 1e-4)["snr_db"]
+    cpu_model = copy.deepcopy(model).cpu()  # one CPU copy for the references
+    ref_np = cpu_reference(cpu_model, mix)
+    rec["baseline"]["snr_db_vs_true_fp32"] = accuracy(ref_np, ref.float().cpu().numpy(), 1e-3, 1e-4)["snr_db"]
     say(f"baseline demucs apply_model fp32: {base_s * 1000:.1f} ms for {seconds:.0f} s (RTF {base_s / seconds:.4f})")
 
     inner = FullHybrid().build(model)
@@ -233,7 +225,7 @@ def run(
 
     if bisect:
         try:
-            results["bisect"] = _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, policy_batch, pipeline_run, base_s, seconds, say)
+            results["bisect"] = _bisect(prepared_by_low, ops, inner, stft, model, cpu_model, mix, ref_np, seg_len, policy_batch, pipeline_run, base_s, seconds, say)
         except Exception as exc:  # the search plugin may be missing in a partial install
             results["bisect"] = {"error": f"{type(exc).__name__}: {exc}"}
             say(f"  bisect: not run ({type(exc).__name__}: {exc})")
@@ -317,7 +309,7 @@ def run(
     return rec
 
 
-def _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, batch, pipeline_run, base_s, seconds, say):
+def _bisect(prepared_by_low, ops, inner, stft, model, cpu_model, mix, ref_np, seg_len, batch, pipeline_run, base_s, seconds, say):
     """Find the bisect FP32 set (criterion SNR >= 60 dB on the first 10 s) and time it on the full clip."""
     from htx.contracts import SearchContext
     from htx.plugins import load_registry
@@ -327,7 +319,7 @@ def _bisect(prepared_by_low, ops, inner, stft, model, mix, ref_np, seg_len, batc
     unit, prepared = prepared_by_low["fp16"]
     short = mix[..., : int(10 * model.samplerate)]
 
-    ref_short = cpu_reference(model, short)  # the 10 s clip's own reference (its segments differ from the 60 s clip's)
+    ref_short = cpu_reference(cpu_model, short)  # the 10 s clip's own reference (its segments differ from the 60 s clip's)
 
     def evaluate(asg: Assignment) -> dict[str, Any]:
         fwd = unit.compile(prepared, asg)

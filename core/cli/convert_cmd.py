@@ -17,6 +17,7 @@ from htx.cli.common import err, handle_errors, out
 from htx.config import ExperimentConfig, PluginEntry, load_config
 from htx.errors import HtxError
 from htx.grid import TrialSpec
+from htx.opmap import is_compute
 from htx.plugins import Registry, load_registry
 
 
@@ -100,7 +101,7 @@ def convert(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     mlmodel.save(str(out_path))
 
-    compute_ops = [n for n in typed.nodes if n.type != "cast" and _is_compute(n.type)]
+    compute_ops = [n for n in typed.nodes if is_compute(n.type)]  # casts are layout ops
     fp16_ops = [n for n in compute_ops if any(o.dtype == "fp16" for o in n.outputs)]
     unmatched = sorted(set(assignment.fp16) - seen)
     share = len(fp16_ops) / len(compute_ops) if compute_ops else 0.0
@@ -113,8 +114,3 @@ def convert(
         o.print(f"warning: {len(unmatched)} assigned op(s) not seen by the op_selector (renamed by coremltools after its FP16 pass): "
                 f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}", highlight=False)
 
-
-def _is_compute(mil_type: str) -> bool:
-    from htx.opmap import is_compute
-
-    return is_compute(mil_type)

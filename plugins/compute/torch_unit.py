@@ -115,7 +115,7 @@ class _OpMode(TorchDispatchMode):
                 info["squares"] = True
             self.listing.append(OpInfo(name, mil, is_compute(mil), info))
         impl = func
-        if func is torch.ops.aten._to_copy.default and self.host_cache is not None:
+        if self.host_cache is not None and func is torch.ops.aten._to_copy.default:
             impl = self._cached_host_copy
         if self.reduce_group_norm and func is torch.ops.aten.native_group_norm.default:
             impl = _group_norm_by_reductions
@@ -193,7 +193,7 @@ def _group_norm_by_reductions(
     if bias is not None:
         c = c + bias.float()[None]
     y = torch.addcmul(c[:, :, None].to(x.dtype), x.reshape(N, C, -1), a[:, :, None].to(x.dtype))
-    return y.reshape(x.shape).to(x.dtype), mean.reshape(N, group).to(x.dtype), rstd.reshape(N, group).to(x.dtype)
+    return y.reshape(x.shape), mean.to(x.dtype), rstd.to(x.dtype)  # y is in x's dtype already; stats are [N, group]
 
 
 _CONV_FUNCS = {F.conv1d: "conv", F.conv2d: "conv", F.conv_transpose1d: "conv_transpose", F.conv_transpose2d: "conv_transpose"}

@@ -69,8 +69,7 @@ def criterion_passes(criterion: Any, metrics: dict[str, Any], targets: Any = Non
     if criterion == "within_tol":
         return finite and bool(metrics.get("within_tol"))
     if criterion == "targets":
-        snr_target = float(getattr(targets, "snr_db", 60.0)) if targets is not None else 60.0
-        return finite and passes({**metrics, "within_tol": bool(metrics.get("within_tol"))}, snr_target)
+        return finite and passes(metrics, float(getattr(targets, "snr_db", 60.0)))
     if isinstance(criterion, SnrCriterion):
         if not finite:
             return False

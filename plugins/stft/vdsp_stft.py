@@ -353,8 +353,6 @@ class VDSPSTFT(STFTBackend):
 
     name = "vdsp"
     Params = VDSPSTFTParams
-    #: True off macOS with the default ``mode: auto``; each instance sets its own value from its mode.
-    emulated = not accelerate_status()[0]
 
     def __init__(self, params: VDSPSTFTParams | None = None) -> None:
         super().__init__(params)

@@ -26,6 +26,7 @@ import torch
 from htx.contracts import OpStats
 from htx_plugins.compute.coreml.graph import FLOAT_DTYPES, Const, Graph, Node, Ref, fp16_const
 from htx_plugins.compute.coreml.kernels import LAYOUT_KERNELS, TORCH_DTYPES, OpView, UnknownOpError, build
+from htx_plugins.compute.torch_unit import tf32_allowed
 
 #: Non-float constant inputs that kernels read as tensors (everything else non-float is an attribute).
 TENSOR_PARAMS = frozenset({"indices", "cond", "attn_mask"})
@@ -228,15 +229,9 @@ class Emulator:
 
     def run(self, plan: Plan, inputs: Sequence[torch.Tensor], stats: dict[str, OpStats] | None = None) -> list[torch.Tensor]:
         """Execute ``plan`` on ``inputs`` (program input order); returns the program outputs as FP32."""
-        if self.device.type != "cuda":
-            return self._run(plan, inputs, stats)
         # FP32 means FP32: cuDNN would otherwise run convolutions in TF32 on Ampere and later GPUs.
-        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        try:
+        with tf32_allowed(self.device, False):
             return self._run(plan, inputs, stats)
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
     def _run(self, plan: Plan, inputs: Sequence[torch.Tensor], stats: dict[str, OpStats] | None) -> list[torch.Tensor]:
         if len(inputs) != len(plan.input_slots):
