@@ -10,27 +10,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
 
 from htx.cli.common import err, handle_errors, out
-from htx.config import parse_config
-from htx.contracts import Assignment, OpStats
+from htx.contracts import OpStats
 from htx.errors import HtxError
-from htx.grid import expand_grid
+from htx.nan_sources import find_nan_sources, non_finite_ops, rebuild_trial, trial_assignment
 from htx.plugins import load_registry
 from htx.store import Store
-
-
-def _assignment(runner: Any, spec: Any, prep: Any, info: dict[str, Any]) -> tuple[Assignment, str]:
-    """The trial's assignment: from its search log when it has one (no re-search), else from its policy."""
-    log = (info.get("search") or {}).get("log")
-    if log and Path(log).exists():
-        fp32 = set(json.loads(Path(log).read_text()).get("fp32_ops", []))
-        return Assignment(frozenset(op.name for op in prep.ops if op.compute and op.name not in fp32)), f"search log {log}"
-    return runner.assignment_for(spec).assignment, f"policy {spec.precision.key()}"
 
 
 @handle_errors
@@ -42,8 +31,6 @@ def ops(
     fmt: str = typer.Option("table", "--format", help="table or json"),
 ) -> None:
     """Re-run one recording pass of a stored trial and show every op's max |x|, NaN and Inf counts."""
-    from htx.runner import Runner
-
     if fmt not in ("table", "json"):
         raise HtxError(f"unknown --format {fmt!r}: use table or json")
     if not db.exists():
@@ -52,7 +39,7 @@ def ops(
     with Store(db) as store:
         if run_id == "latest":
             run_id = store.latest_run_id() or run_id
-        run = store.get_run(run_id)
+        store.get_run(run_id)  # an unknown run: a clear error before anything else
         all_recs = store.trials([run_id])
     recs = [t for t in all_recs if t.trial_id == trial_id]
     if not recs:
@@ -68,20 +55,16 @@ def ops(
         return
     registry = load_registry()
     rec = recs[0]
-    cfg = parse_config(json.loads(run["config_json"]), f"run {run_id}", registry)
-    specs = [s for s in expand_grid(cfg) if s.trial_id == trial_id]
-    if not specs:
-        raise HtxError(f"trial {trial_id} is not in the grid of run {run_id}'s stored config (was it written by another htx version?)")
-    spec = specs[0]
     e = err()
-    runner = Runner(cfg, registry, store=None, on_message=lambda m: e.print(m, highlight=False, markup=False))  # type: ignore[arg-type]
-    runner.load()
-    prep = runner.prepared_for(spec)
-    assignment, source = _assignment(runner, spec, prep, rec.info)
-    fx = runner.fixtures.get(spec.fixture_index)
-    if fx is not None and fx.error is None:
-        runner.fixtures = {spec.fixture_index: fx}  # record on the trial's own fixture
-    stats = runner.record_assignment(prep, spec.stft, assignment)
+    with Store(db) as store:
+        runner, spec, _ = rebuild_trial(store, run_id, trial_id, registry, lambda m: e.print(m, highlight=False, markup=False))
+        runner.load()
+        prep = runner.prepared_for(spec)
+        assignment, source = trial_assignment(runner, spec, rec)
+        fx = runner.fixtures.get(spec.fixture_index)
+        usable = fx is not None and fx.error is None
+        # record on the trial's own fixture (the first usable one when it has none)
+        stats = runner.record_assignment(prep, spec.stft, assignment, fixture_index=spec.fixture_index if usable else None)
     rows = []
     for op in prep.ops:
         st: OpStats | None = stats.get(op.name)
@@ -92,7 +75,8 @@ def ops(
             "max_abs": st.max_abs, "nan": st.nan, "inf": st.inf, "max_abs_input": st.max_abs_input,
             "inputs_finite": st.inputs_finite, "reduction_size": st.reduction_size,
         })
-    source_op = next((r for r in rows if (r["nan"] or r["inf"]) and r["inputs_finite"]), None)
+    sources = find_nan_sources(stats, prep.ops)
+    source_op = next(r for r in rows if r["op"] == sources[0].name) if sources else None
     shown = [r for r in rows if r["nan"] or r["inf"]] if nonfinite else rows
     if top:
         shown = sorted(shown, key=lambda r: -r["max_abs"])[:top]
@@ -116,7 +100,7 @@ def ops(
             str(r["reduction_size"] or ""), style="red" if bad else ("yellow" if r["max_abs"] > 65504 else None),
         )
     o.print(table)
-    n_bad = sum(1 for r in rows if r["nan"] or r["inf"])
+    n_bad = len(non_finite_ops(stats, prep.ops))
     o.print(f"{len(rows)} ops recorded; {n_bad} with NaN/Inf output; "
             f"max |x| above 65504 (FP16 overflow): {sum(r['max_abs'] > 65504 for r in rows)}", highlight=False)
     if source_op:
