@@ -7,7 +7,6 @@ program is built and type-checked, never executed here).
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ def trace_inner(inner: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.jit.S
         return torch.jit.trace(inner.eval(), args, check_trace=False)
 
 
-def convert_inner(inner: nn.Module, args: tuple[torch.Tensor, ...], precision: str = "fp32") -> Any:
+def convert_inner(inner: nn.Module, args: tuple[torch.Tensor, ...]) -> Any:
     """An ``mlprogram`` (iOS18 target) of ``inner`` traced on ``args``; not loaded (no Core ML runtime needed)."""
     import coremltools as ct
 
@@ -33,7 +32,7 @@ def convert_inner(inner: nn.Module, args: tuple[torch.Tensor, ...], precision: s
         inputs=inputs,
         convert_to="mlprogram",
         minimum_deployment_target=ct.target.iOS18,
-        compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+        compute_precision=ct.precision.FLOAT32,
         skip_model_load=True,
     )
 
@@ -42,7 +41,3 @@ def mil_op_types(mlmodel: Any) -> list[str]:
     """The MIL op types of the converted program's ``main`` function, in program order (consts included)."""
     return [op.op_type for op in mlmodel._mil_program.functions["main"].operations]
 
-
-def op_summary(types: list[str]) -> dict[str, int]:
-    """Counts per op type, without ``const`` (weights and shape constants are not operations)."""
-    return dict(sorted(Counter(t for t in types if t != "const").items()))
