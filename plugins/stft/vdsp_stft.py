@@ -33,6 +33,7 @@ import torch
 from htx.contracts import Params, STFTBackend
 from htx.errors import UnavailableError
 from htx_plugins.stft.numpy_stft import (
+    _BLOCK_FRAMES,  # frames per FFT call: the split-complex block stays in cache between windowing, FFT and unpacking
     check_n_fft,
     check_rows,
     demucs_pad,
@@ -49,9 +50,6 @@ FFT_FORWARD = 1  # kFFTDirection_Forward
 FFT_INVERSE = -1  # kFFTDirection_Inverse
 FFT_RADIX2 = 0  # kFFTRadix2
 HANN_DENORM = 0  # vDSP_HANN_DENORM: 0.5 * (1 - cos(2 pi k / n)), k = 0 .. n - 1 (periodic)
-
-#: Frames per FFT call: the split-complex block stays in cache between windowing, FFT and unpacking.
-_BLOCK_FRAMES = 64
 
 
 # --------------------------------------------------------------------------------------------------
