@@ -504,11 +504,15 @@ class Runner:
         todo = [s for s in specs if s.trial_id not in done]
         self.say(f"run {self.run_id}: {len(specs)} trials ({len(done)} already done)")
         try:
-            if todo and self.cfg.executor.kind == "local":
-                from htx.executors.local import start_fork_server
+            modules = None  # plugin modules the workers import, for a parallel executor
+            if todo and self.cfg.executor.kind != "serial":
                 from htx.executors.plan import shipped_plugin_modules
 
-                start_fork_server(shipped_plugin_modules(self.registry))
+                modules = shipped_plugin_modules(self.registry)
+            if modules is not None and self.cfg.executor.kind == "local":
+                from htx.executors.local import start_fork_server
+
+                start_fork_server(modules)
             if todo:
                 self.load()
                 self.store.update_run(self.run_id, model_source=self.loaded.source, model_hash=self.loaded.hash)
@@ -519,7 +523,7 @@ class Runner:
             elif todo:
                 from htx.executors import run_parallel
 
-                run_parallel(self, todo, len(done), len(specs))
+                run_parallel(self, todo, len(done), len(specs), modules)
             self.on_progress("done", len(specs), len(specs))
         except KeyboardInterrupt:
             self.store.update_run(self.run_id, status="interrupted", finished_at=time.time())

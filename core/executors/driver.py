@@ -140,7 +140,8 @@ def shared_data(runner: Runner) -> dict[str, dict[int, Any]]:
     }
 
 
-def run_parallel(runner: Runner, todo: list[TrialSpec], n_done: int, n_total: int) -> ExecutorReport:
+def run_parallel(runner: Runner, todo: list[TrialSpec], n_done: int, n_total: int,
+                 plugin_modules: tuple[str, ...] | None = None) -> ExecutorReport:
     """Run ``todo`` with the config's ``local`` or ``ray`` executor; the runner's store gets every record.
 
     Called by :meth:`htx.runner.Runner.run` after the driver loaded the model, fixtures and references.
@@ -149,7 +150,8 @@ def run_parallel(runner: Runner, todo: list[TrialSpec], n_done: int, n_total: in
     executor = cfg.executor
     payload = RunPayload(
         run_id=runner.run_id, config=worker_config(cfg), model_hash=runner.loaded.hash,
-        plugin_modules=shipped_plugin_modules(runner.registry), sys_path=tuple(sys.path),
+        plugin_modules=plugin_modules if plugin_modules is not None else shipped_plugin_modules(runner.registry),
+        sys_path=tuple(sys.path),
     )
     prepare_once(runner, todo)
 
