@@ -315,8 +315,13 @@ def format_validation_error(exc: ValidationError) -> list[str]:
 Override = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def parse_config(data: Any, source: str | None = None, registry: Any = None, override: Override | None = None) -> ExperimentConfig:
+def parse_config(
+    data: Any, source: str | None = None, registry: Any = None, override: Override | None = None, check_model: bool = True,
+) -> ExperimentConfig:
     """Validate a config mapping; with a registry, also plugin names and each plugin's options.
+
+    ``check_model=False`` skips building the model's skeleton to check the surgeries against it (a worker,
+    whose driver has checked them already).
 
     ``override`` edits the raw mapping before validation (command-line flags such as ``--executor``).
     """
@@ -329,13 +334,13 @@ def parse_config(data: Any, source: str | None = None, registry: Any = None, ove
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc), source) from None
     if registry is not None:
-        problems = check_plugins(cfg, registry)
+        problems = check_plugins(cfg, registry, check_model)
         if problems:
             raise ConfigError(problems, source)
     return cfg
 
 
-def check_plugins(cfg: ExperimentConfig, registry: Any) -> list[str]:
+def check_plugins(cfg: ExperimentConfig, registry: Any, check_model: bool = True) -> list[str]:
     """Problems with plugin names, plugin options and fixtures, one line each."""
     from htx.plugins import unknown_name_message
 
@@ -364,9 +369,10 @@ def check_plugins(cfg: ExperimentConfig, registry: Any) -> list[str]:
         msg = check_fixture_entry(fx)
         if msg:
             problems.append(f"fixtures.{i}: {msg}")
-    from htx.applicability import config_surgery_problems
+    if check_model:
+        from htx.applicability import config_surgery_problems
 
-    problems.extend(config_surgery_problems(cfg, registry))
+        problems.extend(config_surgery_problems(cfg, registry))
     return problems
 
 

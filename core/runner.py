@@ -8,6 +8,7 @@ The run goes on either way, and each finished trial is committed to the store at
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import platform
@@ -16,7 +17,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,9 @@ class Runner:
         self.assignments: dict[tuple[str, str, str], _Cached] = {}
         self.run_id: str | None = None
         self.references_computed = 0
+        #: Fixtures and references the driver already holds, for a worker to take instead of loading them
+        #: (``{"fixtures": {i: Fixture}, "errors": {i: reason}, "references": {i: ndarray}, "reference_errors": {i: reason}}``).
+        self.shared: dict[str, dict[int, Any]] | None = None
         self.executor_report: Any = None  # set by a parallel executor (htx.executors.ExecutorReport)
 
     # shared work --------------------------------------------------------------------------------------
@@ -164,17 +168,25 @@ class Runner:
     def _plugin(self, kind: str, entry: PluginEntry) -> Any:
         return self.registry.create(kind, entry.name, entry.params)
 
-    def load(self) -> None:
-        """Load the model, the fixtures and the FP32 references (cached on disk)."""
+    def load(self, only: Iterable[int] | None = None) -> None:
+        """Load the model, the fixtures and the FP32 references (cached on disk).
+
+        ``only``: the fixture indices to load (a worker loads those of its chunk); ``None`` loads all.
+        Fixtures and references already present (or given by :attr:`shared`) are not loaded again.
+        """
         if self.loaded is None:
             self.say("loading model ...")
             self.loaded = load_model(self.cfg.model)
             self.say(f"model: {self.loaded.source} (hash {self.loaded.hash})")
             self.check_surgeries()  # before fixtures, references or any trial
         loaded = self.loaded
-        for i, entry in enumerate(self.cfg.fixtures):
+        wanted = range(len(self.cfg.fixtures)) if only is None else sorted(set(only))
+        if self.shared is not None:
+            self._take_shared(wanted)
+        for i in wanted:
             if i in self.fixtures:
                 continue
+            entry = self.cfg.fixtures[i]
             cached = _Cached()
             try:
                 cached.value = load_fixture(entry, loaded.samplerate, loaded.model.audio_channels, loaded.segment_length)
@@ -184,7 +196,8 @@ class Runner:
                 cached.error, cached.reason = exc, f"fixture {entry.label}: {describe_failure(exc)}"
                 self.say(f"fixture {entry.label} unusable: {describe_failure(exc)}")
             self.fixtures[i] = cached
-        for i, fx in self.fixtures.items():
+        for i in wanted:
+            fx = self.fixtures[i]
             if i in self.references or fx.error is not None:
                 continue
             cached = _Cached()
@@ -197,6 +210,25 @@ class Runner:
             except Exception as exc:
                 cached.error, cached.reason = exc, f"reference for {fx.value.name}: {describe_failure(exc)}"
             self.references[i] = cached
+
+    def _take_shared(self, wanted: Iterable[int]) -> None:
+        """Fill fixtures and references from :attr:`shared` (a Ray worker: the driver's, via the object store)."""
+        shared = self.shared
+        for i in wanted:
+            if i not in self.fixtures:
+                if i in shared["fixtures"]:
+                    fixture = shared["fixtures"][i]
+                    # Object-store arrays are read-only; trials hand them to torch, which wants writable memory.
+                    self.fixtures[i] = _Cached(value=dataclasses.replace(fixture, mix=fixture.mix.copy()))
+                elif i in shared["errors"]:
+                    reason = shared["errors"][i]
+                    self.fixtures[i] = _Cached(error=HtxError(reason), reason=reason)
+            if i not in self.references:
+                if i in shared["references"]:
+                    self.references[i] = _Cached(value=shared["references"][i].copy())
+                elif i in shared["reference_errors"]:
+                    reason = shared["reference_errors"][i]
+                    self.references[i] = _Cached(error=HtxError(reason), reason=reason)
 
     def check_surgeries(self) -> None:
         """Raise :class:`ModelError` before any trial when a configured surgery does not apply to the model."""
@@ -302,6 +334,7 @@ class Runner:
 
     def evaluate_assignment(self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment) -> dict[str, Any]:
         """Run ``assignment`` on every usable fixture; aggregated metrics (used by search policies)."""
+        self.load()  # a worker may hold only its chunk's fixtures; a search measures on all of them
         stft = self._plugin("stft", stft_entry) if prep.surgery.needs_stft else None
         forward = prep.compute.compile(prep.prepared, assignment)
         pipe = self._segment_fn(prep, forward, stft)
@@ -323,6 +356,7 @@ class Runner:
         fixture_index: int | None = None, offset: int = 0,
     ) -> dict[str, Any]:
         """Per-op statistics of one pass on one segment: by default the first usable fixture's first one."""
+        self.load()
         for i, fx in self.fixtures.items():
             if fx.error is None and fixture_index in (None, i):
                 stft = self._plugin("stft", stft_entry) if prep.surgery.needs_stft else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -18,7 +19,9 @@ from conftest import make_config, write_config
 from htx.cli import app
 from htx.config import executor_override, parse_config
 from htx.errors import ConfigError, HtxError
-from htx.executors.plan import make_chunks, shipped_plugin_modules, trial_resources
+from htx.executors.driver import shared_data
+from htx.executors.plan import RunPayload, make_chunks, shipped_plugin_modules, trial_resources, worker_config
+from htx.executors.worker import run_chunk, runner_for
 from htx.grid import expand_grid
 from htx.plugins import load_registry, module_plugin
 from htx.runner import Runner
@@ -220,6 +223,39 @@ def test_resume_after_driver_crash(serial, tmp_path):
         assert len(after) == 2 and all(t.status == "ok" for t in after.values())
         assert all(after[k].finished_at == t.finished_at for k, t in before.items())  # not run again
         assert store.get_run(run_id)["status"] == "finished"
+
+
+def test_workers_load_only_the_fixtures_their_chunks_need(tmp_path):
+    """A worker reads the fixtures and references of its own trials (a search policy's: all of them), from
+    the driver's disk cache (`local`) or its shared data (`ray`), and recomputes none."""
+    reg = _registry()
+    fixtures = [{"sine_440": {"duration": 1.0}}, {"white_noise": {"duration": 1.0}}]
+    cfg = parse_config(make_config(tmp_path, fixtures=fixtures, precision=["fp32", "magnitude"]), registry=reg)
+    driver = Runner(cfg, reg, store=None)
+    driver.load()  # what the driver does before dispatching: references land in the disk cache
+    payload = RunPayload(run_id="r1", config=worker_config(cfg), model_hash=driver.loaded.hash, plugin_modules=(),
+                         sys_path=tuple(sys.path))
+    specs = {(s.precision.name, s.fixture_index): s for s in expand_grid(cfg)}
+
+    def run(payload, spec, shared=None):
+        events = list(run_chunk(payload, (spec,), shared))
+        rec = events[-1][1]
+        assert rec.status == "ok", rec.reason
+        return runner_for(payload)
+
+    worker = run(payload, specs[("fp32", 1)])
+    assert sorted(worker.fixtures) == [1] and sorted(worker.references) == [1]
+    worker = run(payload, specs[("magnitude", 0)])  # its calibration pass may use any fixture
+    assert sorted(worker.fixtures) == [0, 1] and sorted(worker.references) == [0, 1]
+    assert worker.references_computed == 0
+
+    shared = shared_data(driver)  # as Ray's object store hands it out: read-only arrays
+    for arr in [*shared["references"].values(), *(f.mix for f in shared["fixtures"].values())]:
+        arr.setflags(write=False)
+    worker = run(dataclasses.replace(payload, run_id="r2"), specs[("fp32", 0)], shared)
+    assert sorted(worker.fixtures) == [0] and sorted(worker.references) == [0]
+    assert worker.fixtures[0].value.mix.flags.writeable and worker.references[0].value.flags.writeable
+    assert worker.references_computed == 0
 
 
 # --- Ray --------------------------------------------------------------------------------------------

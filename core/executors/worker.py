@@ -20,7 +20,7 @@ from htx.errors import HtxError
 from htx.executors.plan import RunPayload
 from htx.grid import TrialSpec
 from htx.plugins import load_registry
-from htx.runner import Runner, _Cached, describe_failure, new_record
+from htx.runner import Runner, describe_failure, new_record
 
 #: (payload key, runner) of the run this process last worked on.
 _CURRENT: tuple[str, Runner] | None = None
@@ -36,7 +36,7 @@ def worker_name() -> str:
     return f"{platform.node()}:{os.getpid()}"
 
 
-def runner_for(payload: RunPayload, shared: Shared | None = None) -> Runner:
+def runner_for(payload: RunPayload) -> Runner:
     """This process's runner for the payload's run, built on first use."""
     global _CURRENT
     if _CURRENT is not None and _CURRENT[0] == payload.key:
@@ -48,21 +48,12 @@ def runner_for(payload: RunPayload, shared: Shared | None = None) -> Runner:
             sys.path.append(path)
     extras = tuple(importlib.import_module(name) for name in payload.plugin_modules)
     registry = load_registry(extra_plugins=extras)
-    cfg = parse_config(payload.config, f"run {payload.run_id}", registry)
+    # The driver validated the config, model checks included; the runner's load() checks the surgeries
+    # against the model it builds, so the worker does not read the checkpoint twice.
+    cfg = parse_config(payload.config, f"run {payload.run_id}", registry, check_model=False)
     runner = Runner(cfg, registry, store=None)
     runner.run_id = payload.run_id
-    if shared is not None:
-        for i, fixture in shared["fixtures"].items():
-            # Object-store arrays are read-only; trials hand them to torch, which wants writable memory.
-            fixture.mix = fixture.mix.copy()
-            runner.fixtures[i] = _Cached(value=fixture)
-        for i, reason in shared["errors"].items():
-            runner.fixtures[i] = _Cached(error=HtxError(reason), reason=reason)
-        for i, ref in shared["references"].items():
-            runner.references[i] = _Cached(value=ref.copy())
-        for i, reason in shared["reference_errors"].items():
-            runner.references[i] = _Cached(error=HtxError(reason), reason=reason)
-    runner.load()
+    runner.load(only=())  # the model; each chunk loads the fixtures and references it needs
     if runner.loaded.hash != payload.model_hash:
         raise HtxError(
             f"the worker built model {runner.loaded.hash}, the driver {payload.model_hash} "
@@ -90,7 +81,10 @@ def run_chunk(payload: RunPayload, specs: tuple[TrialSpec, ...], shared: Shared 
     """
     yield ("begin",)
     try:
-        runner = runner_for(payload, shared)
+        runner = runner_for(payload)
+        if shared is not None:
+            runner.shared = shared
+        runner.load(only={spec.fixture_index for spec in specs})
     except Exception as exc:
         reason = f"worker {worker_name()} could not set up the run: {describe_failure(exc)}"
         for spec in specs:
