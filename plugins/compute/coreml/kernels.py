@@ -343,14 +343,17 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-@builder("conv")
-def _conv(v: OpView) -> Run:
+def _conv_geometry(v: OpView) -> tuple[Any, Any, int, list[int], list[int], int]:
+    """(weight shape, input shape, spatial dims, strides, dilations, groups) of a conv or conv_transpose op."""
     w_shape = v.in_shape("weight")
     n = len(w_shape) - 2
-    x_shape = v.in_shape("x")
-    strides = list(v.attr("strides", [1] * n))
-    dilations = list(v.attr("dilations", [1] * n))
-    groups = int(v.attr("groups", 1))
+    return (w_shape, v.in_shape("x"), n, list(v.attr("strides", [1] * n)), list(v.attr("dilations", [1] * n)),
+            int(v.attr("groups", 1)))
+
+
+@builder("conv")
+def _conv(v: OpView) -> Run:
+    w_shape, x_shape, n, strides, dilations, groups = _conv_geometry(v)
     pads = _conv_pads(v, w_shape[2:], x_shape[2:], strides, dilations)
     conv = _CONV[n]
     symmetric = all(pads[2 * i] == pads[2 * i + 1] for i in range(n))
@@ -368,12 +371,7 @@ def _conv(v: OpView) -> Run:
 
 @builder("conv_transpose")
 def _conv_transpose(v: OpView) -> Run:
-    w_shape = v.in_shape("weight")
-    n = len(w_shape) - 2
-    x_shape = v.in_shape("x")
-    strides = list(v.attr("strides", [1] * n))
-    dilations = list(v.attr("dilations", [1] * n))
-    groups = int(v.attr("groups", 1))
+    w_shape, x_shape, n, strides, dilations, groups = _conv_geometry(v)
     pad_type = v.attr("pad_type", "valid")
     full = [(x_shape[2 + i] - 1) * strides[i] + (w_shape[2 + i] - 1) * dilations[i] + 1 for i in range(n)]
     want = list(v.out_shape()[2:])
