@@ -44,10 +44,6 @@ def _load_average() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-class _Deadline(Exception):
-    pass
-
-
 def _oracle_evaluations(ops: list[Any], culprits: list[str], params: dict[str, Any]) -> int:
     """Evaluations bisect needs on ``ops`` when exactly ``culprits`` must be FP32 (no model run)."""
     from htx_plugins.precision.bisect import Bisect
@@ -99,11 +95,8 @@ def bench_model(
             n = sum(op.compute for op in prep.ops)
             culprits = planted_ops(prep.ops)["culprits"]
             times: list[float] = []
-            t_start = time.perf_counter()
 
             def evaluate(a: Assignment) -> dict[str, Any]:
-                if time.perf_counter() - t_start > max_seconds:
-                    raise _Deadline
                 t = time.perf_counter()
                 m = runner.evaluate_assignment(prep, spec.stft, a)
                 times.append(time.perf_counter() - t)
@@ -113,11 +106,9 @@ def bench_model(
             ctx = SearchContext(prep.ops, evaluate, targets=cfg.targets)
             say(f"{model_key}: bisect over {n} compute ops (planted culprits {culprits}) ...")
             t0 = time.perf_counter()
-            finished, result = True, None
-            try:
-                result = Bisect(Bisect.Params(**params)).search(ctx)
-            except _Deadline:
-                finished = False
+            # bisect's own time budget: it stops before the first evaluation past max_seconds
+            result = Bisect(Bisect.Params(**params, max_seconds=max_seconds)).search(ctx)
+            finished = not result.summary["status"].startswith("stopped")
             search_s = time.perf_counter() - t0
     model = runner.loaded
     median = statistics.median(times) if times else float("nan")
@@ -132,7 +123,7 @@ def bench_model(
         "linear_scan_evaluations": n, "linear_scan_s_estimated": n * median,
         "torch_threads": torch.get_num_threads(), "load_average_1min": [load_before, _load_average()],
     }
-    if finished and result is not None:
+    if finished:
         found = result.summary["fp32_ops"]
         row.update({
             "evaluations": result.evaluations, "search_s": search_s, "found": found,
