@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from htx.contracts import STFTBackend
+from htx.fixtures import BUILTINS
 
 SAMPLERATE = 44100
 N_FFT = 4096
@@ -130,19 +131,16 @@ def run(backends: list[STFTBackend], seconds: float = 60.0, channels: int = 2, r
 
 
 def parity_signal(kind: str, length: int, channels: int = 2) -> np.ndarray:
-    """silence, sine_440 (0.5), white_noise (std 1/6), chirp (20 Hz -> 20 kHz, 0.7) as float32 ``[C, L]``."""
-    t = np.arange(length) / SAMPLERATE
-    if kind == "silence":
-        x = np.zeros((channels, length))
-    elif kind == "sine_440":
-        x = np.stack([0.5 * np.sin(2 * np.pi * 440 * t + 0.25 * c) for c in range(channels)])
-    elif kind == "white_noise":
-        x = np.clip(np.random.default_rng(0).standard_normal((channels, length)) / 6, -1, 1)
-    elif kind == "chirp":
-        k = math.log(20000.0 / 20.0)
-        x = np.stack([0.7 * np.sin(2 * np.pi * 20.0 * (np.exp(k * t) - 1) / k + 0.5 * c) for c in range(channels)])
-    else:
+    """The built-in fixtures (silence, sine_440, white_noise; default options) or a chirp (20 Hz -> 20 kHz,
+    amplitude 0.7) as float32 ``[C, L]``."""
+    if kind in BUILTINS:
+        params, generate, _ = BUILTINS[kind]
+        return generate(params(), SAMPLERATE, length, channels)
+    if kind != "chirp":
         raise ValueError(f"unknown parity signal {kind!r}")
+    t = np.arange(length) / SAMPLERATE
+    k = math.log(20000.0 / 20.0)
+    x = np.stack([0.7 * np.sin(2 * np.pi * 20.0 * (np.exp(k * t) - 1) / k + 0.5 * c) for c in range(channels)])
     return x.astype(np.float32)
 
 
