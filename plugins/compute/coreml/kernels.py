@@ -506,6 +506,19 @@ def _softmax(v: OpView) -> Run:
     return lambda a: torch.softmax(a["x"], axis)
 
 
+def _normalize(x: torch.Tensor, dims: list[int], eps: float, acc16: bool) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps)`` over ``dims``; with ``acc16``, every step rounded to FP16 as the
+    FP16 hardware computes it (mean and variance accumulated in FP16)."""
+    if acc16:
+        mean = mean16(x, dims, True)
+        d = round16(x - mean)
+        var = mean16(round16(d * d), dims, True)
+        return round16(d * round16(torch.rsqrt(round16(var + eps))))
+    mean = x.mean(dims, keepdim=True)
+    var = ((x - mean) ** 2).mean(dims, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
 @builder("layer_norm")
 def _layer_norm(v: OpView) -> Run:
     rank = len(v.in_shape("x"))
@@ -528,17 +541,9 @@ def _layer_norm(v: OpView) -> Run:
 
     def run(a: dict[str, Any]) -> torch.Tensor:
         x = a["x"]
-        if acc16:
-            mean = mean16(x, dims, True)
-            d = round16(x - mean)
-            var = mean16(round16(d * d), dims, True)
-            y = round16(d * round16(torch.rsqrt(round16(var + eps))))
-            return affine(y, a)
-        if trailing:
+        if trailing and not acc16:
             return F.layer_norm(x, norm_shape, a.get("gamma"), a.get("beta"), eps)
-        mean = x.mean(dims, keepdim=True)
-        var = ((x - mean) ** 2).mean(dims, keepdim=True)
-        return affine((x - mean) / torch.sqrt(var + eps), a)
+        return affine(_normalize(x, dims, eps, acc16), a)
 
     return run
 
@@ -551,16 +556,7 @@ def _instance_norm(v: OpView) -> Run:
     acc16 = v.acc16
 
     def run(a: dict[str, Any]) -> torch.Tensor:
-        x = a["x"]
-        if acc16:
-            mean = mean16(x, dims, True)
-            d = round16(x - mean)
-            var = mean16(round16(d * d), dims, True)
-            y = round16(d * round16(torch.rsqrt(round16(var + eps))))
-        else:
-            mean = x.mean(dims, keepdim=True)
-            var = ((x - mean) ** 2).mean(dims, keepdim=True)
-            y = (x - mean) / torch.sqrt(var + eps)
+        y = _normalize(a["x"], dims, eps, acc16)
         shape = [1, -1] + [1] * (rank - 2)
         if a.get("gamma") is not None:
             y = y * a["gamma"].reshape(shape)
