@@ -334,7 +334,6 @@ class Runner:
 
     def evaluate_assignment(self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment) -> dict[str, Any]:
         """Run ``assignment`` on every usable fixture; aggregated metrics (used by search policies)."""
-        self.load()  # a worker may hold only its chunk's fixtures; a search measures on all of them
         stft = self._plugin("stft", stft_entry) if prep.surgery.needs_stft else None
         forward = prep.compute.compile(prep.prepared, assignment)
         pipe = self._segment_fn(prep, forward, stft)
@@ -356,7 +355,6 @@ class Runner:
         fixture_index: int | None = None, offset: int = 0,
     ) -> dict[str, Any]:
         """Per-op statistics of one pass on one segment: by default the first usable fixture's first one."""
-        self.load()
         for i, fx in self.fixtures.items():
             if fx.error is None and fixture_index in (None, i):
                 stft = self._plugin("stft", stft_entry) if prep.surgery.needs_stft else None
@@ -379,6 +377,7 @@ class Runner:
                 t0 = time.perf_counter()
                 with deadline(self.cfg.trial_timeout_s, f"precision policy {policy.label}"):
                     if policy.is_search:
+                        self.load()  # a search measures on every fixture; a worker may hold only its chunk's
                         self.say(f"searching with {policy.label} over {len(prep.ops)} ops ...")
                         ctx = SearchContext(
                             prep.ops,
