@@ -30,7 +30,6 @@ from htx.separation import separate
 PEAKS = {"H100": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7}, "H200": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7}}
 
 
-
 def padded_to_batch(pipe: Any, batch: int) -> Any:
     """``pipe`` on a fixed batch size: a short last batch is padded with zeros (one CUDA graph per shape)."""
 
@@ -41,6 +40,7 @@ def padded_to_batch(pipe: Any, batch: int) -> Any:
         return pipe(chunks)[:n]
 
     return fn
+
 
 def _sync() -> None:
     if torch.cuda.is_available():

@@ -91,7 +91,8 @@ class ExecutorReport:
 
     @property
     def setup_s(self) -> list[float]:
-        """Per worker: seconds it spent building the run (registry, config, model, fixtures, references)."""
+        """Per worker: seconds it spent building the run (registry, config, model; each chunk then loads its
+        own fixtures and references)."""
         return sorted(w["setup_s"] for w in self.workers.values() if "setup_s" in w)
 
     @property

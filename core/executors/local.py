@@ -58,8 +58,8 @@ def _worker_main(conn: Connection, payload: RunPayload, threads: int) -> None:
             return  # the driver is gone (crashed or killed): stop; `htx run --resume` continues the run
 
 
-#: Imported once by the fork server, so each worker starts with them loaded. ``torch._dynamo`` (and the
-#: sympy it pulls in) is what torch imports lazily the first time a module is built: ~1.6 s per worker.
+#: Imported once by the fork server, so each worker starts with them loaded. torch imports ``torch._dynamo``
+#: (and the sympy it pulls in) lazily during a trial's first forward pass: 1.6-3.5 s per worker otherwise.
 PRELOAD = ("torch", "torch._dynamo", "demucs.htdemucs", "htx.executors.worker", "htx.runner", "htx_plugins")
 
 
@@ -76,7 +76,7 @@ def worker_context(plugin_modules: tuple[str, ...] = ()) -> Any:
 
 
 def start_fork_server(plugin_modules: tuple[str, ...] = ()) -> None:
-    """Start the fork server now (it imports torch and htx: ~2-3 s), so that this overlaps the driver's own
+    """Start the fork server now (it imports torch and htx: 2-7 s), so that this overlaps the driver's own
     model load and references instead of delaying the first trial."""
     ctx = worker_context(plugin_modules)
     if ctx.get_start_method() == "forkserver":
