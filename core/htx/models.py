@@ -24,7 +24,7 @@ SOURCES = ["drums", "bass", "other", "vocals"]
 DEMO_KWARGS: dict[str, Any] = dict(
     sources=SOURCES, audio_channels=2, samplerate=44100, segment=2, channels=16, depth=4, t_layers=2, nfft=4096
 )
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def fixtures_dir() -> Path:
