@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from htx.contracts import Assignment, Params, PrecisionPolicy
+from htx.contracts import Assignment, Params, StaticPolicy
 from htx.hookspecs import hookimpl
 
 
@@ -22,7 +22,7 @@ class KillParams(Params):
     how: Literal["exit", "sigkill"] = "exit"
 
 
-class KillWorker(PrecisionPolicy):
+class KillWorker(StaticPolicy):
     """Ends the worker process running it: ``os._exit(3)`` or SIGKILL (a segfaulting runtime, the OOM killer)."""
 
     name = "kill-worker"
@@ -35,7 +35,7 @@ class KillWorker(PrecisionPolicy):
         time.sleep(60)
 
 
-class Hang(PrecisionPolicy):
+class Hang(StaticPolicy):
     """Blocks SIGALRM, so the in-process deadline cannot fire, and sleeps: a trial stuck in native code."""
 
     name = "hang"
@@ -50,7 +50,7 @@ class CrashParams(Params):
     marker: str
 
 
-class CrashDriverOnce(PrecisionPolicy):
+class CrashDriverOnce(StaticPolicy):
     """SIGKILLs the driver once, then behaves like ``fp32``.
 
     The driver's pid comes from ``HTX_TEST_DRIVER_PID`` (pool workers are forked by a fork server, so

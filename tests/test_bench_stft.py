@@ -6,8 +6,8 @@ import platform
 
 from typer.testing import CliRunner
 
-from htx.bench.stft import round_trip_bytes
 from htx.cli import app
+from htx_plugins.stft.bench import round_trip_bytes
 
 
 def test_round_trip_bytes():

@@ -24,7 +24,7 @@ from htx.contracts import Assignment
 from htx.models import load_model
 from htx.pipeline import spec_to_cac
 from htx.plugins import load_registry
-from htx.runner import Runner
+from htx.run import Run
 from htx.store import Store
 from htx_plugins.compute.coreml import CoreMLUnit, convert, native
 from htx_plugins.compute.coreml.convert import load_program
@@ -172,7 +172,7 @@ def test_all_fp16_finite_on_fixtures_with_snr_reported(tiny, cache_dir, tmp_path
         compute=[{"coreml": {"runtime": "emulated", "device": "cpu"}}],
     ), registry=load_registry())
     with Store(tmp_path / "htx.sqlite") as store:
-        run_id = Runner(cfg, load_registry(), store).run()
+        run_id = Run(cfg, load_registry(), store).execute()
         recs = store.trials([run_id])
     assert len(recs) == 3 and all(r.status == "ok" for r in recs), [(r.precision, r.fixture, r.reason) for r in recs]
     assert all(r.runtime == "coreml:emulated" and r.info["emulated"] for r in recs)
@@ -340,7 +340,7 @@ def test_runtime_native_unavailable_gives_unavailable_rows(tmp_path, monkeypatch
     cfg = parse_config(make_config(tmp_path, precision=["fp32", "all-fp16"],
                                    compute=[{"coreml": {"runtime": "native", "units": "ALL"}}]), registry=load_registry())
     with Store(tmp_path / "htx.sqlite") as store:
-        run_id = Runner(cfg, load_registry(), store).run()
+        run_id = Run(cfg, load_registry(), store).execute()
         recs = store.trials([run_id])
     assert len(recs) == 2 and all(r.status == "unavailable" for r in recs)
     assert all("runtime native" in r.reason and ("macOS" in r.reason or "mocked" in r.reason) for r in recs)

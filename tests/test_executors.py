@@ -19,13 +19,13 @@ from conftest import make_config, write_config
 from htx.cli import app
 from htx.config import executor_override, parse_config
 from htx.errors import ConfigError, HtxError
-from htx.executors.driver import shared_data
 from htx.executors.plan import RunPayload, make_chunks, shipped_plugin_modules, trial_resources, worker_config
-from htx.executors.worker import run_chunk, runner_for
+from htx.executors.worker import builder_for, run_chunk
 from htx.grid import expand_grid
 from htx.plugins import load_registry, module_plugin
-from htx.runner import Runner
+from htx.run import Run
 from htx.store import Store
+from htx.workspace import Workspace
 
 #: Metrics that measure time, not arithmetic: they differ between any two runs.
 TIMING = {"model_ms", "model_ms_p10", "model_ms_p90", "stft_ms", "istft_ms", "separate_s", "rtf", "search_s", "peak_mem_mb"}
@@ -42,8 +42,8 @@ def _run(root: Path, **overrides):
     reg = _registry()
     cfg = parse_config(make_config(root, fixtures=FIXTURES, **overrides), registry=reg)
     with Store(cfg.store.path) as store:
-        runner = Runner(cfg, reg, store)
-        run_id = runner.run()
+        runner = Run(cfg, reg, store)
+        run_id = runner.execute()
         trials = {(t.precision, t.fixture): t for t in store.trials([run_id])}
         return runner, trials, store.get_run(run_id)
 
@@ -202,10 +202,10 @@ def test_resume_after_driver_crash(serial, tmp_path):
         "import json, os, sys, executor_plugins\n"
         "os.environ['HTX_TEST_DRIVER_PID'] = str(os.getpid())\n"
         "from htx.config import parse_config\nfrom htx.plugins import load_registry\n"
-        "from htx.runner import Runner\nfrom htx.store import Store\n"
+        "from htx.run import Run\nfrom htx.store import Store\n"
         "reg = load_registry(extra_plugins=(executor_plugins,))\n"
         "cfg = parse_config(json.loads(sys.argv[1]), registry=reg)\n"
-        "with Store(cfg.store.path) as store:\n    Runner(cfg, reg, store).run()\n"
+        "with Store(cfg.store.path) as store:\n    Run(cfg, reg, store).execute()\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
     proc = subprocess.run([sys.executable, "-c", driver, json.dumps(cfg)], env=env, capture_output=True, text=True, timeout=300)
@@ -218,7 +218,7 @@ def test_resume_after_driver_crash(serial, tmp_path):
         reg = _registry()
         # Resume with another executor (`htx run --resume RUN --executor serial`): trials do not depend on it.
         resumed = parse_config(cfg, registry=reg, override=executor_override("serial", None))
-        Runner(resumed, reg, store).run(resume=run_id)
+        Run(resumed, reg, store).execute(resume=run_id)
         after = {t.trial_id: t for t in store.trials([run_id])}
         assert len(after) == 2 and all(t.status == "ok" for t in after.values())
         assert all(after[k].finished_at == t.finished_at for k, t in before.items())  # not run again
@@ -231,9 +231,9 @@ def test_workers_load_only_the_fixtures_their_chunks_need(tmp_path):
     reg = _registry()
     fixtures = [{"sine_440": {"duration": 1.0}}, {"white_noise": {"duration": 1.0}}]
     cfg = parse_config(make_config(tmp_path, fixtures=fixtures, precision=["fp32", "magnitude"]), registry=reg)
-    driver = Runner(cfg, reg, store=None)
+    driver = Workspace(cfg, reg)
     driver.load()  # what the driver does before dispatching: references land in the disk cache
-    payload = RunPayload(run_id="r1", config=worker_config(cfg), model_hash=driver.loaded.hash, plugin_modules=(),
+    payload = RunPayload(run_id="r1", config=worker_config(cfg), model_hash=driver.model.hash, plugin_modules=(),
                          sys_path=tuple(sys.path))
     specs = {(s.precision.name, s.fixture_index): s for s in expand_grid(cfg)}
 
@@ -241,7 +241,7 @@ def test_workers_load_only_the_fixtures_their_chunks_need(tmp_path):
         events = list(run_chunk(payload, (spec,), shared))
         rec = events[-1][1]
         assert rec.status == "ok", rec.reason
-        return runner_for(payload)
+        return builder_for(payload).workspace
 
     worker = run(payload, specs[("fp32", 1)])
     assert sorted(worker.fixtures) == [1] and sorted(worker.references) == [1]
@@ -249,12 +249,12 @@ def test_workers_load_only_the_fixtures_their_chunks_need(tmp_path):
     assert sorted(worker.fixtures) == [0, 1] and sorted(worker.references) == [0, 1]
     assert worker.references_computed == 0
 
-    shared = shared_data(driver)  # as Ray's object store hands it out: read-only arrays
-    for arr in [*shared["references"].values(), *(f.mix for f in shared["fixtures"].values())]:
+    shared = driver.shared_data()  # as Ray's object store hands it out: read-only arrays
+    for arr in [*shared.references.values(), *(f.mix for f in shared.fixtures.values())]:
         arr.setflags(write=False)
     worker = run(dataclasses.replace(payload, run_id="r2"), specs[("fp32", 0)], shared)
     assert sorted(worker.fixtures) == [0] and sorted(worker.references) == [0]
-    assert worker.fixtures[0].value.mix.flags.writeable and worker.references[0].value.flags.writeable
+    assert worker.fixtures[0].get().mix.flags.writeable and worker.references[0].get().flags.writeable
     assert worker.references_computed == 0
 
 

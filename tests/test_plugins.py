@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from htx.cli import app
-from htx.contracts import Assignment, PrecisionPolicy, Surgery
+from htx.contracts import Assignment, SearchPolicy, StaticPolicy, Surgery
 from htx.errors import PluginError
 from htx.plugins import build_registry, get_plugin_manager, module_plugin
 
@@ -31,7 +31,7 @@ def test_builtins_registered_through_entry_points():
     assert {"htx_plugins.surgery", "htx_plugins.precision", "htx_plugins.stft", "htx_plugins.compute"} <= eps
 
 
-class Half(PrecisionPolicy):
+class Half(StaticPolicy):
     """Every other compute op in FP16."""
 
     name = "half-of-them"
@@ -51,10 +51,13 @@ def test_inline_plugin_registers_and_is_fresh_per_manager():
 
 
 def test_duplicate_name_names_both_plugins():
-    class FakeFP32(PrecisionPolicy):
+    class FakeFP32(StaticPolicy):
         """Clashes with the built-in."""
 
         name = "fp32"
+
+        def select(self, ops):
+            return Assignment.all_fp32()
 
     plugin = module_plugin("clash_plugin", htx_register_precision_policies=lambda register: register(FakeFP32))
     with pytest.raises(PluginError) as info:
@@ -112,7 +115,7 @@ def test_disable_autoload_skips_third_party(monkeypatch):
 
 
 def test_base_class_docstrings_carry_examples():
-    for cls in (Surgery, PrecisionPolicy):
+    for cls in (Surgery, StaticPolicy, SearchPolicy):
         assert "@hookimpl" in cls.__doc__ and "register(" in cls.__doc__
 
 

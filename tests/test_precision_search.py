@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import make_config
-from htx.bench.planted import planted_ops, planted_plugin
 from htx.config import load_config, parse_config
 from htx.contracts import Assignment, OpInfo, OpStats, SearchContext
 from htx.errors import ConfigError
@@ -27,11 +26,12 @@ from htx.leaderboard import collect, rich_table
 from htx.models import REPO_ROOT
 from htx.nan_sources import find_nan_sources, non_finite_ops
 from htx.plugins import build_registry, get_plugin_manager
-from htx.runner import Runner
+from htx.run import Run
 from htx.store import Store
 from htx_plugins.precision.bisect import Bisect, BisectParams, bound, minimal_units
 from htx_plugins.precision.criteria import SnrCriterion, criterion_passes, describe
 from htx_plugins.precision.magnitude import Magnitude, keep_reason
+from htx_plugins.precision.planted import planted_ops, planted_plugin
 
 # --------------------------------------------------------------------------------------------------
 # synthetic oracles: the search algorithm without a model
@@ -263,10 +263,10 @@ def planted_run(tmp_path_factory):
     ), registry=reg)
     try:
         with Store(cfg.store.path) as store:
-            runner = Runner(cfg, reg, store)
-            run_id = runner.run()
+            runner = Run(cfg, reg, store)
+            run_id = runner.execute()
             spec = expand_grid(cfg)[0]
-            prep = runner.prepared_for(spec)
+            prep = runner.builder.prepared(spec)
             trials = {(t.precision, t.fixture): t for t in store.trials([run_id])}
             yield {"cfg": cfg, "reg": reg, "plugin": plugin, "runner": runner, "spec": spec, "prep": prep,
                    "trials": trials, "run_id": run_id, "store": store, "planted": planted_ops(prep.ops), "db": cfg.store.path}
@@ -278,14 +278,14 @@ def test_planted_model_is_exact_in_fp32_and_fails_in_fp16(planted_run):
     r = planted_run
     runner, prep, spec = r["runner"], r["prep"], r["spec"]
     culprits = r["planted"]["culprits"]
-    fp32 = runner.evaluate_assignment(prep, spec.stft, Assignment.all_fp32())
+    fp32 = runner.builder.evaluate(prep, spec.stft, Assignment.all_fp32())
     assert fp32["snr_db"] > 120  # the gain stages are exact powers of two
     for t in (r["trials"][("all-fp16", f)] for f in (SINE, NOISE)):
         assert t.status == "failed" and t.reason.startswith("non-finite output")
     # the construction: exactly the planted ops are needed (each one missing breaks it)
-    assert runner.evaluate_assignment(prep, spec.stft, Assignment.keep_fp32(prep.ops, culprits))["finite"]
+    assert runner.builder.evaluate(prep, spec.stft, Assignment.keep_fp32(prep.ops, culprits))["finite"]
     for c in culprits[:2]:
-        assert not runner.evaluate_assignment(prep, spec.stft, Assignment.keep_fp32(prep.ops, set(culprits) - {c}))["finite"]
+        assert not runner.builder.evaluate(prep, spec.stft, Assignment.keep_fp32(prep.ops, set(culprits) - {c}))["finite"]
 
 
 def test_bisect_returns_exactly_the_planted_set(planted_run):
@@ -338,7 +338,7 @@ def test_nan_sources_names_the_planted_ops(planted_run):
 
     def sources(keep):
         a = Assignment.keep_fp32(prep.ops, keep)
-        stats = runner.record_assignment(prep, spec.stft, a)
+        stats = runner.builder.record(prep, spec.stft, a)
         return [s.name for s in find_nan_sources(stats, prep.ops, a)], stats
 
     names, stats = sources([])
@@ -396,7 +396,7 @@ def test_magnitude_policy_uses_record(planted_run):
 
     def record(a):
         calls.append(a)
-        return runner.record_assignment(prep, spec.stft, a)
+        return runner.builder.record(prep, spec.stft, a)
 
     ctx = SearchContext(prep.ops, evaluate=lambda a: pytest.fail("magnitude must not evaluate"), record=record)
     result = Magnitude().search(ctx)
@@ -418,11 +418,11 @@ def test_search_policies_on_the_coreml_emulator(tmp_path):
             compute=[{"coreml": {"runtime": "emulated", "device": "cpu"}}],
         ), registry=reg)
         with Store(cfg.store.path) as store:
-            runner = Runner(cfg, reg, store)
-            run_id = runner.run()
+            runner = Run(cfg, reg, store)
+            run_id = runner.execute()
             trials = {t.precision: t for t in store.trials([run_id])}
             spec = expand_grid(cfg)[0]
-            prep = runner.prepared_for(spec)
+            prep = runner.builder.prepared(spec)
             assert prep.compute.runtime == "coreml:emulated"
             planted = planted_ops(prep.ops)  # MIL op names now, not the torch unit's
             n = sum(op.compute for op in prep.ops)
@@ -432,7 +432,7 @@ def test_search_policies_on_the_coreml_emulator(tmp_path):
             kept = set(trials["magnitude"].info["search"]["fp32_ops"])
             assert set(planted["culprits"]) <= kept and not set(planted["harmless"]) & kept
             a = Assignment.all_fp16(prep.ops)
-            stats = runner.record_assignment(prep, spec.stft, a)
+            stats = runner.builder.record(prep, spec.stft, a)
             assert [s.name for s in find_nan_sources(stats, prep.ops, a)] == planted["first_overflow"]
     finally:
         torch.set_num_threads(threads)

@@ -9,14 +9,14 @@ import torch
 
 from conftest import make_config
 from htx.config import parse_config
-from htx.contracts import Assignment, ComputeUnit, PrecisionPolicy
+from htx.contracts import Assignment, ComputeUnit, StaticPolicy
 from htx.plugins import build_registry, get_plugin_manager, module_plugin
-from htx.runner import Runner
+from htx.run import Run
 from htx.store import Store
 from htx_plugins.compute.torch_unit import TorchUnit
 
 
-class Exploding(PrecisionPolicy):
+class Exploding(StaticPolicy):
     """Raises while choosing."""
 
     name = "exploding"
@@ -25,7 +25,7 @@ class Exploding(PrecisionPolicy):
         raise RuntimeError("policy exploded on purpose")
 
 
-class Slow(PrecisionPolicy):
+class Slow(StaticPolicy):
     """Takes far longer than the trial timeout."""
 
     name = "slow"
@@ -74,6 +74,15 @@ class NeverUnit(ComputeUnit):
     def available(self):
         return False, "needs hardware this machine lacks"
 
+    def prepare(self, inner, example_inputs, cache_dir=None):
+        raise AssertionError("an unavailable unit is never prepared")
+
+    def ops(self, prepared):
+        return []
+
+    def compile(self, prepared, assignment):
+        return prepared
+
 
 def _registry():
     plugin = module_plugin(
@@ -87,8 +96,8 @@ def _registry():
 def _run(tmp_path, registry, **overrides):
     cfg = parse_config(make_config(tmp_path, **overrides), registry=registry)
     with Store(cfg.store.path) as store:
-        runner = Runner(cfg, registry, store)
-        run_id = runner.run()
+        runner = Run(cfg, registry, store)
+        run_id = runner.execute()
         return run_id, {(t.precision, t.compute, t.fixture): t for t in store.trials([run_id])}, store.get_run(run_id)
 
 
@@ -135,7 +144,7 @@ def test_fp16_trials_and_metrics(tmp_path):
     assert silent.metrics["snr_db"] is None and silent.status == "ok"
 
 
-class Interrupting(PrecisionPolicy):
+class Interrupting(StaticPolicy):
     """Simulates Ctrl-C on its first use in a process."""
 
     name = "interrupting"
@@ -153,15 +162,15 @@ def test_interrupt_then_resume(tmp_path):
     reg = build_registry(get_plugin_manager(extra_plugins=(plugin,)))
     cfg = parse_config(make_config(tmp_path, precision=["fp32", "interrupting"]), registry=reg)
     with Store(cfg.store.path) as store:
-        runner = Runner(cfg, reg, store)
+        runner = Run(cfg, reg, store)
         with pytest.raises(KeyboardInterrupt):
-            runner.run()
+            runner.execute()
         run_id = runner.run_id
         assert store.get_run(run_id)["status"] == "interrupted"
         done = store.trials([run_id])
         assert [t.precision for t in done] == ["fp32"]  # the finished trial was kept
         first_finish = done[0].finished_at
-        resumed = Runner(cfg, reg, store).run(resume=run_id)
+        resumed = Run(cfg, reg, store).execute(resume=run_id)
         assert resumed == run_id
         after = {t.precision: t for t in store.trials([run_id])}
         assert set(after) == {"fp32", "interrupting"}
@@ -175,8 +184,8 @@ def test_reference_cached_on_disk(tmp_path):
     cfg = parse_config(make_config(tmp_path), registry=reg)
     messages: list[str] = []
     with Store(cfg.store.path) as store:
-        Runner(cfg, reg, store, on_message=messages.append).run()
-        Runner(cfg, reg, store, on_message=messages.append).run()
+        Run(cfg, reg, store, on_message=messages.append).execute()
+        Run(cfg, reg, store, on_message=messages.append).execute()
     refs = [m for m in messages if m.startswith("reference ")]
     assert refs[0].startswith("reference sine_440[duration=1.0]: computed in")
     assert refs[1] == "reference sine_440[duration=1.0]: cached"

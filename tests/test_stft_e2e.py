@@ -20,7 +20,7 @@ from htx.config import load_config, parse_config
 from htx.contracts import STFTBackend
 from htx.leaderboard import collect
 from htx.plugins import build_registry, get_plugin_manager, module_plugin
-from htx.runner import Runner
+from htx.run import Run
 from htx.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def grid(tmp_path_factory):
     stft = [*BACKENDS, {"vdsp": {"mode": "native"}}, "never-stft"]
     cfg = parse_config(make_config(tmp, fixtures=FIXTURES, stft=stft), registry=registry)
     with Store(cfg.store.path) as store:
-        run_id = Runner(cfg, registry, store).run()
+        run_id = Run(cfg, registry, store).execute()
         trials = {(t.stft, t.fixture): t for t in store.trials([run_id])}
         rows = collect(store, run=run_id)
     return tmp, run_id, trials, rows

@@ -21,7 +21,7 @@ from htx.errors import ConfigError, ModelError
 from htx.models import load_model, model_skeleton, random_htdemucs, save_checkpoint
 from htx.pipeline import Pipeline, spec_to_cac
 from htx.plugins import load_registry
-from htx.runner import Runner
+from htx.run import Run
 from htx.store import Store
 from htx_plugins.compute.torch_unit import TorchUnit
 from htx_plugins.stft.torch_stft import TorchSTFT
@@ -375,7 +375,7 @@ def test_path_model_checked_by_runner_before_any_trial(registry, tmp_path):
     cfg = parse_config(make_config(tmp_path, model={"path": str(ckpt)}, surgery=["full-hybrid", "time-only"]), registry=registry)
     with Store(cfg.store.path) as store:
         with pytest.raises(ModelError, match=r"surgery\.1: surgery 'time-only'"):
-            Runner(cfg, registry, store).run()
+            Run(cfg, registry, store).execute()
         (run,) = store.list_runs()
         assert run["status"] == "failed" and store.trials([run["run_id"]]) == []
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from torch import nn
 
-from htx.errors import ModelError
+from htx.errors import HtxError, ModelError
+from htx.models import model_skeleton
 
 
 def surgery_problems(registry: Any, entries: list[Any], model: nn.Module) -> list[str]:
@@ -34,9 +35,6 @@ def surgery_problems(registry: Any, entries: list[Any], model: nn.Module) -> lis
 
 def config_surgery_problems(cfg: Any, registry: Any) -> list[str]:
     """:func:`surgery_problems` against the config's model skeleton (nothing for path/pretrained models)."""
-    from htx.errors import HtxError
-    from htx.models import model_skeleton
-
     try:
         skeleton = model_skeleton(cfg.model)
     except HtxError as exc:

@@ -9,16 +9,38 @@ models are checked on a meta-device skeleton; see :mod:`htx.applicability`).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from htx.errors import ConfigError
+from htx.applicability import config_surgery_problems
+from htx.axes import AXES, axis_names
+from htx.errors import ConfigError, format_validation_error
+from htx.fixtures import FixtureEntry, check_fixture_entry
+from htx.models import check_random_kwargs
+from htx.plugins import unknown_name_message
 
-AXES = ("surgery", "precision", "stft", "compute")
+if TYPE_CHECKING:
+    from htx.plugins import Registry
+
+#: Where results go unless the config's ``store.path`` or ``--db`` says otherwise.
+DEFAULT_DB = "experiments/htx.sqlite"
+#: The end-to-end SNR bar a trial must reach (``targets.snr_db``) unless the config sets another.
+DEFAULT_SNR_DB = 60.0
 
 
 class Strict(BaseModel):
@@ -100,8 +122,6 @@ class ModelConfig(Strict):
         if self.kind == "pretrained" and self.pretrained not in ("htdemucs", "htdemucs_ft", "htdemucs_6s"):
             raise ValueError(f"model.pretrained {self.pretrained!r}: use htdemucs, htdemucs_ft or htdemucs_6s")
         if self.kind == "random":
-            from htx.models import check_random_kwargs
-
             check_random_kwargs(self.random)
         return self
 
@@ -115,47 +135,21 @@ class ModelConfig(Strict):
         return "demo"
 
 
-class FixtureEntry(Strict):
-    """A built-in or shipped fixture by name (with options), or an audio file by path."""
-
-    name: str | None = None
-    path: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_yaml(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            from htx.fixtures import looks_like_path
-
-            return {"path": value} if looks_like_path(value) else {"name": value}
-        if isinstance(value, dict) and set(value) - {"name", "path", "params"}:
-            if len(value) != 1:
-                raise ValueError(f"a fixture is a name, a path or a one-key mapping {{name: {{options}}}}, got {sorted(value)}")
-            (name, params), = value.items()
-            return {"name": name, "params": params or {}}
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> FixtureEntry:
-        if (self.name is None) == (self.path is None):
-            raise ValueError("a fixture needs exactly one of `name` or `path`")
-        return self
-
-    @property
-    def label(self) -> str:
-        if self.path is not None:
-            return self.name or Path(self.path).stem
-        if not self.params:
-            return self.name or "?"
-        inner = ",".join(f"{k}={self.params[k]}" for k in sorted(self.params))
-        return f"{self.name}[{inner}]"
-
-
 class Targets(Strict):
-    snr_db: float = 60.0
-    rtol: float = 1e-3
-    atol: float = 1e-4
+    """What a trial must reach: finite output and ``within_tol`` (``|out - ref| <= atol + rtol |ref|``) or
+    ``snr_db``; ``stft_rtol`` is the STFT parity bar (max relative error against the exact Demucs STFT)."""
+
+    snr_db: float = DEFAULT_SNR_DB
+    rtol: float = Field(1e-3, ge=0)
+    atol: float = Field(1e-4, ge=0)
+    stft_rtol: float = Field(1e-5, ge=0)
+
+    @field_validator("snr_db")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"snr_db must be a finite number of dB, got {v}")
+        return v
 
 
 class Latency(Strict):
@@ -164,7 +158,7 @@ class Latency(Strict):
 
 
 class Store(Strict):
-    path: str = "experiments/htx.sqlite"
+    path: str = DEFAULT_DB
     cache_dir: str = "experiments/cache"
     artifacts_dir: str = "experiments/runs"
 
@@ -240,8 +234,6 @@ class Executor(Strict):
         if given:
             raise ValueError(f"executor kind is {self.kind!r} but options for {given[0]!r} are given; keep one")
         if self.kind == "ray":
-            import importlib.util
-
             if importlib.util.find_spec("ray") is None:
                 raise ValueError(f"the `ray` executor needs Ray, an optional dependency: {RAY_INSTALL} (or use executor `local`)")
         return self
@@ -276,16 +268,17 @@ def executor_override(kind: str | None, workers: int | None) -> Callable[[dict[s
     return apply
 
 
-class ExperimentConfig(Strict):
-    """The whole experiment. See ``configs/quickstart.yaml`` for a commented example."""
+class ExperimentBase(Strict):
+    """The whole experiment but its axes. See ``configs/quickstart.yaml`` for a commented example.
+
+    :func:`experiment_model` adds one ``list[PluginEntry]`` field per axis of :data:`htx.axes.AXES`
+    (``cfg.surgery``, ``cfg.precision``, ...; ``cfg.entries(axis)``); :data:`ExperimentConfig` is that model
+    for the built-in axes. Build configs with :func:`parse_config`.
+    """
 
     name: str
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(kind="demo"))
     fixtures: list[FixtureEntry] = Field(min_length=1)
-    surgery: list[PluginEntry] = Field(default_factory=lambda: [PluginEntry(name="full-hybrid")], min_length=1)
-    precision: list[PluginEntry] = Field(default_factory=lambda: [PluginEntry(name="fp32")], min_length=1)
-    stft: list[PluginEntry] = Field(default_factory=lambda: [PluginEntry(name="torch")], min_length=1)
-    compute: list[PluginEntry] = Field(default_factory=lambda: [PluginEntry(name="torch")], min_length=1)
     targets: Targets = Field(default_factory=Targets)
     latency: Latency = Field(default_factory=Latency)
     store: Store = Field(default_factory=Store)
@@ -301,15 +294,27 @@ class ExperimentConfig(Strict):
             raise ValueError("name must not be empty")
         return v
 
+    def entries(self, axis: str) -> list[PluginEntry]:
+        """The plugin entries of ``axis``."""
+        return getattr(self, axis)
 
-def format_validation_error(exc: ValidationError) -> list[str]:
-    """One line per field path: ``precision.1.curated-fp32.ops: Input should be a valid list``."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after", "function-before"))
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}" if loc else msg)
-    return lines
+
+@functools.cache
+def _experiment_model(axes: tuple[tuple[str, str], ...]) -> type[ExperimentConfig]:
+    fields: dict[str, Any] = {
+        name: (list[PluginEntry], Field(default_factory=functools.partial(lambda d: [PluginEntry(name=d)], default), min_length=1))
+        for name, default in axes
+    }
+    return create_model("ExperimentConfig", __base__=ExperimentBase, **fields)
+
+
+def experiment_model() -> type[ExperimentBase]:
+    """The config model for the axes in the table now (one field per axis)."""
+    return _experiment_model(tuple((a.name, a.default) for a in AXES))
+
+
+#: The config model of the built-in axes (an axis added later gets its own :func:`experiment_model`).
+ExperimentConfig = experiment_model()
 
 
 Override = Callable[[dict[str, Any]], dict[str, Any]]
@@ -330,7 +335,7 @@ def parse_config(
     if override is not None:
         data = override(data)
     try:
-        cfg = ExperimentConfig.model_validate(data)
+        cfg = experiment_model().model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc), source) from None
     if registry is not None:
@@ -340,14 +345,12 @@ def parse_config(
     return cfg
 
 
-def check_plugins(cfg: ExperimentConfig, registry: Any, check_model: bool = True) -> list[str]:
+def check_plugins(cfg: ExperimentConfig, registry: Registry, check_model: bool = True) -> list[str]:
     """Problems with plugin names, plugin options and fixtures, one line each."""
-    from htx.plugins import unknown_name_message
-
     problems: list[str] = []
-    for axis in AXES:
+    for axis in axis_names():
         seen: set[str] = set()
-        for i, entry in enumerate(getattr(cfg, axis)):
+        for i, entry in enumerate(cfg.entries(axis)):
             names = registry.names(axis)
             if entry.name not in names:
                 problems.append(f"{axis}.{i}: " + unknown_name_message(axis, entry.name, names))
@@ -363,15 +366,11 @@ def check_plugins(cfg: ExperimentConfig, registry: Any, check_model: bool = True
             if entry.key() in seen:
                 problems.append(f"{axis}.{i}: {entry.key()!r} appears twice; remove the duplicate")
             seen.add(entry.key())
-    from htx.fixtures import check_fixture_entry
-
     for i, fx in enumerate(cfg.fixtures):
         msg = check_fixture_entry(fx)
         if msg:
             problems.append(f"fixtures.{i}: {msg}")
     if check_model:
-        from htx.applicability import config_surgery_problems
-
         problems.extend(config_surgery_problems(cfg, registry))
     return problems
 

@@ -1,12 +1,21 @@
 """Plugin base classes and the small value types passed between the core and plugins.
 
-Every plugin kind has a base class here. A plugin class sets ``name``, defines a pydantic ``Params``
-model for its options (``extra="forbid"``) and documents itself with a complete example.
+Every plugin kind has an abstract base class here; what a plugin must implement is an
+``@abstractmethod``, so a class that misses one is refused when it is registered, naming the method.
+A plugin class sets ``name`` (unique within its kind), defines a pydantic ``Params`` model for its
+options (a subclass of :class:`Params`: strict, no unknown keys) and documents itself with a complete
+example in its docstring.
+
+**Lifetime of a plugin instance.** The trial builder (:mod:`htx.builder`) creates one instance per config
+entry and process, the first time a trial needs it, and reuses it for every later trial and search
+evaluation of that entry in the process: an STFT backend's transform caches, a compute unit's compiled
+programs and a policy's state survive across trials. A parallel run has one instance per entry in each
+worker. Instances must therefore not keep per-trial state that changes results.
 """
 
 from __future__ import annotations
 
-import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,17 +25,24 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-LOW = "fp16"
-HIGH = "fp32"
+from htx.errors import ModelError, UnavailableError
+from htx.spectrogram import cac_to_spec, demucs_ispec, demucs_spec, spec_shape, spec_to_cac
+
+__all__ = [
+    "Assignment", "ComputeUnit", "Forward", "InnerModel", "OpInfo", "OpStats", "Params", "Plugin",
+    "PrecisionPolicy", "STFTBackend", "SearchContext", "SearchPolicy", "SearchResult", "StaticPolicy", "Surgery",
+    "cac_to_spec", "demucs_ispec", "demucs_spec", "spec_shape", "spec_to_cac",
+]
 
 
 class Params(BaseModel):
-    """Base for plugin options: strict, immutable, no unknown keys."""
+    """Base for plugin options: strict (no coercion: ``"20"`` is not an int, ``true`` is not 1),
+    immutable, no unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class Plugin:
+class Plugin(ABC):  # noqa: B024 - abstract through its kinds (Surgery.build, ...), never registered itself
     """Common behaviour of every plugin class.
 
     ``name`` is unique within the plugin's kind. ``Params`` validates the options given in the config.
@@ -139,11 +155,16 @@ class InnerModel(nn.Module):
 
     ``forward(spec_cac, mix)`` takes the complex-as-channels spectrogram ``[B, 2C, F, T]`` and the
     waveform ``[B, C, L]`` and returns ``(spec_out [B, S, 2C, F, T], wave_out [B, S, C, L])``, with no
-    complex tensors and no STFT. ``host_pre``/``host_post`` run on the host in FP32 around it (identity
-    by default); a surgery that moves work out of the converted model overrides them. The compute unit
-    runs ``forward(*args)`` on the ``args`` of ``host_pre`` and hands its output tuple to ``host_post``,
-    which returns ``(spec_out, wave_out)``. A surgery with ``needs_stft = False`` gets ``spec_cac=None``
-    in ``host_pre``; its ``host_post`` returns ``spec_out=None`` and the pipeline skips the iSTFT.
+    complex tensors and no STFT.
+
+    ``host_pre``/``host_post`` run on the host in FP32 around it (identity by default); a surgery that
+    moves work out of the converted model overrides them. **The pipeline** (:class:`htx.pipeline.Pipeline`)
+    calls them, never the compute unit: it calls ``host_pre(spec_cac, mix) -> (args, ctx)``, hands
+    ``args`` to the compute unit's compiled callable (which runs ``forward(*args)`` only), and passes that
+    output tuple and ``ctx`` to ``host_post``, which returns ``(spec_out, wave_out)``. A compute unit's
+    ``prepare`` likewise receives ``host_pre``'s ``args`` as its example inputs. A surgery with
+    ``needs_stft = False`` gets ``spec_cac=None`` in ``host_pre``; its ``host_post`` returns
+    ``spec_out=None`` and the pipeline skips the iSTFT.
     """
 
     def host_pre(self, spec_cac: torch.Tensor, mix: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Any]:
@@ -156,21 +177,49 @@ class InnerModel(nn.Module):
 class Surgery(Plugin):
     """Cuts an HTDemucs model into an :class:`InnerModel` for conversion.
 
-    Example::
+    ``build(model)`` returns an :class:`InnerModel`. The model is a demucs ``HTDemucs``; its own
+    ``forward`` runs the STFT inside, so an inner model re-implements the part between the STFT and the
+    iSTFT. ``check(model)`` refuses models the surgery does not apply to (architecture only).
 
-        from htx.contracts import Surgery
+    Example (a complete plugin that imports no built-in: the time branch alone, ``needs_stft = False``)::
+
+        from htx.contracts import InnerModel, Surgery
         from htx.hookspecs import hookimpl
 
-        class Identity(Surgery):
-            '''Both branches, unchanged (a copy of full-hybrid).'''
-            name = "my-surgery"
+        class TimeBranch(InnerModel):
+            def __init__(self, model):
+                super().__init__()
+                self.m = model
+            def host_pre(self, spec_cac, mix):  # spec_cac is None: needs_stft is False
+                return (mix,), None
+            def forward(self, mix):
+                m = self.m
+                mean, std = mix.mean(dim=(1, 2), keepdim=True), mix.std(dim=(1, 2), keepdim=True)
+                xt, saved, lengths = (mix - mean) / (1e-5 + std), [], []
+                for enc in m.tencoder:
+                    lengths.append(xt.shape[-1])
+                    xt = enc(xt)
+                    saved.append(xt)
+                for dec in m.tdecoder:
+                    xt, _ = dec(xt, saved.pop(-1), lengths.pop(-1))
+                wave = xt.view(xt.shape[0], len(m.sources), -1, xt.shape[-1]) * std[:, None] + mean[:, None]
+                return (wave[..., : mix.shape[-1]],)
+            def host_post(self, outputs, ctx):
+                return None, outputs[0]
+
+        class MyTimeOnly(Surgery):
+            '''The time branch of HTDemucs alone (no spectrogram).'''
+            name = "my-time-only"
+            needs_stft = False
             def build(self, model):
-                from htx_plugins.surgery.full_hybrid import FullHybridInner
-                return FullHybridInner(model)
+                return TimeBranch(model)
 
         @hookimpl
         def htx_register_surgeries(register):
-            register(Identity)
+            register(MyTimeOnly)
+
+    ``htx validate`` builds no weights; the pipeline calls ``host_pre``/``host_post`` (see
+    :class:`InnerModel`). The built-ins in ``htx_plugins.surgery`` show the hybrid cases.
     """
 
     kind = "surgery"
@@ -183,13 +232,12 @@ class Surgery(Plugin):
         Look at the architecture only (module types, config attributes), never at weight values:
         ``htx validate`` passes a skeleton built on the meta device (see ``htx.models.model_skeleton``).
         """
-        from htx.errors import ModelError
-
         if type(model).__name__ != "HTDemucs":
             raise ModelError(f"surgery {self.name!r} needs a demucs HTDemucs model, got {type(model).__name__}")
 
+    @abstractmethod
     def build(self, model: nn.Module) -> InnerModel:
-        raise NotImplementedError
+        """The STFT-free inner model for ``model`` (an ``HTDemucs`` in FP32 on the CPU)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,17 +288,24 @@ class SearchContext:
 
 
 class PrecisionPolicy(Plugin):
-    """Decides, for each op instance, FP16 or FP32.
+    """Decides, for each op instance, FP16 or FP32. Subclass :class:`StaticPolicy` or :class:`SearchPolicy`.
 
-    Static policies implement ``select(ops)``. Search policies set ``is_search = True`` and implement
-    ``search(ctx)`` returning a :class:`SearchResult`.
+    The two are separate contracts: the trial builder calls ``select(ops)`` on a static policy and
+    ``search(ctx)`` on a search policy; a class registered as a precision policy must subclass one of them.
+    """
+
+    kind = "precision"
+
+
+class StaticPolicy(PrecisionPolicy):
+    """A policy that decides from the op list alone: ``select(ops) -> Assignment``.
 
     Example (a complete plugin: keep convolutions in FP32, everything else FP16)::
 
-        from htx.contracts import Assignment, PrecisionPolicy
+        from htx.contracts import Assignment, StaticPolicy
         from htx.hookspecs import hookimpl
 
-        class ConvFP32(PrecisionPolicy):
+        class ConvFP32(StaticPolicy):
             '''Everything FP16 except conv ops.'''
             name = "conv-fp32"
             def select(self, ops):
@@ -261,14 +316,41 @@ class PrecisionPolicy(Plugin):
             register(ConvFP32)
     """
 
-    kind = "precision"
-    is_search: ClassVar[bool] = False
-
+    @abstractmethod
     def select(self, ops: list[OpInfo]) -> Assignment:
-        raise NotImplementedError
+        """The assignment for the prepared model's ``ops`` (in execution order)."""
 
+
+class SearchPolicy(PrecisionPolicy):
+    """A policy that measures: ``search(ctx) -> SearchResult``.
+
+    ``ctx`` (:class:`SearchContext`) gives the ops, ``evaluate(assignment)`` (the trial pipeline on every
+    fixture of the run, aggregated worst case) and ``record(assignment)`` (per-op statistics of one pass).
+    The search runs once per (surgery, compute, precision) combination; its log is stored with the run.
+
+    Example (a complete plugin: the first all-FP16-but-one-type assignment that passes)::
+
+        from htx.contracts import Assignment, SearchPolicy, SearchResult
+        from htx.hookspecs import hookimpl
+
+        class OneTypeFP32(SearchPolicy):
+            '''Try keeping each op type FP32 in turn; take the first that meets the SNR target.'''
+            name = "one-type-fp32"
+            def search(self, ctx):
+                for t in dict.fromkeys(op.type for op in ctx.ops if op.compute):
+                    a = Assignment.keep_fp32(ctx.ops, [op.name for op in ctx.ops if op.type == t])
+                    if (ctx.evaluate(a)["snr_db"] or 0) >= ctx.targets.snr_db:
+                        return SearchResult(a, evaluations=ctx.evaluations, summary={"type": t})
+                return SearchResult(Assignment.all_fp32(), evaluations=ctx.evaluations)
+
+        @hookimpl
+        def htx_register_precision_policies(register):
+            register(OneTypeFP32)
+    """
+
+    @abstractmethod
     def search(self, ctx: SearchContext) -> SearchResult:
-        raise NotImplementedError
+        """Search with ``ctx`` and return the assignment found, its log and the evaluation count."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,26 +358,47 @@ class PrecisionPolicy(Plugin):
 
 
 class STFTBackend(Plugin):
-    """STFT/iSTFT in Demucs conventions.
+    """STFT/iSTFT in Demucs's exact conventions (``HTDemucs._spec`` / ``_ispec``).
 
-    ``stft(x, n_fft)`` maps real audio ``[..., L]`` to a complex spectrogram ``[..., n_fft // 2, ceil(L / hop)]``
-    (hop ``n_fft // 4``, periodic Hann, ``normalized=True``, reflect padding by ``hop // 2 * 3``, last
-    frequency bin dropped, frames ``[2 : 2 + ceil(L / hop)]``). ``istft(z, length, n_fft)`` inverts it.
-    Inputs and outputs are torch tensors; a backend may compute with anything inside.
+    With ``hop = n_fft // 4`` (1024 for the default 4096) and ``le = ceil(L / hop)``:
 
-    Example::
+    ``stft(x, n_fft) -> z``: real audio ``[..., L]`` (any leading dims) to complex ``[..., n_fft // 2, le]``.
 
-        from htx.contracts import STFTBackend
+    1. Reflect-pad ``x`` by ``pad = hop // 2 * 3`` on the left and ``pad + le * hop - L`` on the right
+       (when ``L`` is not longer than the pad, zero-pad first so reflection is possible, as demucs's
+       ``pad1d``).
+    2. ``center=True``: reflect-pad by another ``n_fft // 2`` on each side, then frame every ``hop`` samples.
+    3. Each frame times the periodic Hann window, ``rfft``, scaled by ``1 / sqrt(n_fft)`` (``normalized=True``).
+    4. Drop the last (Nyquist) bin, keeping ``n_fft // 2`` bins, and keep frames ``[2 : 2 + le]``. (Those are
+       the frames at ``k * hop`` of the step-1 signal, so a backend may frame that directly.)
+
+    ``istft(z, length, n_fft) -> x``: complex ``[..., n_fft // 2, le]`` back to real ``[..., length]``.
+
+    1. Set the DC bin's imaginary part to 0 (a real signal has none; torch's CUDA inverse would use it).
+    2. Append a zero Nyquist bin and two zero frames on each side (``le + 4`` frames).
+    3. ``irfft`` each frame, times ``sqrt(n_fft)`` and the window, overlap-add at ``hop``, and divide by the
+       overlap-added squared window, **including the windows of the four zero frames** (they add nothing
+       to the signal but count in the divisor).
+    4. Crop ``n_fft // 2`` (centering) plus ``pad`` samples from the left and keep ``length`` samples.
+
+    Inputs and outputs are torch tensors (complex64 spectrogram, float32 audio); a backend may compute
+    with anything inside. A backend whose spectrogram is not ``[..., n_fft // 2, ceil(L / hop)]`` fails
+    the trial with an error naming the backend and the expected shape, and each trial records the
+    backend's parity (max relative error) against the exact Demucs STFT on its fixture (metric
+    ``stft_parity``; worse than ``targets.stft_rtol`` is marked on the leaderboard). docs/stft.md has the
+    derivation; :func:`htx.contracts.demucs_spec` / :func:`demucs_ispec` are the reference.
+
+    Example (a complete plugin that delegates to the reference)::
+
+        from htx.contracts import STFTBackend, demucs_ispec, demucs_spec
         from htx.hookspecs import hookimpl
 
         class MySTFT(STFTBackend):
-            '''Delegates to the torch backend.'''
+            '''Delegates to the reference implementation.'''
             name = "my-stft"
             def stft(self, x, n_fft=4096):
-                from htx_plugins.stft.torch_stft import demucs_spec
                 return demucs_spec(x, n_fft)
             def istft(self, z, length, n_fft=4096):
-                from htx_plugins.stft.torch_stft import demucs_ispec
                 return demucs_ispec(z, length, n_fft)
 
         @hookimpl
@@ -307,11 +410,13 @@ class STFTBackend(Plugin):
     #: True when the backend reproduces a platform library it cannot call here (results say so).
     emulated: bool = False
 
+    @abstractmethod
     def stft(self, x: torch.Tensor, n_fft: int = 4096) -> torch.Tensor:
-        raise NotImplementedError
+        """Real ``[..., L]`` -> complex ``[..., n_fft // 2, ceil(L / (n_fft // 4))]``."""
 
+    @abstractmethod
     def istft(self, z: torch.Tensor, length: int, n_fft: int = 4096) -> torch.Tensor:
-        raise NotImplementedError
+        """Complex ``[..., n_fft // 2, T]`` -> real ``[..., length]``."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,11 +429,13 @@ Forward = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 class ComputeUnit(Plugin):
     """Executes an inner model under a precision assignment.
 
-    ``prepare(inner, example_inputs, cache_dir=...)`` runs once per (model, surgery, input shape);
-    ``ops(prepared)`` lists its op instances; ``compile(prepared, assignment)`` returns a callable taking
-    the inner model's inputs and returning ``(spec_out, wave_out)``. ``record`` (optional) returns
-    per-op :class:`OpStats` from one pass. ``runtime`` is what results show (``torch:cpu``,
-    ``coreml:emulated``, ...); ``emulated`` is True when latency is not the target device's.
+    ``prepare(inner, example_inputs, cache_dir=...)`` runs once per (model, surgery, input shape), on the
+    ``args`` of the inner model's ``host_pre``; ``ops(prepared)`` lists its op instances in execution
+    order; ``compile(prepared, assignment)`` returns a callable taking those args and returning the inner
+    model's output tuple (the pipeline, not the unit, applies ``host_post``). ``record`` (optional) returns
+    per-op :class:`OpStats` from one pass; ``export`` (optional) writes a deployable model. ``runtime`` is
+    what results show (``torch:cpu``, ``coreml:emulated``, ...); ``emulated`` is True when latency is not
+    the target device's.
 
     Example::
 
@@ -372,24 +479,26 @@ class ComputeUnit(Plugin):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    @abstractmethod
     def prepare(self, inner: InnerModel, example_inputs: tuple[torch.Tensor, ...], cache_dir: Path | None = None) -> Any:
-        raise NotImplementedError
+        """Prepare ``inner`` for ``example_inputs``' shapes (trace, convert, ...); called once per shape."""
 
+    @abstractmethod
     def ops(self, prepared: Any) -> list[OpInfo]:
-        raise NotImplementedError
+        """The op instances of ``prepared``, in execution order."""
 
+    @abstractmethod
     def compile(self, prepared: Any, assignment: Assignment) -> Forward:
-        raise NotImplementedError
+        """A callable running ``prepared`` under ``assignment``: ``fn(*args) -> output tuple``."""
 
     def record(self, prepared: Any, assignment: Assignment, inputs: tuple[torch.Tensor, ...]) -> dict[str, OpStats]:
         raise NotImplementedError(f"compute unit {self.name!r} cannot record per-op statistics")
+
+    def export(self, prepared: Any, assignment: Assignment, path: Path) -> Path:
+        """Write a deployable model of ``prepared`` under ``assignment`` to ``path``; units that cannot say so."""
+        raise UnavailableError(f"compute unit {self.name!r} cannot export a deployable model")
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-
-def finite_or_nan(x: float | None) -> float | None:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return None
-    return x

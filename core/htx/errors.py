@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class HtxError(Exception):
     """An error whose message says what went wrong and how to fix it."""
@@ -31,3 +33,13 @@ class ModelError(HtxError):
 
 class UnavailableError(HtxError):
     """A plugin cannot run on this platform; trials using it are recorded as `unavailable`."""
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per field path: ``precision.1.curated-fp32.ops: Input should be a valid list``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after", "function-before"))
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return lines

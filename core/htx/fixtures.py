@@ -7,17 +7,22 @@ Built-ins (deterministic, 44.1 kHz stereo): ``silence``, ``sine_440``, ``white_n
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import soundfile as sf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from htx.audio import AUDIO_SUFFIXES, Audio, read_audio, to_model_format
-from htx.errors import AudioError
+from htx.errors import AudioError, format_validation_error
+from htx.models import REPO_ROOT, SOURCES, fixtures_dir
 
 
 @dataclass
@@ -40,6 +45,43 @@ class Fixture:
         h = hashlib.sha256(np.ascontiguousarray(self.mix).tobytes())
         h.update(str((self.mix.shape, self.samplerate)).encode())
         return h.hexdigest()[:16]
+
+
+class FixtureEntry(BaseModel):
+    """A built-in or shipped fixture by name (with options), or an audio file by path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    path: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"path": value} if looks_like_path(value) else {"name": value}
+        if isinstance(value, dict) and set(value) - {"name", "path", "params"}:
+            if len(value) != 1:
+                raise ValueError(f"a fixture is a name, a path or a one-key mapping {{name: {{options}}}}, got {sorted(value)}")
+            (name, params), = value.items()
+            return {"name": name, "params": params or {}}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> FixtureEntry:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("a fixture needs exactly one of `name` or `path`")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.path is not None:
+            return self.name or Path(self.path).stem
+        if not self.params:
+            return self.name or "?"
+        inner = ",".join(f"{k}={self.params[k]}" for k in sorted(self.params))
+        return f"{self.name}[{inner}]"
 
 
 class GenParams(BaseModel):
@@ -82,8 +124,6 @@ BUILTINS: dict[str, tuple[type[GenParams], Callable[..., np.ndarray], str]] = {
 
 
 def music_dir() -> Path:
-    from htx.models import fixtures_dir
-
     return fixtures_dir() / "music"
 
 
@@ -105,8 +145,6 @@ def looks_like_path(value: str) -> bool:
 
 def check_fixture_entry(entry: Any) -> str | None:
     """A problem with a fixture entry (unknown name, bad options, missing file), or None."""
-    import difflib
-
     if entry.path is not None:
         if not Path(entry.path).exists():
             return f"audio file not found: {entry.path}"
@@ -116,8 +154,6 @@ def check_fixture_entry(entry: Any) -> str | None:
         try:
             params_cls(**entry.params)
         except ValidationError as exc:
-            from htx.config import format_validation_error
-
             return f"{entry.name}: " + "; ".join(format_validation_error(exc))
         return None
     if entry.name in shipped_fixtures():
@@ -131,8 +167,6 @@ def check_fixture_entry(entry: Any) -> str | None:
 
 
 def _load_stems(mix_path: Path, samplerate: int, channels: int, length: int) -> tuple[np.ndarray | None, list[str] | None]:
-    from htx.models import SOURCES
-
     stems = []
     for s in SOURCES:
         p = mix_path.with_name(f"{mix_path.stem}.{s}.flac")
@@ -176,8 +210,6 @@ def describe_fixtures(extra_dir: Path | None = None) -> list[dict[str, Any]]:
 
     ``extra_dir`` adds the clips of a folder (e.g. written by ``htx fixtures make``), usable by path.
     """
-    from htx.models import SOURCES
-
     rows: list[dict[str, Any]] = []
     for name, (_, _, desc) in sorted(BUILTINS.items()):
         rows.append({"name": name, "kind": "built-in", "duration_s": None, "stems": False, "description": desc})
@@ -187,8 +219,6 @@ def describe_fixtures(extra_dir: Path | None = None) -> list[dict[str, Any]]:
     for kind, clips in groups:
         for name, path in clips.items():
             try:
-                import soundfile as sf
-
                 info = sf.info(str(path))
                 dur = info.frames / info.samplerate
             except Exception:
@@ -201,11 +231,6 @@ def describe_fixtures(extra_dir: Path | None = None) -> list[dict[str, Any]]:
 
 def load_musicgen() -> Any:
     """The song generator ``fixtures/musicgen.py`` of this checkout (htx-independent, so not a package module)."""
-    import importlib.util
-    import sys
-
-    from htx.models import REPO_ROOT
-
     path = REPO_ROOT / "fixtures" / "musicgen.py"
     if "htx_musicgen" in sys.modules:
         return sys.modules["htx_musicgen"]

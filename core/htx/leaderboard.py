@@ -10,30 +10,47 @@ import math
 import operator
 from typing import Any
 
+from htx.axes import AXES, axis_names
+from htx.config import DEFAULT_SNR_DB
 from htx.errors import HtxError
 from htx.metrics import passes
 from htx.store import Store, TrialRecord, clean_float
 
-COLUMNS = [
-    "run", "surgery", "precision", "stft", "compute", "fixture", "runtime", "status", "pass", "pareto",
-    "snr_db", "max_abs_diff", "sdr_db", "sdr_delta_db", "fp16_op_fraction", "evaluations", "model_ms", "stft_ms",
-    "istft_ms", "rtf", "reason",
-]
-NUMERIC = {"snr_db", "max_abs_diff", "sdr_db", "sdr_delta_db", "fp16_op_fraction", "evaluations", "model_ms", "stft_ms", "istft_ms", "rtf"}
+NUMERIC = {"snr_db", "max_abs_diff", "sdr_db", "sdr_delta_db", "fp16_op_fraction", "evaluations", "model_ms", "stft_ms",
+           "istft_ms", "rtf", "stft_parity"}
+#: The default STFT parity bar (``targets.stft_rtol``) for runs stored before it existed.
+DEFAULT_STFT_RTOL = 1e-5
 
 
-def _targets(store: Store, run_id: str, cache: dict[str, float]) -> float:
+def columns() -> list[str]:
+    """Every exported column: the run, one per axis (:data:`htx.axes.AXES`), then fixture, status and metrics."""
+    return [
+        "run", *axis_names(), "fixture", "runtime", "status", "pass", "pareto",
+        "snr_db", "max_abs_diff", "sdr_db", "sdr_delta_db", "fp16_op_fraction", "evaluations", "model_ms", "stft_ms",
+        "istft_ms", "rtf", "stft_parity", "stft_parity_ok", "reason",
+    ]
+
+
+def __getattr__(name: str) -> Any:  # ``COLUMNS`` follows the axes table
+    if name == "COLUMNS":
+        return columns()
+    raise AttributeError(name)
+
+
+def _targets(store: Store, run_id: str, cache: dict[str, tuple[float, float]]) -> tuple[float, float]:
     if run_id not in cache:
         cfg = json.loads(store.get_run(run_id)["config_json"])
-        cache[run_id] = float(cfg.get("targets", {}).get("snr_db", 60.0))
+        t = cfg.get("targets", {})
+        cache[run_id] = (float(t.get("snr_db", DEFAULT_SNR_DB)), float(t.get("stft_rtol", DEFAULT_STFT_RTOL)))
     return cache[run_id]
 
 
-def _row(rec: TrialRecord, snr_target: float) -> dict[str, Any]:
+def _row(rec: TrialRecord, targets: tuple[float, float]) -> dict[str, Any]:
+    snr_target, stft_rtol = targets
     m = rec.metrics
     row: dict[str, Any] = {
-        "run": rec.run_id, "trial": rec.trial_id, "surgery": rec.surgery, "precision": rec.precision, "stft": rec.stft,
-        "compute": rec.compute, "fixture": rec.fixture, "runtime": rec.runtime or "", "status": rec.status,
+        "run": rec.run_id, "trial": rec.trial_id, **{a: rec.axes.get(a, "") for a in axis_names()},
+        "fixture": rec.fixture, "runtime": rec.runtime or "", "status": rec.status,
         "pass": rec.status == "ok" and passes({**m, "within_tol": bool(m.get("within_tol"))}, snr_target),
         "pareto": False, "reason": rec.reason or "",
         "emulated": bool(rec.info.get("emulated")),
@@ -46,6 +63,7 @@ def _row(rec: TrialRecord, snr_target: float) -> dict[str, Any]:
         row[key] = None if v is None or (isinstance(v, float) and math.isnan(v)) else v
     if row["evaluations"] is not None:
         row["evaluations"] = int(row["evaluations"])
+    row["stft_parity_ok"] = None if row["stft_parity"] is None else bool(row["stft_parity"] <= stft_rtol)
     return row
 
 
@@ -112,7 +130,7 @@ def compile_where(expr: str) -> Any:
             if node.id in ("True", "False", "None"):
                 return {"True": True, "False": False, "None": None}[node.id]
             if node.id not in row:
-                raise HtxError(f"--where: unknown column {node.id!r}. Columns: {', '.join(COLUMNS)}")
+                raise HtxError(f"--where: unknown column {node.id!r}. Columns: {', '.join(columns())}")
             return row[node.id]
         if isinstance(node, ast.Constant):
             return node.value
@@ -134,7 +152,7 @@ def collect(store: Store, run: str | None = None, all_runs: bool = False, where:
         store.get_run(run_id)
         run_ids = [run_id]
     recs = store.trials(run_ids)
-    targets: dict[str, float] = {}
+    targets: dict[str, tuple[float, float]] = {}
     rows = [_row(r, _targets(store, r.run_id, targets)) for r in recs]
     mark_pareto(rows)
     if where:
@@ -151,8 +169,8 @@ def sort_rows(rows: list[dict[str, Any]], sort: str | None) -> None:
         return
     desc = sort.startswith("-")
     key = sort.lstrip("-")
-    if key not in COLUMNS and key != "trial":
-        raise HtxError(f"--sort: unknown column {key!r}. Columns: {', '.join(COLUMNS)} (prefix with - for descending)")
+    if key not in columns() and key != "trial":
+        raise HtxError(f"--sort: unknown column {key!r}. Columns: {', '.join(columns())} (prefix with - for descending)")
     present = [r for r in rows if r.get(key) is not None]
     missing = [r for r in rows if r.get(key) is None]
     present.sort(key=lambda r: r[key], reverse=desc)
@@ -178,16 +196,16 @@ def _fmt(key: str, v: Any) -> str:
 def export(rows: list[dict[str, Any]], fmt: str) -> str:
     """Exact machine formats: ``csv``, ``json`` or ``md``."""
     if fmt == "json":
-        return json.dumps([{k: clean_float(r.get(k)) for k in COLUMNS} for r in rows], indent=2)
+        return json.dumps([{k: clean_float(r.get(k)) for k in columns()} for r in rows], indent=2)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(COLUMNS)
+        w.writerow(columns())
         for r in rows:
-            w.writerow(["" if r.get(k) is None else clean_float(r.get(k)) for k in COLUMNS])
+            w.writerow(["" if r.get(k) is None else clean_float(r.get(k)) for k in columns()])
         return buf.getvalue()
     if fmt == "md":
-        cols = [c for c in COLUMNS if c != "run"]
+        cols = [c for c in columns() if c != "run"]
         lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
         for r in rows:
             lines.append("| " + " | ".join(_fmt(c, r.get(c)).replace("|", "\\|") for c in cols) + " |")
@@ -201,7 +219,7 @@ def rich_table(rows: list[dict[str, Any]], title: str = "htx leaderboard") -> An
 
     table = Table(title=title, show_lines=False)
     cols = [
-        ("surgery", "surgery"), ("precision", "precision"), ("stft", "stft"), ("compute", "compute"),
+        *((a.name, a.title) for a in AXES),
         ("fixture", "fixture"), ("status", "status"), ("snr_db", "SNR dB"), ("max_abs_diff", "max |diff|"),
         ("sdr_delta_db", "ΔSDR dB"), ("fp16_op_fraction", "fp16 ops"), ("evaluations", "evals"),
         ("model_ms", "model ms"), ("rtf", "RTF"),
@@ -209,7 +227,7 @@ def rich_table(rows: list[dict[str, Any]], title: str = "htx leaderboard") -> An
     for key, header in cols:
         table.add_column(header, justify="right" if key in NUMERIC else "left", no_wrap=key in NUMERIC)
     table.add_column("", justify="left")
-    any_emulated = False
+    any_emulated = any_parity = False
     for r in rows:
         cells = []
         for key, _ in cols:
@@ -222,11 +240,16 @@ def rich_table(rows: list[dict[str, Any]], title: str = "htx leaderboard") -> An
                 any_emulated = True
             if key == "compute" and r.get("runtime"):
                 text = f"{text} ({escape(r['runtime'])})"
+            if key == "stft" and r.get("stft_parity_ok") is False:
+                text += " [yellow]≠[/yellow]"
+                any_parity = True
             cells.append(text)
         marks = ("✓" if r["pass"] else "✗") + (" ★" if r["pareto"] else "")
         table.add_row(*cells, marks)
     caption = "✓ meets targets  ✗ misses them  ★ Pareto-optimal (accuracy vs model latency, per fixture)"
     if any_emulated:
         caption += "\nemu: emulator time on this machine, not device latency"
+    if any_parity:
+        caption += "\n≠: this STFT's parity with the exact Demucs STFT is worse than targets.stft_rtol (column stft_parity)"
     table.caption = caption
     return table

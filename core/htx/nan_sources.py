@@ -15,8 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from htx.contracts import Assignment, OpInfo, OpStats
+from htx.builder import TrialBuilder
+from htx.config import parse_config
+from htx.contracts import Assignment, OpInfo, OpStats, SearchPolicy
 from htx.errors import HtxError
+from htx.grid import TrialSpec, expand_grid
+from htx.separation import chunk_offsets
+from htx.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,10 @@ def parse_trial_ref(ref: str) -> tuple[str, str]:
     return run_id, trial_id
 
 
-def rebuild_trial(store: Any, run_id: str, trial_id: str, registry: Any, on_message: Callable[[str], None] | None = None) -> tuple[Any, Any, Any]:
-    """``(runner, spec, record)`` for a stored trial: its run's config, grid entry and stored row."""
-    from htx.config import parse_config
-    from htx.grid import expand_grid
-    from htx.runner import Runner
-
+def rebuild_trial(store: Any, run_id: str, trial_id: str, registry: Any,
+                  on_message: Callable[[str], None] | None = None) -> tuple[TrialBuilder, TrialSpec, Any]:
+    """``(builder, spec, record)`` for a stored trial: a trial builder on its run's config, its grid entry
+    and its stored row."""
     run = store.get_run(run_id)
     cfg = parse_config(json.loads(run["config_json"]), f"run {run_id}", registry)
     specs = {s.trial_id: s for s in expand_grid(cfg)}
@@ -83,52 +86,52 @@ def rebuild_trial(store: Any, run_id: str, trial_id: str, registry: Any, on_mess
         known = ", ".join(list(specs)[:6])
         raise HtxError(f"run {run_id} has no trial {trial_id!r}; its trials: {known}{' ...' if len(specs) > 6 else ''}")
     records = {t.trial_id: t for t in store.trials([run_id])}
-    runner = Runner(cfg, registry, store, on_message=on_message)
-    runner.run_id = run_id
-    return runner, specs[trial_id], records.get(trial_id)
+    builder = TrialBuilder(Workspace(cfg, registry, on_message), registry, run_id)
+    return builder, specs[trial_id], records.get(trial_id)
 
 
-def trial_assignment(runner: Any, spec: Any, record: Any) -> tuple[Assignment, str]:
+def trial_assignment(builder: TrialBuilder, spec: TrialSpec, record: Any) -> tuple[Assignment, str]:
     """The trial's assignment and where it came from.
 
     Static policies are re-applied. For search policies the FP32 set stored in the trial's search log is
     used (the search is re-run only when the log is gone).
     """
-    prep = runner.prepared_for(spec)
-    policy = runner.registry.create("precision", spec.precision.name, spec.precision.params)
-    if policy.is_search and record is not None:
+    prep = builder.prepared(spec)
+    policy = builder.plugin("precision", spec.precision)
+    searched = isinstance(policy, SearchPolicy)
+    if searched and record is not None:
         log_path = (record.info.get("search") or {}).get("log")
         if log_path and Path(log_path).exists():
             data = json.loads(Path(log_path).read_text())
             return Assignment.keep_fp32(prep.ops, data["fp32_ops"]), f"search log {log_path}"
-    info = runner.assignment_for(spec)
-    how = f"re-ran search {policy.label} ({info.evaluations} evaluations)" if policy.is_search else f"policy {policy.label}"
+    info = builder.assignment(spec)
+    how = f"re-ran search {policy.label} ({info.evaluations} evaluations)" if searched else f"policy {policy.label}"
     return info.assignment, how
 
 
-def record_segments(runner: Any, spec: Any, assignment: Assignment, segment: int | None = None) -> list[SegmentRecord]:
+def record_segments(builder: TrialBuilder, spec: TrialSpec, assignment: Assignment, segment: int | None = None) -> list[SegmentRecord]:
     """Record the trial's fixture segment by segment, stopping at the first with a non-finite op.
 
     ``segment`` (0-based) records that segment only.
     """
-    from htx.separation import chunk_offsets
-
-    runner.load()
-    fx = runner.fixtures[spec.fixture_index]
-    if fx.error is not None:
+    ws = builder.workspace
+    ws.load()
+    fx = ws.fixtures[spec.fixture_index]
+    if not fx.ok:
         raise HtxError(fx.reason or str(fx.error))
-    prep = runner.prepared_for(spec)
-    offsets = chunk_offsets(fx.value.mix.shape[-1], runner.loaded.segment_length, runner.cfg.separation.overlap)
+    fixture = fx.get()
+    prep = builder.prepared(spec)
+    offsets = chunk_offsets(fixture.mix.shape[-1], ws.model.segment_length, builder.cfg.separation.overlap)
     if segment is not None and not 0 <= segment < len(offsets):
-        raise HtxError(f"--segment {segment}: fixture {fx.value.name} has segments 0..{len(offsets) - 1}")
+        raise HtxError(f"--segment {segment}: fixture {fixture.name} has segments 0..{len(offsets) - 1}")
     todo = [segment] if segment is not None else range(len(offsets))
     records: list[SegmentRecord] = []
     for k in todo:
         try:
-            stats = runner.record_assignment(prep, spec.stft, assignment, fixture_index=spec.fixture_index, offset=offsets[k])
+            stats = builder.record(prep, spec.stft, assignment, fixture_index=spec.fixture_index, offset=offsets[k])
         except NotImplementedError as exc:
             raise HtxError(f"{exc}; per-op recording needs a compute unit that can record (e.g. torch)") from None
-        records.append(SegmentRecord(fx.value.name, k, len(offsets), offsets[k], stats))
+        records.append(SegmentRecord(fixture.name, k, len(offsets), offsets[k], stats))
         if any(not st.finite for st in stats.values()):
             break
     return records

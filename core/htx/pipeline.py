@@ -1,7 +1,8 @@
 """One segment through the trial pipeline: STFT -> complex-as-channels -> inner model -> iSTFT.
 
-The pipeline times its three stages separately so the runner can report STFT, model and iSTFT
-latency.
+The pipeline, not the compute unit, runs the inner model's ``host_pre``/``host_post``. It times its three
+stages separately so a trial can report STFT, model and iSTFT latency, and it checks the STFT backend's
+output shape against the contract.
 """
 
 from __future__ import annotations
@@ -14,19 +15,10 @@ from typing import Any
 import torch
 
 from htx.contracts import InnerModel, STFTBackend
+from htx.errors import HtxError
+from htx.spectrogram import cac_to_spec, spec_shape, spec_to_cac
 
-
-def spec_to_cac(z: torch.Tensor) -> torch.Tensor:
-    """Complex ``[B, C, F, T]`` -> float ``[B, 2C, F, T]`` (real/imag interleaved per channel, as demucs)."""
-    B, C, Fr, T = z.shape
-    return torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(B, C * 2, Fr, T)
-
-
-def cac_to_spec(m: torch.Tensor) -> torch.Tensor:
-    """Float ``[B, S, 2C, F, T]`` -> complex ``[B, S, C, F, T]`` (the inverse of :func:`spec_to_cac`)."""
-    B, S, C2, Fr, T = m.shape
-    out = m.reshape(B, S, C2 // 2, 2, Fr, T).permute(0, 1, 2, 4, 5, 3)
-    return torch.view_as_complex(out.float().contiguous())
+__all__ = ["Pipeline", "StageTimes", "cac_to_spec", "spec_to_cac"]
 
 
 @dataclass
@@ -58,6 +50,9 @@ class Pipeline:
         self.needs_stft = needs_stft
         self.times = StageTimes()
 
+    def reset_times(self) -> None:
+        self.times = StageTimes()
+
     def _timed(self, bucket: list[float], fn: Callable[[], Any]) -> Any:
         self.sync()
         t0 = time.perf_counter()
@@ -71,6 +66,13 @@ class Pipeline:
         spec_cac = None
         if self.needs_stft:
             z = self._timed(self.times.stft, lambda: self.stft.stft(mix, self.n_fft))
+            want = (*mix.shape[:-1], *spec_shape(mix.shape[-1], self.n_fft))
+            if tuple(z.shape) != want:
+                raise HtxError(
+                    f"stft backend {self.stft.label!r} returned a spectrogram shaped {tuple(z.shape)} for audio "
+                    f"{tuple(mix.shape)}; the contract is [..., n_fft // 2, ceil(L / hop)] = {want} (n_fft={self.n_fft}, "
+                    "hop=n_fft // 4; see htx.contracts.STFTBackend)"
+                )
             spec_cac = spec_to_cac(z.to(self.device))
         return self.inner.host_pre(spec_cac, mix)
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata as md
+import inspect
 import os
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
-from htx import hookspecs
-from htx.contracts import ComputeUnit, Plugin, PrecisionPolicy, STFTBackend, Surgery
+from htx import __version__, hookspecs
+from htx.axes import AXES, axis_names
+from htx.contracts import Params, Plugin, SearchPolicy, StaticPolicy
 from htx.errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "htx"
@@ -28,12 +31,15 @@ BUILTIN_DIST = "htx"
 # Used when htx runs from a source tree without being installed (no entry-point metadata).
 DEFAULT_PLUGINS = ("htx_plugins.surgery", "htx_plugins.precision", "htx_plugins.stft", "htx_plugins.compute")
 
-KINDS: dict[str, tuple[str, type[Plugin]]] = {
-    "surgery": ("htx_register_surgeries", Surgery),
-    "precision": ("htx_register_precision_policies", PrecisionPolicy),
-    "stft": ("htx_register_stft_backends", STFTBackend),
-    "compute": ("htx_register_compute_units", ComputeUnit),
-}
+HOOK_PREFIX = "htx_register_"
+
+
+class HtxPluginManager(pluggy.PluginManager):
+    """A pluggy manager that also remembers each registered plugin's distribution version."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.versions: dict[str, str] = {}
 
 
 @dataclass
@@ -47,17 +53,17 @@ class Registered:
 class Registry:
     """Every registered plugin class, by kind and name."""
 
-    by_kind: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    by_kind: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in axis_names()})
     plugin_versions: dict[str, str] = field(default_factory=dict)
 
     def get(self, kind: str, name: str) -> type[Plugin]:
-        entries = self.by_kind[kind]
+        entries = self.by_kind.get(kind, {})
         if name not in entries:
             raise ConfigError([unknown_name_message(kind, name, list(entries))])
         return entries[name].cls
 
     def names(self, kind: str) -> list[str]:
-        return sorted(self.by_kind[kind])
+        return sorted(self.by_kind.get(kind, {}))
 
     def create(self, kind: str, name: str, raw_params: dict[str, Any] | None = None) -> Plugin:
         cls = self.get(kind, name)
@@ -77,14 +83,37 @@ def _dist_version(ep: md.EntryPoint) -> str:
         return "?"
 
 
-def get_plugin_manager(load_entry_points: bool = True, extra_plugins: tuple[Any, ...] = ()) -> pluggy.PluginManager:
+def unmarked_hooks(module: Any) -> list[str]:
+    """Functions of ``module`` named like an htx hook but lacking ``@hookimpl`` (pluggy ignores them)."""
+    names = {n for n in dir(hookspecs) if n.startswith(HOOK_PREFIX)} | {a.hook for a in AXES}
+    found = []
+    for attr in sorted(vars(module)) if hasattr(module, "__dict__") else []:
+        fn = getattr(module, attr, None)
+        if attr in names and callable(fn) and not hasattr(fn, f"{hookspecs.PROJECT}_impl"):
+            found.append(attr)
+    return found
+
+
+def _warn_unmarked(module: Any, name: str) -> None:
+    missing = unmarked_hooks(module)
+    if missing:
+        warnings.warn(
+            f"plugin {name!r} defines {', '.join(missing)} without @hookimpl, so htx never calls "
+            f"{'it' if len(missing) == 1 else 'them'}: decorate with `@htx.hookspecs.hookimpl`",
+            stacklevel=3,
+        )
+
+
+def get_plugin_manager(load_entry_points: bool = True, extra_plugins: tuple[Any, ...] = ()) -> HtxPluginManager:
     """Build a fresh plugin manager with the built-ins, entry-point plugins and ``extra_plugins``.
 
     Each call builds a new manager, so tests can register inline plugins without leaking state.
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm = HtxPluginManager()
     pm.add_hookspecs(hookspecs)
-    pm._htx_versions = {}  # type: ignore[attr-defined]
+    for axis in AXES:
+        if axis.hookspecs is not None:
+            pm.add_hookspecs(axis.hookspecs)
     disabled = os.environ.get(DISABLE_ENV, "").strip() not in ("", "0", "false", "False")
     builtin_seen = False
     if load_entry_points:
@@ -102,20 +131,20 @@ def get_plugin_manager(load_entry_points: bool = True, extra_plugins: tuple[Any,
                     f"Error loading plugin {ep.name!r} (entry point {ep.value!r} of {dist or 'unknown distribution'}): "
                     f"{exc}\n{traceback.format_exc()}"
                 ) from exc
+            _warn_unmarked(module, ep.value)
             pm.register(module, name=ep.value)
-            pm._htx_versions[ep.value] = _dist_version(ep)  # type: ignore[attr-defined]
+            pm.versions[ep.value] = _dist_version(ep)
             builtin_seen = builtin_seen or is_builtin
     if not builtin_seen:
-        from htx import __version__
-
         for modname in DEFAULT_PLUGINS:
             if pm.get_plugin(modname) is None:
                 pm.register(importlib.import_module(modname), name=modname)
-                pm._htx_versions[modname] = __version__  # type: ignore[attr-defined]
+                pm.versions[modname] = __version__
     for extra in extra_plugins:
         name = getattr(extra, "__name__", None) or repr(extra)
+        _warn_unmarked(extra, name)
         pm.register(extra, name=name)
-        pm._htx_versions[name] = getattr(extra, "__version__", "inline")  # type: ignore[attr-defined]
+        pm.versions[name] = getattr(extra, "__version__", "inline")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -123,21 +152,41 @@ def get_plugin_manager(load_entry_points: bool = True, extra_plugins: tuple[Any,
     return pm
 
 
+def contract_problems(cls: type[Plugin], kind: str) -> list[str]:
+    """What ``cls`` lacks to be registered as a ``kind`` plugin (empty when it is complete)."""
+    problems = []
+    if not cls.name:
+        problems.append("has no `name`")
+    if not (isinstance(cls.Params, type) and issubclass(cls.Params, Params)):
+        problems.append("its `Params` is not a subclass of htx.contracts.Params")
+    if kind == "precision" and not issubclass(cls, (StaticPolicy, SearchPolicy)):
+        problems.append("subclasses neither StaticPolicy (select) nor SearchPolicy (search)")
+    if inspect.isabstract(cls):
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        problems.append(f"does not implement {', '.join(missing)}")
+    return problems
+
+
 def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Call every registration hook and collect the classes, rejecting duplicates within a kind."""
     registry = Registry()
-    versions: dict[str, str] = getattr(pm, "_htx_versions", {})
-    registry.plugin_versions = dict(versions)
-    for kind, (hook_name, base) in KINDS.items():
-        hook = getattr(pm.hook, hook_name)
+    versions: dict[str, str] = dict(getattr(pm, "versions", {}))
+    registry.plugin_versions = versions
+    for axis in AXES:
+        kind, base = axis.name, axis.base
+        hook = getattr(pm.hook, axis.hook)
         for impl in hook.get_hookimpls():
             plugin_name = impl.plugin_name
 
             def register(cls: type, *, _plugin: str = plugin_name, _kind: str = kind, _base: type = base) -> None:
                 if not (isinstance(cls, type) and issubclass(cls, _base)):
                     raise PluginError(f"plugin {_plugin!r} registered {cls!r} as a {_kind}, but it is not a {_base.__name__} subclass")
-                if not cls.name:
-                    raise PluginError(f"plugin {_plugin!r} registered {cls.__name__} without a `name`")
+                problems = contract_problems(cls, _kind)
+                if problems:
+                    raise PluginError(
+                        f"plugin {_plugin!r} registered {cls.__module__}.{cls.__qualname__} as a {_kind}, but it "
+                        + "; ".join(problems) + f". See the {_base.__name__} docstring in htx.contracts."
+                    )
                 existing = registry.by_kind[_kind].get(cls.name)
                 if existing is not None and existing.cls is not cls:
                     raise PluginError(
@@ -152,8 +201,13 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
             except PluginError:
                 raise
             except Exception as exc:
-                raise PluginError(f"Error loading plugin {plugin_name!r}: {hook_name} raised {exc!r}\n{traceback.format_exc()}") from exc
+                raise PluginError(f"Error loading plugin {plugin_name!r}: {axis.hook} raised {exc!r}\n{traceback.format_exc()}") from exc
     return registry
+
+
+def is_search_policy(cls: type[Plugin]) -> bool:
+    """Whether a registered precision class searches (measures) rather than selects."""
+    return issubclass(cls, SearchPolicy)
 
 
 def load_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:

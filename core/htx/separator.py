@@ -1,8 +1,8 @@
 """Separate any audio with one surgery x precision x STFT x compute combination of a config.
 
-This is what ``htx separate`` runs: the same pipeline a trial runs (built by the runner's
-``prepared_for`` / ``assignment_for`` / ``pipeline_for``), applied segment by segment to the user's audio,
-so what a user hears is exactly what the leaderboard measured.
+This is what ``htx separate`` runs: the same pipeline a trial runs (built by the trial builder,
+:meth:`htx.builder.TrialBuilder.pipeline_for`), applied segment by segment to the user's audio, so what a
+user hears is exactly what the leaderboard measured.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import numpy as np
 import yaml
 
 from htx.audio import Audio, read_audio, resample, to_model_format, write_audio
-from htx.config import AXES, ExperimentConfig, PluginEntry, check_plugins
+from htx.axes import axis_names
+from htx.builder import TrialBuilder
+from htx.config import ExperimentConfig, PluginEntry, check_plugins
 from htx.errors import ConfigError, HtxError
 from htx.grid import expand_grid
-from htx.models import load_model
+from htx.measure import separate_mix
 from htx.plugins import Registry
-from htx.runner import Runner
 from htx.separation import TRANSITIONS
+from htx.workspace import Workspace
 
 
 def parse_entry(value: str, axis: str) -> PluginEntry:
@@ -45,12 +47,12 @@ def choose(cfg: ExperimentConfig, overrides: dict[str, str | None]) -> Experimen
     """The config narrowed to one plugin per axis: the override, or the config's only entry."""
     update: dict[str, Any] = {}
     problems = []
-    for axis in AXES:
+    for axis in axis_names():
         value = overrides.get(axis)
         if value is not None:
             update[axis] = [parse_entry(value, axis)]
             continue
-        entries = getattr(cfg, axis)
+        entries = cfg.entries(axis)
         if len(entries) > 1:
             names = ", ".join(e.key() for e in entries)
             problems.append(f"the config lists {len(entries)} {axis} entries ({names}); choose one with --{axis}")
@@ -98,17 +100,16 @@ class Separator:
             raise ConfigError(problems)
         self.cfg = cfg
         self.say = say or (lambda msg: None)
-        self.runner = Runner(cfg, registry, store=None, on_message=self.say)  # type: ignore[arg-type]
-        self.runner.loaded = load_model(cfg.model)
-        self.loaded = self.runner.loaded
-        self.say(f"model: {self.loaded.source}")
+        # check_plugins checked the surgeries on the model's skeleton (or path models when they load below).
+        self.workspace = Workspace(cfg, registry, self.say, check_surgeries=cfg.model.kind in ("path", "pretrained"))
+        self.builder = TrialBuilder(self.workspace, registry)
+        self.loaded = self.workspace.model
         self.spec = expand_grid(cfg)[0]
-        policy = registry.create("precision", self.spec.precision.name, self.spec.precision.params)
-        if policy.is_search:
+        if self.builder.is_search(self.spec):
             # A search policy calibrates on the config's fixtures, exactly as in `htx run`.
-            self.say(f"{policy.label} searches on the config's fixtures first ...")
-            self.runner.load()
-        self.pipe, self.prep, self.ainfo = self.runner.pipeline_for(self.spec)
+            self.say(f"{self.spec.precision.key()} searches on the config's fixtures first ...")
+            self.workspace.load()
+        self.pipe, self.prep, self.ainfo = self.builder.pipeline_for(self.spec)
         s = self.spec
         self.combination = f"{s.surgery.key()} x {s.precision.key()} x {s.stft.key()} x {s.compute.key()}"
 
@@ -136,7 +137,7 @@ class Separator:
                     f"({self.loaded.segment_length / self.samplerate:g} s) and longer than zero"
                 )
         model_in = to_model_format(audio, self.samplerate, self.loaded.model.audio_channels, what)
-        stems = self.runner.separate_mix(self.pipe, model_in.data, progress, transition, crossfade)
+        stems = separate_mix(self.pipe, model_in.data, self.builder.segmenting, progress, transition, crossfade)
         nonfinite = int((~np.isfinite(stems)).sum())
         notes = list(model_in.notes)
         if audio.samplerate != self.samplerate:

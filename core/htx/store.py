@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from htx.axes import axis_names
 from htx.errors import HtxError
 
 SCHEMA_VERSION = 1
 
-SCHEMA = """
+def schema() -> str:
+    """The tables, with one ``trials`` column per axis of :data:`htx.axes.AXES`."""
+    axis_cols = "".join(f"    {name} TEXT NOT NULL,\n" for name in axis_names())
+    return f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -41,11 +45,7 @@ CREATE TABLE IF NOT EXISTS trials (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     trial_id TEXT NOT NULL,          -- stable key of the combination within the run
     idx INTEGER NOT NULL,
-    surgery TEXT NOT NULL,
-    precision TEXT NOT NULL,
-    stft TEXT NOT NULL,
-    compute TEXT NOT NULL,
-    fixture TEXT NOT NULL,
+{axis_cols}    fixture TEXT NOT NULL,
     runtime TEXT,                    -- e.g. torch:cpu, coreml:emulated, coreml:native
     status TEXT NOT NULL,            -- ok | failed | unavailable
     reason TEXT,
@@ -67,26 +67,36 @@ CREATE INDEX IF NOT EXISTS trials_by_run ON trials(run_id, idx);
 """
 
 
-@dataclass
 class TrialRecord:
-    """One finished trial as stored."""
+    """One finished trial as stored: its axis entry keys (``rec.surgery``, ``rec.axes``), fixture, status,
+    metrics and info."""
 
-    run_id: str
-    trial_id: str
-    idx: int
-    surgery: str
-    precision: str
-    stft: str
-    compute: str
-    fixture: str
-    status: str
-    reason: str | None = None
-    runtime: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    duration_s: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
+    def __init__(
+        self, run_id: str, trial_id: str, idx: int, fixture: str = "", status: str = "failed", *,
+        axes: dict[str, str] | None = None, reason: str | None = None, runtime: str | None = None,
+        started_at: float | None = None, finished_at: float | None = None, duration_s: float | None = None,
+        metrics: dict[str, Any] | None = None, info: dict[str, Any] | None = None, **axis_keys: str,
+    ) -> None:
+        unknown = set(axis_keys) - set(axis_names())
+        if unknown:
+            raise TypeError(f"TrialRecord: unknown field(s) {sorted(unknown)}")
+        self.run_id, self.trial_id, self.idx, self.fixture, self.status = run_id, trial_id, idx, fixture, status
+        self.axes: dict[str, str] = {**(axes or {}), **axis_keys}
+        self.reason, self.runtime = reason, runtime
+        self.started_at, self.finished_at, self.duration_s = started_at, finished_at, duration_s
+        self.metrics: dict[str, Any] = metrics if metrics is not None else {}
+        self.info: dict[str, Any] = info if info is not None else {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "axes":
+            raise AttributeError(name)
+        axes = self.__dict__.get("axes", {})
+        if name in axes:
+            return axes[name]
+        raise AttributeError(f"TrialRecord has no field or axis {name!r}")
+
+    def __repr__(self) -> str:
+        return f"<TrialRecord {self.run_id}/{self.trial_id} {self.status} {self.axes} {self.fixture}>"
 
 
 def _encode(value: Any) -> float | None:
@@ -99,27 +109,91 @@ def _encode(value: Any) -> float | None:
 
 
 class Store:
-    """A SQLite results store. Opening creates the schema or checks its version."""
+    """A SQLite results store. Opening creates the schema or checks its version.
+
+    Safe with several processes: a 30 s busy timeout, idempotent initialisation (``CREATE ... IF NOT
+    EXISTS``, ``INSERT OR IGNORE``) in one ``BEGIN IMMEDIATE`` transaction, and one transaction per trial.
+    A store in a place this process cannot write (a read-only mount) opens read-only: reading works, and a
+    write says that the store is read-only.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = False
+        self._make_parent()
+        writable = os.access(self.path.parent, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
+        if not writable:
+            if not self.path.exists():
+                raise HtxError(f"cannot create the results database {self.path}: {self.path.parent} is read-only. "
+                               "Pass a writable path with --db (or set store.path in the config).")
+            self.read_only = True
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=30.0)
+            if self.read_only:
+                self.conn = sqlite3.connect(f"file:{self.path.absolute()}?mode=ro&immutable=1", uri=True, timeout=30.0)
+            else:
+                self.conn = sqlite3.connect(str(self.path), timeout=30.0)
+            self.conn.execute("PRAGMA busy_timeout = 30000")
             self.conn.execute("PRAGMA foreign_keys = ON")
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.executescript(SCHEMA)
+            if not self.read_only:
+                self._initialise()
+        except sqlite3.OperationalError as exc:
+            raise HtxError(f"cannot open the results database {self.path}: {exc}. Pass another path with --db.") from None
         except sqlite3.DatabaseError as exc:
             raise HtxError(f"{self.path} is not a usable htx results database ({exc}); pass another path with --db") from None
-        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise HtxError(f"{self.path} is not an htx results database ({exc}); pass another path with --db") from None
         if row is None:
-            with self.conn:
-                self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
+            raise HtxError(f"{self.path} is not an htx results database (no schema version); pass another path with --db")
+        if int(row[0]) != SCHEMA_VERSION:
             raise HtxError(
                 f"{self.path} has schema version {row[0]}, this htx writes version {SCHEMA_VERSION}; "
                 "use a new database path (--db) or an htx version that matches"
             )
+
+    def _make_parent(self) -> None:
+        parent = self.path.parent
+        if self.path.is_dir():
+            raise HtxError(f"--db {self.path} is a directory; pass a file path such as {self.path / 'htx.sqlite'}")
+        for p in [parent, *parent.parents]:
+            if p.exists():
+                if not p.is_dir():
+                    raise HtxError(f"cannot create the results database {self.path}: {p} is a file, not a folder. "
+                                   "Pass another path with --db.")
+                break
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HtxError(f"cannot create the folder {parent} for the results database {self.path}: "
+                           f"{exc.strerror or exc}. Pass another path with --db.") from None
+
+    def _initialise(self) -> None:
+        """Create the schema and the version row once, whichever process gets there first."""
+        for attempt in range(50):
+            try:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError:
+                time.sleep(0.05 * (attempt + 1))
+        self.conn.isolation_level = None
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for stmt in schema().split(";"):
+                if stmt.strip():
+                    self.conn.execute(stmt)
+            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(trials)")}
+            for name in axis_names():  # an axis added since this store was made
+                if name not in cols:
+                    self.conn.execute(f"ALTER TABLE trials ADD COLUMN {name} TEXT NOT NULL DEFAULT ''")
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        finally:
+            self.conn.isolation_level = ""
 
     def close(self) -> None:
         self.conn.close()
@@ -132,8 +206,15 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self.conn:
-            yield self.conn
+        if self.read_only:
+            raise HtxError(f"the results database {self.path} is read-only here; copy it somewhere writable or pass --db")
+        try:
+            with self.conn:
+                yield self.conn
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc).replace(" ", "").lower():
+                raise HtxError(f"the results database {self.path} is read-only ({exc}); pass a writable --db") from None
+            raise
 
     # runs -------------------------------------------------------------------------------------------
 
@@ -179,18 +260,18 @@ class Store:
 
     def write_trial(self, rec: TrialRecord) -> None:
         """Write one trial and its metrics atomically (replacing an earlier attempt of the same trial)."""
+        axes = axis_names()
+        cols = ["run_id", "trial_id", "idx", *axes, "fixture", "runtime", "status", "reason", "started_at",
+                "finished_at", "duration_s", "info_json"]
+        values = [
+            rec.run_id, rec.trial_id, rec.idx, *(rec.axes.get(a, "") for a in axes), rec.fixture, rec.runtime,
+            rec.status, rec.reason, rec.started_at, rec.finished_at, rec.duration_s,
+            json.dumps(rec.info, sort_keys=True, default=str),
+        ]
         with self._tx() as c:
             c.execute("DELETE FROM metrics WHERE run_id = ? AND trial_id = ?", (rec.run_id, rec.trial_id))
             c.execute("DELETE FROM trials WHERE run_id = ? AND trial_id = ?", (rec.run_id, rec.trial_id))
-            c.execute(
-                "INSERT INTO trials (run_id, trial_id, idx, surgery, precision, stft, compute, fixture, runtime, status, "
-                "reason, started_at, finished_at, duration_s, info_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    rec.run_id, rec.trial_id, rec.idx, rec.surgery, rec.precision, rec.stft, rec.compute, rec.fixture,
-                    rec.runtime, rec.status, rec.reason, rec.started_at, rec.finished_at, rec.duration_s,
-                    json.dumps(rec.info, sort_keys=True, default=str),
-                ),
-            )
+            c.execute(f"INSERT INTO trials ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))})", values)
             c.executemany(
                 "INSERT INTO metrics (run_id, trial_id, key, value) VALUES (?, ?, ?, ?)",
                 [(rec.run_id, rec.trial_id, k, _encode(v)) for k, v in sorted(rec.metrics.items())],
@@ -213,10 +294,13 @@ class Store:
         cur = self.conn.execute(q, args)
         cols = [d[0] for d in cur.description]
         recs: dict[tuple[str, str], TrialRecord] = {}
+        axes = axis_names()
         for row in cur.fetchall():
             d = dict(zip(cols, row))
             info = json.loads(d.pop("info_json") or "{}")
-            recs[(d["run_id"], d["trial_id"])] = TrialRecord(**d, info=info)
+            keys = {a: d.pop(a) for a in axes if a in d}
+            d = {k: v for k, v in d.items() if k in _RECORD_FIELDS}
+            recs[(d["run_id"], d["trial_id"])] = TrialRecord(**d, axes=keys, info=info)
         mq = "SELECT run_id, trial_id, key, value FROM metrics"
         if run_ids is not None:
             mq += f" WHERE run_id IN ({','.join('?' * len(run_ids))})"
@@ -225,6 +309,9 @@ class Store:
             if rec is not None:
                 rec.metrics[key] = value
         return list(recs.values())
+
+
+_RECORD_FIELDS = {"run_id", "trial_id", "idx", "fixture", "status", "reason", "runtime", "started_at", "finished_at", "duration_s"}
 
 
 def clean_float(v: Any) -> Any:

@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from htx.cli.common import err, handle_errors, out
+from htx.console import err, handle_errors, out
 from htx.errors import HtxError
 from htx.fixtures import describe_fixtures, load_musicgen
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from htx.cli.common import handle_errors, out
+from htx.config import DEFAULT_DB
+from htx.console import handle_errors, out
 from htx.errors import HtxError
 from htx.leaderboard import collect, export, rich_table
 from htx.store import Store
@@ -19,7 +20,7 @@ def leaderboard(
     sort: str = typer.Option(None, "--sort", help="column to sort by; prefix - for descending, e.g. -snr_db"),
     where: str = typer.Option(None, "--where", help="filter, e.g. 'snr_db > 40 and precision == \"all-fp16\"'"),
     fmt: str = typer.Option("table", "--format", help="table, csv, json or md"),
-    db: Path = typer.Option(Path("experiments/htx.sqlite"), "--db", help="results database"),
+    db: Path = typer.Option(Path(DEFAULT_DB), "--db", help="results database"),
 ) -> None:
     """Show trials of a run (or all runs) ranked by accuracy, with pass/fail and Pareto marks."""
     if not db.exists():

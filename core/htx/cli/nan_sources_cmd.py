@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from htx.cli.common import err, handle_errors, out
+from htx.config import DEFAULT_DB
+from htx.console import err, handle_errors, out
 from htx.errors import HtxError
 from htx.nan_sources import (
     find_nan_sources,
@@ -24,7 +25,7 @@ from htx.store import Store
 @handle_errors
 def nan_sources(
     ref: str = typer.Argument(..., metavar="RUN/TRIAL", help="run id and trial id, e.g. 20260101-120000-abc123/1a2b3c4d5e6f"),
-    db: Path = typer.Option(Path("experiments/htx.sqlite"), "--db", help="results database"),
+    db: Path = typer.Option(Path(DEFAULT_DB), "--db", help="results database"),
     segment: int = typer.Option(None, "--segment", help="record only this segment (0-based); default: scan until one goes non-finite"),
     fmt: str = typer.Option("table", "--format", help="table or json"),
 ) -> None:
@@ -43,11 +44,11 @@ def nan_sources(
     with Store(db) as store:
         if run_id == "latest":
             run_id = store.latest_run_id() or run_id
-        runner, spec, record = rebuild_trial(store, run_id, trial_id, registry, on_message=lambda m: e.print(m, markup=False, highlight=False))
-        runner.load()
-        prep = runner.prepared_for(spec)
-        assignment, how = trial_assignment(runner, spec, record)
-        segments = record_segments(runner, spec, assignment, segment)
+        builder, spec, record = rebuild_trial(store, run_id, trial_id, registry, on_message=lambda m: e.print(m, markup=False, highlight=False))
+        builder.workspace.load()
+        prep = builder.prepared(spec)
+        assignment, how = trial_assignment(builder, spec, record)
+        segments = record_segments(builder, spec, assignment, segment)
     last = segments[-1]
     ops = prep.ops
     sources = find_nan_sources(last.stats, ops, assignment)

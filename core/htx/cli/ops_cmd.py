@@ -14,18 +14,20 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from htx.cli.common import err, handle_errors, out
+from htx.config import DEFAULT_DB
+from htx.console import err, handle_errors, out
 from htx.contracts import OpStats
 from htx.errors import HtxError
 from htx.nan_sources import find_nan_sources, non_finite_ops, rebuild_trial, trial_assignment
 from htx.plugins import load_registry
 from htx.store import Store
+from htx.trial import trial_label
 
 
 @handle_errors
 def ops(
     trial: str = typer.Argument(..., help="RUN_ID/TRIAL_ID; RUN_ID alone lists the run's trials ('latest' for the latest run)"),
-    db: Path = typer.Option(Path("experiments/htx.sqlite"), "--db", help="results database"),
+    db: Path = typer.Option(Path(DEFAULT_DB), "--db", help="results database"),
     nonfinite: bool = typer.Option(False, "--nonfinite", help="only ops whose output has NaN or Inf"),
     top: int = typer.Option(0, "--top", help="only the N ops with the largest max |x| (0: all)"),
     fmt: str = typer.Option("table", "--format", help="table or json"),
@@ -48,7 +50,7 @@ def ops(
             o.print(f"run {run_id} has no trial {trial_id!r}.", highlight=False)
         o.print(f"Trials of run {run_id} (pass one as `htx ops {run_id}/TRIAL_ID`):", highlight=False)
         for t in sorted(all_recs, key=lambda t: t.idx):
-            o.print(f"  {t.trial_id}  {t.status:<11} {t.surgery} x {t.precision} x {t.stft} x {t.compute} x {t.fixture}",
+            o.print(f"  {t.trial_id}  {t.status:<11} {trial_label(t)}",
                     highlight=False, markup=False)
         if trial_id:
             raise typer.Exit(1)
@@ -57,14 +59,14 @@ def ops(
     rec = recs[0]
     e = err()
     with Store(db) as store:
-        runner, spec, _ = rebuild_trial(store, run_id, trial_id, registry, lambda m: e.print(m, highlight=False, markup=False))
-        runner.load()
-        prep = runner.prepared_for(spec)
-        assignment, source = trial_assignment(runner, spec, rec)
-        fx = runner.fixtures.get(spec.fixture_index)
-        usable = fx is not None and fx.error is None
+        builder, spec, _ = rebuild_trial(store, run_id, trial_id, registry, lambda m: e.print(m, highlight=False, markup=False))
+        builder.workspace.load()
+        prep = builder.prepared(spec)
+        assignment, source = trial_assignment(builder, spec, rec)
+        fx = builder.workspace.fixtures.get(spec.fixture_index)
+        usable = fx is not None and fx.ok
         # record on the trial's own fixture (the first usable one when it has none)
-        stats = runner.record_assignment(prep, spec.stft, assignment, fixture_index=spec.fixture_index if usable else None)
+        stats = builder.record(prep, spec.stft, assignment, fixture_index=spec.fixture_index if usable else None)
     rows = []
     for op in prep.ops:
         st: OpStats | None = stats.get(op.name)
@@ -85,7 +87,7 @@ def ops(
                                "first_nonfinite": source_op["op"] if source_op else None, "ops": shown}, indent=1))
         return
     o = out()
-    o.print(f"trial {trial_id} of run {run_id}: {rec.surgery} x {rec.precision} x {rec.stft} x {rec.compute} x {rec.fixture}", highlight=False)
+    o.print(f"trial {trial_id} of run {run_id}: {trial_label(rec)}", highlight=False)
     o.print(f"recorded on {prep.compute.runtime} with the assignment from {source}: "
             f"{len(assignment.fp16)} of {sum(op.compute for op in prep.ops)} compute ops in FP16", highlight=False)
     table = Table(show_lines=False)

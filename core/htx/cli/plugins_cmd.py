@@ -8,16 +8,17 @@ from collections import defaultdict
 import typer
 from rich.table import Table
 
-from htx.cli.common import handle_errors, out
-from htx.plugins import KINDS, load_registry
+from htx.axes import axis_names
+from htx.console import handle_errors, out
+from htx.plugins import load_registry
 
 
 @handle_errors
 def plugins(fmt: str = typer.Option("table", "--format", help="table or json")) -> None:
     """List installed plugins: name, version and the classes each registered per kind."""
     reg = load_registry()
-    by_plugin: dict[str, dict[str, list[str]]] = defaultdict(lambda: {k: [] for k in KINDS})
-    for kind in KINDS:
+    by_plugin: dict[str, dict[str, list[str]]] = defaultdict(lambda: {k: [] for k in axis_names()})
+    for kind in axis_names():
         for name, r in sorted(reg.by_kind[kind].items()):
             by_plugin[r.plugin][kind].append(name)
     if fmt == "json":
@@ -30,8 +31,8 @@ def plugins(fmt: str = typer.Option("table", "--format", help="table or json")) 
     table = Table(title="htx plugins")
     table.add_column("plugin")
     table.add_column("version")
-    for kind in KINDS:
+    for kind in axis_names():
         table.add_column(kind)
     for p, kinds in sorted(by_plugin.items()):
-        table.add_row(p, reg.plugin_versions.get(p, "?"), *(", ".join(kinds[k]) for k in KINDS))
+        table.add_row(p, reg.plugin_versions.get(p, "?"), *(", ".join(kinds[k]) for k in axis_names()))
     out().print(table)

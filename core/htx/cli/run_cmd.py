@@ -9,12 +9,12 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from htx.cli.common import err, handle_errors, out
-from htx.config import EXECUTOR_KINDS, executor_override, load_config, parse_config
+from htx.config import DEFAULT_DB, EXECUTOR_KINDS, executor_override, load_config, parse_config
+from htx.console import err, handle_errors, out
 from htx.errors import HtxError
 from htx.leaderboard import collect, rich_table
 from htx.plugins import load_registry
-from htx.runner import Runner
+from htx.run import Run
 from htx.store import Store
 
 
@@ -37,7 +37,7 @@ def run(
     if config is not None:
         cfg = load_config(config, registry, override)
     else:
-        with Store(db or "experiments/htx.sqlite") as s:
+        with Store(db or DEFAULT_DB) as s:
             cfg = parse_config(json.loads(s.get_run(resume)["config_json"]), f"run {resume}", registry, override)
     store_path = db or Path(cfg.store.path)
     e = err()
@@ -55,12 +55,12 @@ def run(
         def on_message(msg: str) -> None:
             (progress.console if not no_progress else e).print(msg, highlight=False, markup=False)
 
-        runner = Runner(cfg, registry, store, str(config) if config else None, on_progress, on_message)
+        run_ = Run(cfg, registry, store, str(config) if config else None, on_progress, on_message)
         try:
             with progress:
-                run_id = runner.run(resume=resume)
+                run_id = run_.execute(resume=resume)
         except KeyboardInterrupt:
-            e.print(f"\n[yellow]Interrupted.[/yellow] Finished trials are saved. Continue with: htx run --resume {runner.run_id} --db {store_path}")
+            e.print(f"\n[yellow]Interrupted.[/yellow] Finished trials are saved. Continue with: htx run --resume {run_.run_id} --db {store_path}")
             raise typer.Exit(130) from None
         rows = collect(store, run=run_id)
         o = out()

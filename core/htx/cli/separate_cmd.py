@@ -9,8 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from htx.audio import read_audio
-from htx.cli.common import err, handle_errors, out
 from htx.config import ExperimentConfig, FixtureEntry, load_config
+from htx.console import err, handle_errors, out
 from htx.errors import HtxError
 from htx.plugins import load_registry
 from htx.separation import TRANSITIONS

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import typer
 
-from htx.cli.common import handle_errors, out
+from htx.axes import axis_names
+from htx.config import DEFAULT_DB
+from htx.console import handle_errors, out
 from htx.errors import HtxError
 from htx.leaderboard import collect, rich_table
 from htx.store import Store
@@ -17,7 +19,7 @@ from htx.store import Store
 @handle_errors
 def show(
     run_id: str = typer.Argument(..., help="run id (see `htx leaderboard --all`), or 'latest'"),
-    db: Path = typer.Option(Path("experiments/htx.sqlite"), "--db", help="results database"),
+    db: Path = typer.Option(Path(DEFAULT_DB), "--db", help="results database"),
 ) -> None:
     """Show one run: its config, model, status counts, failure reasons and leaderboard."""
     if not db.exists():
@@ -34,14 +36,15 @@ def show(
     o.print(f"[bold]run {run_id}[/bold]  {run['name']}  status={run['status']}  created {created}  host={run['host']}  htx {run['htx_version']}", highlight=False)
     o.print(f"config: {run['config_path'] or '(stored)'}", highlight=False)
     o.print(f"model: {run['model_source']} (hash {run['model_hash']})", highlight=False)
-    o.print("axes: " + "; ".join(f"{a}: {', '.join(_entry(e) for e in cfg.get(a, []))}" for a in ("surgery", "precision", "stft", "compute")), highlight=False)
+    o.print("axes: " + "; ".join(f"{a}: {', '.join(_entry(e) for e in cfg.get(a, []))}" for a in axis_names()), highlight=False)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     o.print("trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), highlight=False)
     for r in rows:
         if r["status"] != "ok":
-            o.print(f"  [red]{r['status']}[/red] {r['trial']} {r['surgery']} x {r['precision']} x {r['stft']} x {r['compute']} x {r['fixture']}: {r['reason']}", highlight=False)
+            combo = " x ".join(str(r[a]) for a in (*axis_names(), "fixture"))
+            o.print(f"  [red]{r['status']}[/red] {r['trial']} {combo}: {r['reason']}", highlight=False)
     for t in trials.values():
         if t.info.get("search"):
             o.print(f"  search {t.precision}: {t.info['search']}", highlight=False)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from htx.cli.common import handle_errors, out
+from htx.axes import axis_names
 from htx.config import load_config
+from htx.console import handle_errors, out
 from htx.grid import expand_grid
 from htx.plugins import load_registry
 
@@ -19,5 +20,5 @@ def validate(config: Path = typer.Argument(..., help="experiment config (YAML)")
     checked when the run starts, before any trial)."""
     cfg = load_config(config, load_registry())
     n = len(expand_grid(cfg))
-    axes = " x ".join(f"{len(getattr(cfg, a))} {a}" for a in ("surgery", "precision", "stft", "compute"))
+    axes = " x ".join(f"{len(cfg.entries(a))} {a}" for a in axis_names())
     out().print(f"{config}: OK ({axes} x {len(cfg.fixtures)} fixtures = {n} trials)", highlight=False)

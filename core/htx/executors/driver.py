@@ -1,8 +1,11 @@
-"""The driver side of a parallel run: plan chunks, hand them to a backend, write what comes back.
+"""The driver side of a run: plan chunks, hand them to a backend, write what comes back.
+
+Every executor is a backend of one protocol (:class:`htx.executors.base.Backend`): ``serial`` (this
+process), ``local`` (a process pool) and ``ray``.
 
 The driver alone writes the store: every record a worker streams back is committed at once, in its own
 transaction, so an interrupted or crashed driver loses nothing and ``htx run --resume RUN_ID`` continues.
-A backend (local process pool or Ray) reports, per chunk, ``begin`` (a worker took it), ``start``
+A backend reports, per chunk, ``begin`` (a worker took it), ``start``
 (trial id), ``record`` (a finished trial), ``done``, or ``lost`` (the worker or node died, or it was
 killed). The driver turns a loss into a failed row for the trial that was running, re-submits the
 chunk's other trials, and kills a chunk that stays silent longer than ``3 x trial_timeout_s +
@@ -17,56 +20,26 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from htx.executors.base import Backend
+from htx.executors.local import LocalPool, start_fork_server
 from htx.executors.plan import (
     Chunk,
     RunPayload,
+    grid_chunks,
     make_chunks,
     shipped_plugin_modules,
     trial_resources,
     worker_config,
 )
+from htx.executors.serial import SerialBackend
 from htx.grid import TrialSpec
-from htx.runner import Runner, new_record, trial_label
 from htx.store import TrialRecord
+from htx.trial import new_record, trial_label
 
-
-@dataclass
-class Event:
-    """One thing a backend observed about a chunk."""
-
-    chunk: int
-    kind: str  # begin | start | record | done | lost | unavailable
-    trial_id: str | None = None
-    record: TrialRecord | None = None
-    stats: dict[str, Any] | None = None
-    reason: str | None = None
-
-    @classmethod
-    def from_worker(cls, chunk: int, msg: tuple[Any, ...]) -> Event:
-        """Decode an event yielded by :func:`htx.executors.worker.run_chunk`."""
-        kind = msg[0]
-        if kind == "start":
-            return cls(chunk, kind, trial_id=msg[1])
-        if kind == "record":
-            return cls(chunk, kind, trial_id=msg[1].trial_id, record=msg[1], stats=msg[2])
-        return cls(chunk, kind)
-
-
-class Backend(Protocol):
-    """Where chunks run. ``slots`` is how many run at once (for chunk sizing)."""
-
-    kind: str
-    slots: int
-
-    def submit(self, chunk: Chunk) -> None: ...
-
-    def poll(self, timeout: float) -> list[Event]: ...
-
-    def kill(self, chunk_id: int) -> None: ...
-
-    def close(self) -> None: ...
+if TYPE_CHECKING:
+    from htx.run import Run
 
 
 @dataclass
@@ -111,107 +84,119 @@ class _ChunkState:
     kill_reason: str | None = None
 
 
-def prepare_once(runner: Runner, todo: list[TrialSpec]) -> None:
+def prepare_once(run: Run, todo: list[TrialSpec]) -> None:
     """Prepare each (surgery, compute) pair once here when the unit caches its preparation on disk.
 
     Workers then load that conversion instead of converting the same model in parallel. Failures are
     left to the workers, whose trials record them like in a serial run.
     """
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, ...]] = set()
     for spec in todo:
-        key = (spec.surgery.key(), spec.compute.key())
-        if key in seen:
+        if spec.prepare_key in seen:
             continue
-        seen.add(key)
-        if getattr(runner.registry.get("compute", spec.compute.name), "disk_cached_prepare", False):
+        seen.add(spec.prepare_key)
+        if run.registry.get("compute", spec.compute.name).disk_cached_prepare:
             try:
-                runner.prepared_for(spec)
+                run.builder.prepared(spec)
             except Exception:
                 pass
-    runner.prepared.clear()  # the driver runs no trial: free the models
+    run.builder.forget_prepared()  # the driver runs no trial: free the models
 
 
-def shared_data(runner: Runner) -> dict[str, dict[int, Any]]:
-    """Fixtures and FP32 references the driver holds, for Ray's object store."""
-    return {
-        "fixtures": {i: c.value for i, c in runner.fixtures.items() if c.error is None},
-        "errors": {i: c.reason or str(c.error) for i, c in runner.fixtures.items() if c.error is not None},
-        "references": {i: c.value for i, c in runner.references.items() if c.error is None},
-        "reference_errors": {i: c.reason or str(c.error) for i, c in runner.references.items() if c.error is not None},
-    }
+def start_workers_early(run: Run, todo: list[TrialSpec]) -> tuple[str, ...] | None:
+    """For a parallel run, the plugin modules workers import; the local fork server starts now, so its
+    torch import overlaps the driver's model load. ``None`` for a serial run."""
+    if not todo or run.cfg.executor.kind == "serial":
+        return None
+    modules = shipped_plugin_modules(run.registry)
+    if run.cfg.executor.kind == "local":
+        start_fork_server(modules)
+    return modules
 
 
-def run_parallel(runner: Runner, todo: list[TrialSpec], n_done: int, n_total: int,
-                 plugin_modules: tuple[str, ...] | None = None) -> ExecutorReport:
-    """Run ``todo`` with the config's ``local`` or ``ray`` executor; the runner's store gets every record.
+def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
+            plugin_modules: tuple[str, ...] | None = None) -> ExecutorReport:
+    """Run ``todo`` with the config's executor; the run's store gets every record.
 
-    Called by :meth:`htx.runner.Runner.run` after the driver loaded the model, fixtures and references.
+    Called by :meth:`htx.run.Run.execute` after the driver loaded the model, fixtures and references.
     """
-    cfg = runner.cfg
+    cfg = run.cfg
     executor = cfg.executor
+    backend: Backend
+    if executor.kind == "serial":
+        backend = SerialBackend(run.builder)
+        chunks = grid_chunks(todo)
+        report = ExecutorReport("serial", 1, len(chunks))
+        report.started_at = time.time()
+        t0 = time.perf_counter()
+        try:
+            _drive(run, backend, chunks, n_done, n_total, 0, float("inf"), report)
+        finally:
+            backend.close()
+        report.wall_s = time.perf_counter() - t0
+        run.executor_report = report
+        return report
+
     payload = RunPayload(
-        run_id=runner.run_id, config=worker_config(cfg), model_hash=runner.loaded.hash,
-        plugin_modules=plugin_modules if plugin_modules is not None else shipped_plugin_modules(runner.registry),
+        run_id=run.run_id, config=worker_config(cfg), model_hash=run.workspace.model.hash,
+        plugin_modules=plugin_modules if plugin_modules is not None else shipped_plugin_modules(run.registry),
         sys_path=tuple(sys.path),
     )
-    prepare_once(runner, todo)
-
-    def is_search(spec: TrialSpec) -> bool:
-        return bool(getattr(runner.registry.get("precision", spec.precision.name), "is_search", False))
+    prepare_once(run, todo)
 
     def cost(spec: TrialSpec) -> float:  # seconds of audio: what a trial's time grows with
-        fixture = runner.fixtures.get(spec.fixture_index)
-        return fixture.value.duration if fixture is not None and fixture.error is None else 0.0
+        fixture = run.workspace.fixtures.get(spec.fixture_index)
+        return fixture.get().duration if fixture is not None and fixture.ok else 0.0
 
-    backend: Backend
     if executor.kind == "local":
-        from htx.executors.local import LocalPool
-
         opts = executor.local
         cores = os.cpu_count() or 1
         workers = opts.workers or cores
-        chunks = make_chunks(todo, workers, is_search, cost)
+        chunks = make_chunks(todo, workers, run.builder.is_search, cost)
         workers = min(workers, len(chunks))
         threads = opts.threads_per_worker or max(1, cores // workers)
         backend = LocalPool(payload, workers, threads)
         retries, grace = opts.retries, opts.hang_grace_s
-        runner.say(f"local: {len(todo)} trials in {len(chunks)} chunks on {workers} worker processes ({threads} torch threads each)")
+        run.say(f"local: {len(todo)} trials in {len(chunks)} chunks on {workers} worker process{'es' if workers != 1 else ''} "
+                f"({threads} torch thread{'s' if threads != 1 else ''} each)")
     else:
-        from htx.executors.ray_backend import RayBackend
+        from htx.executors.ray_backend import RayBackend  # ray is an optional dependency (htx[ray])
 
         opts = executor.ray
         resources = {}
         for spec in todo:
             if spec.compute.key() not in resources:
-                resources[spec.compute.key()] = trial_resources(spec, runner.registry, opts.resources)
-        backend = RayBackend(opts, payload, shared_data(runner), resources, runner.say)
-        chunks = make_chunks(todo, backend.slots, is_search, cost)
+                resources[spec.compute.key()] = trial_resources(spec, run.registry, opts.resources)
+        backend = RayBackend(opts, payload, run.workspace.shared_data(), resources, run.say)
+        chunks = make_chunks(todo, backend.slots, run.builder.is_search, cost)
         retries, grace = opts.retries, opts.hang_grace_s
-        runner.say(f"ray: {len(todo)} trials in {len(chunks)} chunks on a cluster with {backend.slots} CPUs")
+        run.say(f"ray: {len(todo)} trials in {len(chunks)} chunks on a cluster with {backend.slots} CPUs")
     hang_limit = 3 * cfg.trial_timeout_s + grace
     report = ExecutorReport(executor.kind, backend.slots, len(chunks))
     t0 = time.perf_counter()
     report.started_at = time.time()
     try:
-        _drive(runner, backend, chunks, n_done, n_total, retries, hang_limit, report)
+        _drive(run, backend, chunks, n_done, n_total, retries, hang_limit, report)
     finally:
         backend.close()
     report.wall_s = time.perf_counter() - t0
-    runner.executor_report = report
+    run.executor_report = report
     ready, setup = report.ready_s, report.setup_s
     if ready:
-        runner.say(
+        run.say(
             f"{executor.kind}: workers ready {ready[0]:.1f}-{ready[-1]:.1f} s after dispatch "
             f"(of it building the run: median {statistics.median(setup):.2f} s)"
         )
-    runner.say(
-        f"{executor.kind}: {len(report.workers)} worker processes, first trial started after {report.first_start_s or 0:.1f} s; "
-        f"{report.deaths} lost, {report.hangs} killed for silence; references computed by workers: {report.references_computed}"
+    n_workers = len(report.workers)
+    run.say(
+        f"{executor.kind}: {n_workers} worker process{'es' if n_workers != 1 else ''}, first trial started after "
+        f"{report.first_start_s or 0:.1f} s; {report.deaths} lost, {report.hangs} killed for silence; "
+        f"references computed by workers: {report.references_computed}"
     )
     return report
 
 
-def _drive(runner: Runner, backend: Backend, chunks: list[Chunk], n_done: int, n_total: int, retries: int,
+def _drive(run: Run, backend: Backend, chunks: list[Chunk], n_done: int, n_total: int, retries: int,
            hang_limit: float, report: ExecutorReport) -> None:
     states: dict[int, _ChunkState] = {}
     attempts: Counter[str] = Counter()
@@ -231,12 +216,12 @@ def _drive(runner: Runner, backend: Backend, chunks: list[Chunk], n_done: int, n
 
     def finish(rec: TrialRecord) -> None:
         nonlocal finished
-        runner.finish_trial(rec)
+        run.finish_trial(rec)
         finished += 1
-        runner.on_progress(trial_label(rec), finished, n_total)
+        run.on_progress(trial_label(rec), finished, n_total)
 
     def fail(spec: TrialSpec, reason: str, status: str = "failed") -> None:
-        rec = new_record(runner.run_id, spec, status, reason)
+        rec = new_record(run.run_id, spec, status, reason)
         rec.finished_at = rec.started_at
         finish(rec)
 
@@ -267,7 +252,7 @@ def _drive(runner: Runner, backend: Backend, chunks: list[Chunk], n_done: int, n
             rest = [s for s in rest if attempts[s.trial_id] <= retries]
         resubmit(rest)
 
-    runner.on_progress("dispatching", finished, n_total)
+    run.on_progress("dispatching" if backend.kind != "serial" else "starting", finished, n_total)
     for chunk in chunks:
         submit(chunk)
     while states:
@@ -288,6 +273,9 @@ def _drive(runner: Runner, backend: Backend, chunks: list[Chunk], n_done: int, n
                 st.active = True
                 if ev.kind == "start":
                     st.current = ev.trial_id
+                    starting = next((s for s in st.chunk.specs if s.trial_id == ev.trial_id), None)
+                    if starting is not None:
+                        run.on_progress(trial_label(starting), finished, n_total)
                     if report.first_start_s is None:
                         report.first_start_s = time.perf_counter() - t0
             elif ev.kind == "record":

@@ -14,11 +14,15 @@ import os
 import signal
 from collections import deque
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from htx.executors.driver import Event
+import torch
+
+from htx.executors.base import Event
 from htx.executors.plan import Chunk, RunPayload
+from htx.executors.worker import run_chunk
 
 
 def exit_reason(exitcode: int | None) -> str:
@@ -35,10 +39,6 @@ def exit_reason(exitcode: int | None) -> str:
 
 def _worker_main(conn: Connection, payload: RunPayload, threads: int) -> None:
     """A pool process: run chunks from ``conn`` until told to stop or the driver goes away."""
-    import torch
-
-    from htx.executors.worker import run_chunk
-
     # Ctrl-C reaches the whole process group: the driver decides what to do, not each worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
@@ -60,7 +60,7 @@ def _worker_main(conn: Connection, payload: RunPayload, threads: int) -> None:
 
 #: Imported once by the fork server, so each worker starts with them loaded. torch imports ``torch._dynamo``
 #: (and the sympy it pulls in) lazily during a trial's first forward pass: 1.6-3.5 s per worker otherwise.
-PRELOAD = ("torch", "torch._dynamo", "demucs.htdemucs", "htx.executors.worker", "htx.runner", "htx_plugins")
+PRELOAD = ("torch", "torch._dynamo", "demucs.htdemucs", "htx.executors.worker", "htx_plugins")
 
 
 def worker_context(plugin_modules: tuple[str, ...] = ()) -> Any:
@@ -80,8 +80,6 @@ def start_fork_server(plugin_modules: tuple[str, ...] = ()) -> None:
     model load and references instead of delaying the first trial."""
     ctx = worker_context(plugin_modules)
     if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
         forkserver.ensure_running()
 
 

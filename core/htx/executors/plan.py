@@ -63,7 +63,7 @@ def make_chunks(specs: Sequence[TrialSpec], slots: int, is_search: Callable[[Tri
     in one worker, like in a serial run. Chunks are handed out longest first (search chunks, then by
     estimated ``cost``, e.g. seconds of audio), so short ones fill the gaps at the end of the run.
     """
-    groups: dict[tuple[str, str, str], list[TrialSpec]] = {}
+    groups: dict[tuple[str, ...], list[TrialSpec]] = {}
     for spec in specs:
         groups.setdefault(spec.combo_key, []).append(spec)
     size = chunk_size(len(specs), slots)
@@ -80,6 +80,20 @@ def make_chunks(specs: Sequence[TrialSpec], slots: int, is_search: Callable[[Tri
     weight = cost or (lambda spec: 1.0)
     parts.sort(key=lambda p: (not p[0], -sum(weight(s) for s in p[1])))  # stable: grid order among equals
     return [Chunk(i, tuple(specs)) for i, (_, specs) in enumerate(parts)]
+
+
+def grid_chunks(specs: Sequence[TrialSpec]) -> list[Chunk]:
+    """One chunk per run of consecutive specs sharing a combo key, in grid order (the serial executor)."""
+    chunks: list[Chunk] = []
+    group: list[TrialSpec] = []
+    for spec in specs:
+        if group and spec.combo_key != group[0].combo_key:
+            chunks.append(Chunk(len(chunks), tuple(group)))
+            group = []
+        group.append(spec)
+    if group:
+        chunks.append(Chunk(len(chunks), tuple(group)))
+    return chunks
 
 
 def worker_config(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -20,18 +20,17 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+import torch
 
 from htx.config import RayExecutor
-from htx.executors.driver import Event
+from htx.executors.base import Event
 from htx.executors.plan import Chunk, RunPayload
+from htx.executors.worker import run_chunk
+from htx.workspace import SharedData
 
 
 @ray.remote(max_retries=0)  # htx re-submits only the unfinished trials of a lost task (``retries``)
-def _ray_chunk(payload: RunPayload, shared: dict[str, Any], specs: tuple[Any, ...]) -> Any:
-    import torch
-
-    from htx.executors.worker import run_chunk
-
+def _ray_chunk(payload: RunPayload, shared: SharedData, specs: tuple[Any, ...]) -> Any:
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
     yield from run_chunk(payload, specs, shared)
@@ -59,7 +58,7 @@ class RayBackend:
 
     kind = "ray"
 
-    def __init__(self, opts: RayExecutor, payload: RunPayload, shared: dict[str, Any],
+    def __init__(self, opts: RayExecutor, payload: RunPayload, shared: SharedData,
                  resources: dict[str, dict[str, float]], say: Callable[[str], None]) -> None:
         self.started_cluster = False
         if ray.is_initialized():

@@ -1,7 +1,8 @@
-"""Built-in compute units."""
+"""Built-in compute units, and their commands (``htx convert``, ``htx bench gpu``, ``htx bench coreml``)."""
 
 from htx.hookspecs import hookimpl
-from htx_plugins.compute.coreml import CoreMLUnit
+from htx_plugins.compute import gpu_bench
+from htx_plugins.compute.coreml import CoreMLUnit, commands
 from htx_plugins.compute.torch_unit import TorchUnit
 
 
@@ -9,3 +10,10 @@ from htx_plugins.compute.torch_unit import TorchUnit
 def htx_register_compute_units(register):
     register(TorchUnit)
     register(CoreMLUnit)
+
+
+@hookimpl
+def htx_register_commands(app, bench):
+    app.command("convert")(commands.convert)
+    bench.command("coreml")(commands.bench_coreml)
+    bench.command("gpu")(gpu_bench.command)

@@ -1,6 +1,7 @@
-"""Built-in precision policies."""
+"""Built-in precision policies, and ``htx bench search``."""
 
 from htx.hookspecs import hookimpl
+from htx_plugins.precision import bench_cmd
 from htx_plugins.precision.bisect import Bisect
 from htx_plugins.precision.magnitude import Magnitude
 from htx_plugins.precision.static import FP32, AllFP16, CuratedFP32
@@ -13,3 +14,8 @@ def htx_register_precision_policies(register):
     register(CuratedFP32)
     register(Bisect)
     register(Magnitude)
+
+
+@hookimpl
+def htx_register_commands(bench):
+    bench.command("search")(bench_cmd.bench_search)

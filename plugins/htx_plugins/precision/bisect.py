@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from htx.contracts import Assignment, OpInfo, Params, PrecisionPolicy, SearchContext, SearchResult
+from htx.contracts import Assignment, OpInfo, Params, SearchContext, SearchPolicy, SearchResult
 from htx_plugins.precision.criteria import Criterion, criterion_passes, describe
 
 
@@ -172,7 +172,7 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class Bisect(PrecisionPolicy):
+class Bisect(SearchPolicy):
     """Adaptive group testing (binary search for culprits) for a small, verified FP32 set.
 
     Finds a 1-minimal set of ops to keep in FP32 such that the trial meets ``criterion`` on every fixture
@@ -189,7 +189,6 @@ class Bisect(PrecisionPolicy):
 
     name = "bisect"
     Params = BisectParams
-    is_search = True
 
     def search(self, ctx: SearchContext) -> SearchResult:
         p = self.params

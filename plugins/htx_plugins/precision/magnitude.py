@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import Field
 
-from htx.contracts import Assignment, OpStats, Params, PrecisionPolicy, SearchContext, SearchResult
+from htx.contracts import Assignment, OpStats, Params, SearchContext, SearchPolicy, SearchResult
 
 FP16_MAX = 65504.0
 #: MIL op types that reduce squares of their input (variance, sum of squares).
@@ -65,7 +65,7 @@ def keep_reason(op_type: str, squares: bool, st: OpStats | None, limit: float, a
     return None
 
 
-class Magnitude(PrecisionPolicy):
+class Magnitude(SearchPolicy):
     """Keeps in FP32 the ops whose FP32 magnitudes (or reductions) do not fit FP16; one calibration pass.
 
     Example config::
@@ -77,7 +77,6 @@ class Magnitude(PrecisionPolicy):
 
     name = "magnitude"
     Params = MagnitudeParams
-    is_search = True
 
     @property
     def limit(self) -> float:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from htx.contracts import Assignment, OpInfo, Params, PrecisionPolicy
+from htx.contracts import Assignment, OpInfo, Params, StaticPolicy
 
 CURATED_DEFAULT = ("pow", "sqrt", "real_div", "l2_norm", "reduce_mean", "reduce_sum", "softmax", "matmul")
 
 
-class FP32(PrecisionPolicy):
+class FP32(StaticPolicy):
     """Every op in FP32 (the conversion-only baseline).
 
     Example config::
@@ -23,7 +23,7 @@ class FP32(PrecisionPolicy):
         return Assignment.all_fp32()
 
 
-class AllFP16(PrecisionPolicy):
+class AllFP16(StaticPolicy):
     """Every compute op in FP16 (what ``ct.convert(compute_precision=FLOAT16)`` does).
 
     Example config::
@@ -41,7 +41,7 @@ class CuratedParams(Params):
     ops: list[str] = Field(default_factory=lambda: list(CURATED_DEFAULT), description="MIL op types kept in FP32")
 
 
-class CuratedFP32(PrecisionPolicy):
+class CuratedFP32(StaticPolicy):
     """FP16 everywhere except the op types in ``ops`` (the hand-found set from HTDemucs Core ML ports).
 
     Example config::

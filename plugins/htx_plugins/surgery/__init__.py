@@ -1,6 +1,7 @@
-"""Built-in model-surgery plugins."""
+"""Built-in model-surgery plugins, and ``htx bench surgery``."""
 
 from htx.hookspecs import hookimpl
+from htx_plugins.surgery import bench as bench_module
 from htx_plugins.surgery.decomposed_attention import DecomposedAttentionSurgery
 from htx_plugins.surgery.external_norm import ExternalNorm
 from htx_plugins.surgery.full_hybrid import FullHybrid
@@ -15,3 +16,8 @@ def htx_register_surgeries(register):
     register(DecomposedAttentionSurgery)
     register(SafeNorm)
     register(TimeOnly)
+
+
+@hookimpl
+def htx_register_commands(bench):
+    bench.command("surgery")(bench_module.command)

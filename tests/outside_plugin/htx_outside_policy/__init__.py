@@ -1,10 +1,10 @@
 """A third-party precision policy: keep convolutions in FP32, everything else FP16."""
 
-from htx.contracts import Assignment, PrecisionPolicy
+from htx.contracts import Assignment, StaticPolicy
 from htx.hookspecs import hookimpl
 
 
-class ConvFP32(PrecisionPolicy):
+class ConvFP32(StaticPolicy):
     """Everything FP16 except conv ops.
 
     Example config::

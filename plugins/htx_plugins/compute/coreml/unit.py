@@ -15,9 +15,17 @@ from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, 
 from htx.errors import UnavailableError
 from htx.opmap import is_compute
 from htx_plugins.compute.coreml import native
-from htx_plugins.compute.coreml.convert import CachedConversion, Signature, cached_graph, convert_cached
+from htx_plugins.compute.coreml.convert import (
+    CachedConversion,
+    Signature,
+    cached_graph,
+    convert_cached,
+    load_program,
+    quiet,
+    typed_convert,
+)
 from htx_plugins.compute.coreml.emulator import Emulator, Plan
-from htx_plugins.compute.coreml.graph import Graph
+from htx_plugins.compute.coreml.graph import Graph, read_program
 
 
 class CoreMLParams(Params):
@@ -38,6 +46,8 @@ class CoreMLPrepared:
     emulator: Emulator | None
     load_s: float
     plans: OrderedDict[frozenset[str], Plan] = field(default_factory=OrderedDict)
+    #: what the last :meth:`CoreMLUnit.export` wrote (FP16 share, casts)
+    export_report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sig(self) -> Signature:
@@ -175,3 +185,31 @@ class CoreMLUnit(ComputeUnit):
         with torch.no_grad():
             emulator.run(plan, tensors, stats=stats)
         return stats
+
+    def export(self, prepared: CoreMLPrepared, assignment: Assignment, path: Path) -> Path:
+        """Write the ``.mlpackage`` of ``prepared`` typed by ``assignment`` (coremltools' own ``op_selector``).
+
+        The cached FP32 program is read back and converted again with ``FP16ComputePrecision``; the ops
+        assigned FP16 become FP16 in the package, every other op stays FP32. ``prepared.export_report`` tells
+        what the package holds (see :func:`export_summary`).
+        """
+        path = Path(path)
+        with quiet():
+            mlmodel, seen = typed_convert(load_program(prepared.conversion.path), prepared.sig,
+                                          prepared.conversion.target, frozenset(assignment.fp16))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            mlmodel.save(str(path))
+        prepared.export_report = export_summary(mlmodel, assignment, seen)
+        return path
+
+
+def export_summary(mlmodel: Any, assignment: Assignment, seen: set[str]) -> dict[str, Any]:
+    """What a typed package holds: FP16 and total compute ops, cast ops, and assigned ops the selector missed."""
+    typed = read_program(mlmodel._mil_program)
+    compute_ops = [n for n in typed.nodes if is_compute(n.type)]  # casts are layout ops
+    fp16_ops = [n for n in compute_ops if any(o.dtype == "fp16" for o in n.outputs)]
+    return {
+        "fp16_ops": len(fp16_ops), "compute_ops": len(compute_ops),
+        "casts": sum(n.type == "cast" for n in typed.nodes),
+        "unmatched": sorted(set(assignment.fp16) - seen),
+    }

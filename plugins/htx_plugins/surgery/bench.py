@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import typer
 
+from htx.console import err, handle_errors, out
 from htx.metrics import percentiles
 
 VARIANTS = ("full-hybrid", "external-norm", "decomposed-attention", "safe-norm", "time-only")
@@ -173,7 +174,6 @@ def command(
     """Every surgery on one segment: FP32 parity, conversion and MIL op count, latency and speed-up vs full-hybrid."""
     from rich.table import Table
 
-    from htx.cli.common import err, handle_errors, out
 
     @handle_errors
     def _run() -> None:

@@ -73,7 +73,7 @@ class PlantedFaults(Surgery):
 
     Example (registered inline, e.g. in a test)::
 
-        from htx.bench.planted import planted_plugin
+        from htx_plugins.precision.planted import planted_plugin
         from htx.plugins import build_registry, get_plugin_manager
         registry = build_registry(get_plugin_manager(extra_plugins=(planted_plugin(),)))
         # config: surgery: [planted-faults]

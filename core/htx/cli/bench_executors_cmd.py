@@ -3,7 +3,7 @@
 The grid is the demo model's architecture (random weights: speed does not depend on them) x 3 precision
 policies x 8 generated fixtures, torch on CPU. The FP32 references are computed once before anything is
 timed (they are cached on disk and shared by the three runs, as in real use), and every run writes its own
-fresh store. For each executor it reports the wall time of ``Runner.run`` (driver model load, worker
+fresh store. For each executor it reports the wall time of ``Run.execute`` (driver model load, worker
 start-up, dispatch, trials, store writes), the speed-up over serial, the speed-up per core, and the
 scheduling overhead per trial: ``(wall x worker slots - sum of trial durations) / trials``, i.e. how long
 a slot was not running a trial (process start, model build, dispatch, the idle tail), per trial, and the
@@ -23,13 +23,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import typer
 from rich.table import Table
 
-from htx.cli.common import err, handle_errors, out
 from htx.config import parse_config
+from htx.console import err, handle_errors, out
 from htx.errors import HtxError
 from htx.models import DEMO_KWARGS
+from htx.plugins import load_registry
+from htx.run import Run
+from htx.store import Store
+from htx.workspace import Workspace
 
 PRECISIONS = ["fp32", "all-fp16", "curated-fp32"]
 #: Model architectures (random weights): the demo model's, and a tiny one for quick runs on small machines.
@@ -62,17 +67,14 @@ def bench_config(root: Path, duration: float, executor: Any, size: str = "demo")
 
 
 def _timed_run(data: dict[str, Any], registry: Any, say: Any) -> dict[str, Any]:
-    from htx.runner import Runner
-    from htx.store import Store
-
     cfg = parse_config(data, "bench", registry)
     with Store(cfg.store.path) as store:
-        runner = Runner(cfg, registry, store, on_message=say)
+        run = Run(cfg, registry, store, on_message=say)
         t0 = time.perf_counter()
-        run_id = runner.run()
+        run_id = run.execute()
         wall = time.perf_counter() - t0
         trials = store.trials([run_id])
-    report = getattr(runner, "executor_report", None)
+    report = run.executor_report if run.executor_report is not None and run.executor_report.kind != "serial" else None
     return {
         "wall_s": wall,
         "trials": len(trials),
@@ -98,11 +100,6 @@ def command(
     workdir: Path = typer.Option(None, "--workdir", help="where stores and caches go (default: a temporary folder)"),
 ) -> None:
     """Wall time of a 24-trial CPU grid with serial, local and ray on this machine, and the speed-ups."""
-    import torch
-
-    from htx.plugins import load_registry
-    from htx.runner import Runner
-
     if size not in SIZES:
         raise HtxError(f"--size {size!r}: use one of {', '.join(SIZES)}")
     cores = os.cpu_count() or 1
@@ -120,9 +117,7 @@ def command(
 
     e.print("FP32 references (computed once, shared by every run; not timed) ...")
     warm = parse_config(bench_config(root, size=size, duration=duration, executor="serial"), "bench", registry)
-    warm_runner = Runner(warm, registry, store=None, on_message=say)
-    warm_runner.load()
-    del warm_runner
+    Workspace(warm, registry, say).load()
 
     results: dict[str, dict[str, Any]] = {}
 

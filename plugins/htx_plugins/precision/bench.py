@@ -24,13 +24,14 @@ from typing import Any
 
 import torch
 
-from htx.bench.planted import planted_ops, planted_plugin
+from htx.builder import TrialBuilder
 from htx.config import parse_config
 from htx.contracts import Assignment, SearchContext
 from htx.grid import expand_grid
 from htx.plugins import build_registry, get_plugin_manager
-from htx.runner import Runner
 from htx.store import Store
+from htx.workspace import Workspace
+from htx_plugins.precision.planted import planted_ops, planted_plugin
 
 MODELS: dict[str, Any] = {
     "demo": "demo",
@@ -83,14 +84,14 @@ def bench_model(
             "trial_timeout_s": 1e6,
         }
         cfg = parse_config(raw, f"bench {model_key}", registry)
-        with Store(cfg.store.path) as store:
-            runner = Runner(cfg, registry, store, on_message=say)
+        with Store(cfg.store.path):  # the run's store, as in `htx run` (the search writes no rows)
+            builder = TrialBuilder(Workspace(cfg, registry, say), registry)
             t0 = time.perf_counter()
-            runner.load()
+            builder.workspace.load()
             load_s = time.perf_counter() - t0
             spec = expand_grid(cfg)[0]
             t0 = time.perf_counter()
-            prep = runner.prepared_for(spec)
+            prep = builder.prepared(spec)
             prepare_s = time.perf_counter() - t0
             n = sum(op.compute for op in prep.ops)
             culprits = planted_ops(prep.ops)["culprits"]
@@ -98,7 +99,7 @@ def bench_model(
 
             def evaluate(a: Assignment) -> dict[str, Any]:
                 t = time.perf_counter()
-                m = runner.evaluate_assignment(prep, spec.stft, a)
+                m = builder.evaluate(prep, spec.stft, a)
                 times.append(time.perf_counter() - t)
                 say(f"  evaluation {len(times)}: {len(a.fp16)}/{n} ops FP16, finite={m['finite']}, {times[-1]:.1f} s")
                 return m
@@ -110,7 +111,7 @@ def bench_model(
             result = Bisect(Bisect.Params(**params, max_seconds=max_seconds)).search(ctx)
             finished = not result.summary["status"].startswith("stopped")
             search_s = time.perf_counter() - t0
-    model = runner.loaded
+    model = builder.workspace.model
     median = statistics.median(times) if times else float("nan")
     oracle = _oracle_evaluations(prep.ops, culprits, params)
     row: dict[str, Any] = {

@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import typer
 
-from htx.contracts import STFTBackend
+from htx.console import err, handle_errors, out
+from htx.contracts import STFTBackend, demucs_ispec, demucs_spec
 from htx.fixtures import BUILTINS
+from htx.plugins import load_registry
 
 SAMPLERATE = 44100
 N_FFT = 4096
@@ -156,7 +159,6 @@ def parity(backends: list[STFTBackend], kinds: tuple[str, ...] = ("silence", "si
            length: int = 44100) -> list[dict[str, Any]]:
     """Per backend and signal: max |diff| and SNR of the spectrogram vs the exact (float64) Demucs STFT, and of
     the round trip ``istft(stft(x))`` vs the exact Demucs round trip (which is not an identity)."""
-    from htx_plugins.stft.torch_stft import demucs_ispec, demucs_spec
 
     rows = []
     for kind in kinds:
@@ -240,3 +242,22 @@ def print_report(console: Any, bench: STFTBench, parity_rows: list[dict[str, Any
                            f"{r['rt_max_abs_diff']:.2e}", _fmt_db(r["rt_snr_db"]))
         ptable.caption = "round trip: istft(stft(x)) vs demucs's own _ispec(_spec(x)) in float64 (not an identity)"
         console.print(ptable)
+
+
+@handle_errors
+def command(
+    seconds: float = typer.Option(60.0, "--seconds", min=0.1, help="length of the stereo test clip"),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="interleaved timing rounds (the median is shown)"),
+    backends: list[str] = typer.Option(None, "--stft", help="backend name (repeatable); default: every registered one"),
+    parity_: bool = typer.Option(True, "--parity/--no-parity", help="also print parity vs the exact Demucs STFT"),
+) -> None:
+    """Forward + inverse STFT per backend: throughput relative to torch and to the memory-bandwidth bound."""
+    reg = load_registry()
+    names = backends or reg.names("stft")
+    if "torch" in names:  # the reference row first
+        names = ["torch", *(n for n in names if n != "torch")]
+    plugins = [reg.create("stft", n) for n in names]
+    err().print(f"timing {', '.join(names)} on {seconds:g} s of stereo audio ...", highlight=False)
+    result = run(plugins, seconds=seconds, repeats=repeats)
+    rows = parity(plugins) if parity_ else None
+    print_report(out(), result, rows)

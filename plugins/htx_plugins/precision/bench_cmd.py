@@ -11,8 +11,9 @@ from pathlib import Path
 
 import typer
 
-from htx.cli.common import err, handle_errors, out
+from htx.console import err, handle_errors, out
 from htx.errors import HtxError
+from htx_plugins.precision.bench import MODELS, bench_model
 
 
 def _s(v: float | None) -> str:
@@ -30,8 +31,6 @@ def bench_search(
     out_path: Path = typer.Option(None, "--out", help="also write the rows as JSON (e.g. experiments/benchmarks/search.json)"),
 ) -> None:
     """Wall time and evaluations of one bisect search (planted faults) next to a linear scan's n evaluations."""
-    from htx.bench.search import MODELS, bench_model
-
     keys = [m.strip() for m in models.split(",") if m.strip()]
     unknown = [k for k in keys if k not in MODELS]
     if unknown:

@@ -20,8 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import typer
 
 from htx.contracts import Assignment
+from htx.errors import AudioError
+from htx.fixtures import load_musicgen
 from htx.metrics import accuracy
 from htx.pipeline import Pipeline, spec_to_cac
 from htx.separation import separate
@@ -62,28 +65,19 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, 
     return statistics.median(samples), samples, out
 
 
-def test_clip(seconds: float, samplerate: int = 44100, seed: int = 0) -> torch.Tensor:
-    """A deterministic stereo clip: the music generator when available, else tones plus noise."""
+def test_clip(seconds: float, samplerate: int = 44100, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """A deterministic stereo clip and what it is: a generated song (``fixtures/musicgen.py``) when this is a
+    source checkout, else tones plus noise (said so in the second element, and in the benchmark's record)."""
     try:
-        import importlib.util
-
-        from htx.models import fixtures_dir
-
-        spec = importlib.util.spec_from_file_location("musicgen", fixtures_dir() / "musicgen.py")
-        if spec is not None and spec.loader is not None and Path(spec.origin).exists():
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            if hasattr(mod, "generate_song"):
-                song = mod.generate_song(seed=seed, duration=seconds, samplerate=samplerate)
-                mix = song["mix"] if isinstance(song, dict) else song[0]
-                return torch.from_numpy(np.asarray(mix, dtype=np.float32))
-    except Exception:
-        pass
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * samplerate)) / samplerate
-    x = 0.2 * np.sin(2 * np.pi * 110 * t) + 0.1 * np.sin(2 * np.pi * 440 * t * (1 + 0.01 * np.sin(t)))
-    x = np.stack([x, np.roll(x, 100)]) + 0.05 * rng.standard_normal((2, t.size))
-    return torch.from_numpy(x.astype(np.float32))
+        mod = load_musicgen()
+    except AudioError as exc:
+        rng = np.random.default_rng(seed)
+        t = np.arange(int(seconds * samplerate)) / samplerate
+        x = 0.2 * np.sin(2 * np.pi * 110 * t) + 0.1 * np.sin(2 * np.pi * 440 * t * (1 + 0.01 * np.sin(t)))
+        x = np.stack([x, np.roll(x, 100)]) + 0.05 * rng.standard_normal((2, t.size))
+        return torch.from_numpy(x.astype(np.float32)), f"synthetic tones + noise ({exc})"
+    song = mod.generate_song(seed=seed, duration=seconds, samplerate=samplerate)
+    return torch.from_numpy(np.asarray(song.mix, dtype=np.float32)), f"generated song (musicgen seed {seed})"
 
 
 def cpu_reference(cpu_model: Any, clip: torch.Tensor) -> np.ndarray:
@@ -148,8 +142,9 @@ def run(
     model = random_htdemucs(0).to(dev).eval()
     rec["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     seg_len = int(model.segment * model.samplerate)
-    mix = test_clip(seconds).to(dev)
-    say(f"{gpu}, torch {torch.__version__}; full-size HTDemucs {rec['params_m']:.1f} M params; {seconds:.0f} s clip")
+    clip, rec["clip"] = test_clip(seconds)
+    mix = clip.to(dev)
+    say(f"{gpu}, torch {torch.__version__}; full-size HTDemucs {rec['params_m']:.1f} M params; {seconds:.0f} s clip: {rec['clip']}")
 
     # baseline: demucs's own apply_model, FP32, same device, same segment/overlap
     with torch.no_grad():
@@ -393,7 +388,7 @@ def _overhead(trial_s: float) -> dict[str, Any]:
         n = 20
         for i in range(n):
             specs = expand_grid(cfg)
-            store.write_trial(TrialRecord(run_id, f"t{i}", i, "s", "p", "b", "c", "f", "ok",
+            store.write_trial(TrialRecord(run_id, f"t{i}", i, "f", "ok", axes={"surgery": "s", "precision": "p", "stft": "b", "compute": "c"},
                                           metrics={f"m{k}": float(k) for k in range(40)}, info={"x": list(range(50))}))
         per = (time.perf_counter() - t0) / n
     del specs
@@ -424,3 +419,15 @@ def _emulator(inner, stft, model, seg_len, dev, say) -> dict[str, Any]:
     except Exception as exc:
         say(f"Core ML emulator on CUDA: not measured ({type(exc).__name__}: {exc})")
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def command(
+    seconds: float = typer.Option(60.0, help="clip length in seconds"),
+    repeats: int = typer.Option(5, help="timed repeats (median reported)"),
+    batch: int = typer.Option(4, help="segments per batch for the policy comparison"),
+    bisect: bool = typer.Option(True, help="also search and time the best bisect assignment"),
+    emulator: bool = typer.Option(True, help="also time the Core ML emulator on CUDA"),
+    out: str = typer.Option("experiments/benchmarks/gpu.json", help="where to write the raw JSON"),
+) -> None:
+    """Full-size HTDemucs on a CUDA GPU: each precision policy vs demucs's own apply_model."""
+    run(seconds=seconds, repeats=repeats, policy_batch=batch, bisect=bisect, emulator=emulator, out_json=out)

@@ -1,4 +1,4 @@
-"""Shared CLI pieces: the two consoles and error reporting without tracebacks."""
+"""Consoles and error reporting for commands (the core's and plugins'): results on stdout, messages on stderr, no tracebacks."""
 
 from __future__ import annotations
 

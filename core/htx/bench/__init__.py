@@ -1,1 +1,0 @@
-"""Benchmark implementations (one module per benchmark); the CLI lives in htx.cli.bench_cmd."""

@@ -1,0 +1,287 @@
+"""The trial builder: from a grid entry to a runnable pipeline, with every step's result cached.
+
+``surgery.build -> unit.prepare -> policy -> assignment -> pipeline``. A prepared model is built once per
+(surgery, compute) pair and a precision assignment once per (surgery, compute, precision) combination; a
+failure is cached too, so every trial that needs it reports the same reason. Plugin instances are made once
+per config entry (see the lifetime note in :mod:`htx.contracts`): STFT backends keep their transform
+caches across trials and search evaluations.
+
+The CLI commands that rebuild one combination (``separate``, ``ops``, ``nan-sources``, ``export``) use
+this public API, exactly as a trial does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from htx.contracts import (
+    Assignment,
+    ComputeUnit,
+    InnerModel,
+    OpInfo,
+    OpStats,
+    Plugin,
+    SearchContext,
+    SearchPolicy,
+    SearchResult,
+    StaticPolicy,
+    STFTBackend,
+    Surgery,
+)
+from htx.errors import HtxError, UnavailableError
+from htx.failures import deadline
+from htx.grid import TrialSpec
+from htx.measure import Segmenting, aggregate, measure
+from htx.pipeline import Pipeline
+from htx.spectrogram import demucs_spec, spec_to_cac
+from htx.workspace import Cached, Workspace
+
+if TYPE_CHECKING:
+    from htx.config import PluginEntry
+    from htx.plugins import Registry
+
+
+@dataclass
+class Prepared:
+    """A surgery's inner model prepared on a compute unit, with its op list."""
+
+    surgery: Surgery
+    compute: ComputeUnit
+    inner: InnerModel
+    prepared: Any
+    ops: list[OpInfo]
+
+
+@dataclass
+class AssignmentInfo:
+    """A policy's assignment and, for a search, its evaluation count, summary and wall time."""
+
+    assignment: Assignment
+    evaluations: int = 0
+    search: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def search_log_name(spec: TrialSpec, policy: Plugin) -> str:
+    """A file name for a combination's search log, the same in every process (a content hash, not ``hash()``)."""
+    digest = hashlib.sha1("|".join(spec.combo_key).encode()).hexdigest()[:10]
+    return f"search-{spec.surgery.name}-{spec.compute.name}-{policy.name}-{digest}.json"
+
+
+class TrialBuilder:
+    """Builds and caches the parts of trials over one :class:`~htx.workspace.Workspace`."""
+
+    def __init__(self, workspace: Workspace, registry: Registry, run_id: str | None = None) -> None:
+        self.workspace = workspace
+        self.cfg = workspace.cfg
+        self.registry = registry
+        self.run_id = run_id
+        self.say = workspace.say
+        self._plugins: dict[tuple[str, str], Plugin] = {}
+        self._inners: dict[str, Cached[tuple[Surgery, InnerModel]]] = {}
+        self._prepared: dict[tuple[str, ...], Cached[Prepared]] = {}
+        self._assignments: dict[tuple[str, ...], Cached[AssignmentInfo]] = {}
+
+    # plugins ------------------------------------------------------------------------------------------
+
+    def plugin(self, kind: str, entry: PluginEntry) -> Plugin:
+        """The one instance of ``entry``'s plugin in this builder (made on first use)."""
+        key = (kind, entry.key())
+        if key not in self._plugins:
+            self._plugins[key] = self.registry.create(kind, entry.name, entry.params)
+        return self._plugins[key]
+
+    def stft(self, entry: PluginEntry, surgery: Surgery) -> STFTBackend | None:
+        """The STFT backend of ``entry`` (``None`` when the surgery needs no spectrogram), checked available."""
+        if not surgery.needs_stft:
+            return None
+        stft = self.plugin("stft", entry)
+        assert isinstance(stft, STFTBackend)
+        ok, why = stft.available()
+        if not ok:
+            raise UnavailableError(f"stft {stft.label} unavailable: {why}")
+        return stft
+
+    @property
+    def segmenting(self) -> Segmenting:
+        loaded = self.workspace.model
+        return Segmenting.of(self.cfg, loaded.segment_length, len(loaded.sources))
+
+    # prepared models ----------------------------------------------------------------------------------
+
+    def example_inputs(self, surgery: Surgery) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Seeded ``(spec_cac, mix)`` of the run's batch and segment shape (``spec_cac=None`` without STFT)."""
+        loaded = self.workspace.model
+        m = loaded.model
+        gen = torch.Generator().manual_seed(1234)
+        mix = 0.1 * torch.randn(self.cfg.separation.batch_size, m.audio_channels, loaded.segment_length, generator=gen)
+        if not surgery.needs_stft:
+            return None, mix
+        return spec_to_cac(demucs_spec(mix, m.nfft)), mix
+
+    def inner(self, entry: PluginEntry) -> tuple[Surgery, InnerModel]:
+        key = entry.key()
+        if key not in self._inners:
+            cached: Cached[tuple[Surgery, InnerModel]] = Cached()
+            try:
+                surgery = self.plugin("surgery", entry)
+                assert isinstance(surgery, Surgery)
+                cached.value = (surgery, surgery.build(self.workspace.model.model))
+            except Exception as exc:
+                cached.error = exc
+            self._inners[key] = cached
+        return self._inners[key].get()
+
+    def prepared(self, spec: TrialSpec) -> Prepared:
+        """The spec's surgery prepared on its compute unit (once per pair)."""
+        key = spec.prepare_key
+        if key not in self._prepared:
+            cached: Cached[Prepared] = Cached()
+            try:
+                surgery, inner = self.inner(spec.surgery)
+                compute = self.plugin("compute", spec.compute)
+                assert isinstance(compute, ComputeUnit)
+                ok, why = compute.available()
+                if not ok:
+                    raise UnavailableError(f"compute {compute.label} unavailable: {why}")
+                self.say(f"preparing {surgery.label} on {compute.label} ...")
+                spec_cac, mix = self.example_inputs(surgery)
+                host_args, _ = inner.host_pre(spec_cac, mix)
+                with deadline(self.cfg.trial_timeout_s, f"preparing {surgery.label} on {compute.label}"):
+                    prepared = compute.prepare(inner, tuple(host_args), cache_dir=self.workspace.cache_dir)
+                    ops = compute.ops(prepared)
+                cached.value = Prepared(surgery, compute, inner, prepared, ops)
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                cached.error = exc
+            self._prepared[key] = cached
+        return self._prepared[key].get()
+
+    def forget_prepared(self) -> None:
+        """Drop prepared models (a driver that prepared only to fill the disk cache)."""
+        self._prepared.clear()
+
+    @property
+    def n_prepared(self) -> int:
+        return len(self._prepared)
+
+    # pipelines ----------------------------------------------------------------------------------------
+
+    def pipeline(self, prep: Prepared, stft: STFTBackend | None, assignment: Assignment | None) -> Pipeline:
+        """The segment pipeline of ``prep`` under ``assignment`` (``None``: not compiled, for recording)."""
+        forward = prep.compute.compile(prep.prepared, assignment) if assignment is not None else None
+        return Pipeline(
+            prep.inner, forward, stft, self.workspace.model.model.nfft, prep.compute.device,
+            sync=prep.compute.synchronize, needs_stft=prep.surgery.needs_stft,
+        )
+
+    def pipeline_for(self, spec: TrialSpec) -> tuple[Pipeline, Prepared, AssignmentInfo]:
+        """The pipeline one trial of ``spec`` runs (prepared model, assignment, STFT backend)."""
+        prep = self.prepared(spec)
+        stft = self.stft(spec.stft, prep.surgery)
+        ainfo = self.assignment(spec)
+        return self.pipeline(prep, stft, ainfo.assignment), prep, ainfo
+
+    # evaluations (what search policies call) ---------------------------------------------------------
+
+    def evaluate(self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment) -> dict[str, Any]:
+        """``assignment`` on every usable fixture, aggregated worst case (a search evaluation)."""
+        pipe = self.pipeline(prep, self.stft(stft_entry, prep.surgery), assignment)
+        items = [(fx, ref) for _, fx, ref in self.workspace.usable()]
+        t = self.cfg.targets
+        agg = aggregate(measure(pipe, items, self.segmenting, t.rtol, t.atol))
+        agg["fp16_op_fraction"] = assignment.fp16_fraction(prep.ops)
+        return agg
+
+    def record(
+        self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment,
+        fixture_index: int | None = None, offset: int = 0,
+    ) -> dict[str, OpStats]:
+        """Per-op statistics of one pass on one segment: by default the first usable fixture's first one."""
+        for i, fx in self.workspace.fixtures.items():
+            if fx.ok and fixture_index in (None, i):
+                pipe = self.pipeline(prep, self.stft(stft_entry, prep.surgery), None)
+                args, _ = pipe.model_inputs(self.segmenting.first_batch(fx.get().mix, offset))
+                return prep.compute.record(prep.prepared, assignment, tuple(args))
+        raise HtxError("no usable fixture to record per-op statistics on")
+
+    def search_context(self, spec: TrialSpec, prep: Prepared) -> SearchContext:
+        return SearchContext(
+            prep.ops,
+            evaluate=lambda a: self.evaluate(prep, spec.stft, a),
+            record=lambda a: self.record(prep, spec.stft, a),
+            targets=self.cfg.targets,
+        )
+
+    # assignments --------------------------------------------------------------------------------------
+
+    def is_search(self, spec: TrialSpec) -> bool:
+        return issubclass(self.registry.get("precision", spec.precision.name), SearchPolicy)
+
+    def assignment(self, spec: TrialSpec) -> AssignmentInfo:
+        """The spec's precision assignment (a search runs once per combination)."""
+        key = spec.combo_key
+        if key not in self._assignments:
+            cached: Cached[AssignmentInfo] = Cached()
+            try:
+                cached.value = self._choose(spec)
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                cached.error = exc
+            self._assignments[key] = cached
+        return self._assignments[key].get()
+
+    def _choose(self, spec: TrialSpec) -> AssignmentInfo:
+        prep = self.prepared(spec)
+        policy = self.plugin("precision", spec.precision)
+        t0 = time.perf_counter()
+        with deadline(self.cfg.trial_timeout_s, f"precision policy {policy.label}"):
+            if isinstance(policy, SearchPolicy):
+                self.workspace.load()  # a search measures on every fixture; a worker may hold only its chunk's
+                self.say(f"searching with {policy.label} over {len(prep.ops)} ops ...")
+                ctx = self.search_context(spec, prep)
+                result = policy.search(ctx)
+                log_path = self.write_search_log(spec, policy, prep, result)
+                info = AssignmentInfo(result.assignment, result.evaluations or ctx.evaluations,
+                                      {**result.summary, "log": str(log_path)})
+            else:
+                assert isinstance(policy, StaticPolicy)
+                info = AssignmentInfo(policy.select(prep.ops))
+        info.seconds = time.perf_counter() - t0
+        unknown = set(info.assignment.fp16) - {op.name for op in prep.ops}
+        if unknown:
+            raise HtxError(f"precision {policy.label} assigned unknown op names: {sorted(unknown)[:5]}")
+        return info
+
+    def write_search_log(self, spec: TrialSpec, policy: Plugin, prep: Prepared, result: SearchResult) -> Path:
+        d = Path(self.cfg.store.artifacts_dir) / (self.run_id or "adhoc")
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / search_log_name(spec, policy)
+        path.write_text(json.dumps({
+            "surgery": spec.surgery.key(), "compute": spec.compute.key(), "precision": spec.precision.key(),
+            "evaluations": result.evaluations, "fp32_ops": result.assignment.fp32_ops(prep.ops),
+            "summary": result.summary, "log": result.log,
+        }, indent=1, default=str))
+        return path
+
+    # what a trial stores about its assignment ---------------------------------------------------------
+
+    @staticmethod
+    def assignment_info(prep: Prepared, assignment: Assignment) -> dict[str, Any]:
+        return {
+            "fp32_types": dict(Counter(op.type for op in prep.ops if op.compute and not assignment.is_fp16(op.name))),
+            "fp16_types": dict(Counter(op.type for op in prep.ops if op.compute and assignment.is_fp16(op.name))),
+        }
+
+
+__all__ = ["AssignmentInfo", "Prepared", "TrialBuilder", "search_log_name"]

@@ -1,0 +1,99 @@
+"""Demucs's spectrogram convention, exactly: the reference every STFT backend is held to.
+
+:func:`demucs_spec` and :func:`demucs_ispec` are ``HTDemucs._spec`` and ``HTDemucs._ispec`` (demucs
+4.1.0), with the DC bin's imaginary part dropped before the inverse (see :class:`htx.contracts.STFTBackend`
+for the full contract). The core uses them for example inputs and for each trial's STFT parity; plugins
+reach them through :mod:`htx.contracts`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def hop_length(n_fft: int) -> int:
+    return n_fft // 4
+
+
+def spec_shape(length: int, n_fft: int) -> tuple[int, int]:
+    """``(bins, frames)`` of the Demucs spectrogram of ``length`` samples: ``(n_fft // 2, ceil(length / hop))``."""
+    return n_fft // 2, int(math.ceil(length / hop_length(n_fft)))
+
+
+def pad1d_reflect(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """Reflect padding that also works when the input is shorter than the pad (demucs ``pad1d``)."""
+    length = x.shape[-1]
+    max_pad = max(left, right)
+    if length <= max_pad:
+        extra = max_pad - length + 1
+        extra_right = min(right, extra)
+        extra_left = extra - extra_right
+        left, right = left - extra_left, right - extra_right
+        x = F.pad(x, (extra_left, extra_right))
+    return F.pad(x, (left, right), mode="reflect")
+
+
+def demucs_spec(x: torch.Tensor, n_fft: int = 4096, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``HTDemucs._spec``: ``[..., L]`` -> complex ``[..., n_fft // 2, ceil(L / hop)]``."""
+    hop = hop_length(n_fft)
+    *other, length = x.shape
+    le = int(math.ceil(length / hop))
+    pad = hop // 2 * 3
+    x = x.to(dtype).reshape(-1, 1, length)
+    x = pad1d_reflect(x, pad, pad + le * hop - length)[:, 0]
+    z = torch.stft(
+        x, n_fft, hop, window=torch.hann_window(n_fft, dtype=dtype, device=x.device), win_length=n_fft,
+        normalized=True, center=True, return_complex=True, pad_mode="reflect",
+    )
+    z = z[..., :-1, 2: 2 + le]
+    return z.reshape(*other, z.shape[-2], z.shape[-1])
+
+
+def demucs_ispec(z: torch.Tensor, length: int, n_fft: int = 4096) -> torch.Tensor:
+    """``HTDemucs._ispec``: complex ``[..., n_fft // 2, T]`` -> ``[..., length]``."""
+    hop = hop_length(n_fft)
+    *other, freqs, frames = z.shape
+    z = z.reshape(-1, freqs, frames)
+    # A real signal's DC bin is real. The network's output is not, and torch's inverse FFT treats the
+    # imaginary part differently per device: the CPU ignores it, CUDA (on this padded, strided input) does
+    # not, so HTDemucs's own output differs between CPU and CUDA (31.5 dB SNR on the trained demo model).
+    # Dropping it here gives the CPU's result on every device.
+    z = torch.cat([z[:, :1].real.to(z.dtype), z[:, 1:]], dim=1)
+    z = F.pad(z, (0, 0, 0, 1))
+    z = F.pad(z, (2, 2))
+    pad = hop // 2 * 3
+    le = hop * int(math.ceil(length / hop)) + 2 * pad
+    real_dtype = z.real.dtype
+    x = torch.istft(
+        z, n_fft, hop, window=torch.hann_window(n_fft, dtype=real_dtype, device=z.device), win_length=n_fft,
+        normalized=True, length=le, center=True,
+    )
+    x = x[..., pad: pad + length]
+    return x.reshape(*other, length)
+
+
+def spec_to_cac(z: torch.Tensor) -> torch.Tensor:
+    """Complex ``[B, C, F, T]`` -> float ``[B, 2C, F, T]`` (real/imag interleaved per channel, as demucs)."""
+    B, C, Fr, T = z.shape
+    return torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(B, C * 2, Fr, T)
+
+
+def cac_to_spec(m: torch.Tensor) -> torch.Tensor:
+    """Float ``[B, S, 2C, F, T]`` -> complex ``[B, S, C, F, T]`` (the inverse of :func:`spec_to_cac`)."""
+    B, S, C2, Fr, T = m.shape
+    out = m.reshape(B, S, C2 // 2, 2, Fr, T).permute(0, 1, 2, 4, 5, 3)
+    return torch.view_as_complex(out.float().contiguous())
+
+
+def max_relative_error(z: torch.Tensor, golden: torch.Tensor) -> float:
+    """``max |z - golden| / max |golden|`` (0 when both are zero): an STFT backend's parity."""
+    z64 = z.detach().cpu().to(torch.complex128)
+    g64 = golden.detach().cpu().to(torch.complex128)
+    scale = float(g64.abs().max()) if g64.numel() else 0.0
+    err = float((z64 - g64).abs().max()) if g64.numel() else 0.0
+    if scale == 0.0:
+        return 0.0 if err == 0.0 else math.inf
+    return err / scale
