@@ -2,8 +2,8 @@
 
 They live in an importable module (tests/ is on the driver's ``sys.path``, which executors hand to their
 workers) because worker processes load a run's plugins by module name; a plugin built in memory with
-``module_plugin`` cannot reach them. Use them with the `local` and `ray` executors only: in a serial
-run they would kill or hang the test process itself.
+``module_plugin`` cannot reach them. Use them with the `local` and `ray` executors, or the default (isolated) `serial`
+one: with `serial: {isolate: false}` they would kill or hang the test process itself.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from htx.hookspecs import hookimpl
 
 
 class KillParams(Params):
-    how: Literal["exit", "sigkill"] = "exit"
+    how: Literal["exit", "sigkill", "abort"] = "exit"
 
 
 class KillWorker(StaticPolicy):
-    """Ends the worker process running it: ``os._exit(3)`` or SIGKILL (a segfaulting runtime, the OOM killer)."""
+    """Ends the process running it: ``os._exit(3)``, SIGKILL (a segfaulting runtime, the OOM killer) or
+    ``os.abort()`` (a failed assertion in native code)."""
 
     name = "kill-worker"
     Params = KillParams
@@ -31,6 +32,8 @@ class KillWorker(StaticPolicy):
     def select(self, ops):
         if self.params.how == "exit":
             os._exit(3)
+        if self.params.how == "abort":
+            os.abort()
         os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(60)
 

@@ -31,10 +31,10 @@ def test_run_then_leaderboard_json_and_show(tmp_path):
     assert f"run {run_id}: 2 trials (2 already done)" in res.output
 
 
-def test_run_bad_config_exits_1_without_traceback(tmp_path):
+def test_run_bad_config_exits_2_without_traceback(tmp_path):
     cfg = write_config(tmp_path, compute=["torhc"])
     res = CliRunner().invoke(app, ["run", str(cfg)])
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # a usage error: nothing ran
     assert "Traceback" not in res.output
     assert "compute: unknown plugin 'torhc'. Did you mean 'torch'?" in res.output
 

@@ -117,7 +117,7 @@ def test_ray_without_ray_installed_fails_validation(tmp_path, monkeypatch):
 
 def test_cli_rejects_unknown_executor(tmp_path):
     res = CliRunner().invoke(app, ["run", str(write_config(tmp_path)), "--executor", "threads", "--no-progress"])
-    assert res.exit_code == 1 and "--executor 'threads': use one of serial, local, ray" in res.output
+    assert res.exit_code == 2 and "--executor 'threads': use one of serial, local, ray" in res.output
 
 
 # --- planning ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,11 +194,20 @@ def test_reference_cached_on_disk(tmp_path):
 
 
 def test_corrupt_fixture_fails_its_trials_only(tmp_path):
+    """A fixture that goes bad after validation (validation itself refuses a corrupt file) fails its trials only."""
+    import soundfile as sf
+
     bad = tmp_path / "corrupt.wav"
-    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    sf.write(str(bad), np.zeros((4410, 2), np.float32), 44100)
     reg = build_registry(get_plugin_manager())
-    _, trials, run = _run(tmp_path, reg, fixtures=[{"sine_440": {"duration": 1.0}}, str(bad)])
+    cfg = parse_config(make_config(tmp_path, fixtures=[{"sine_440": {"duration": 1.0}}, str(bad)]), registry=reg)
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    with Store(cfg.store.path) as store:
+        run_id = Run(cfg, reg, store).execute()
+        trials = {(t.precision, t.compute, t.fixture): t for t in store.trials([run_id])}
+        run = store.get_run(run_id)
     assert run["status"] == "finished"
-    assert trials[("fp32", "torch[device='cpu']", "sine_440[duration=1.0]")].status == "ok"
+    good = trials[("fp32", "torch[device='cpu']", "sine_440[duration=1.0]")]
+    assert good.status == "ok", good.reason
     broken = trials[("fp32", "torch[device='cpu']", "corrupt")]
     assert broken.status == "failed" and "cannot read" in broken.reason and "corrupt.wav" in broken.reason

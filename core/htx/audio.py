@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from htx.errors import AudioError
 
@@ -35,13 +36,13 @@ class Audio:
 
 def read_audio(path: str | Path) -> Audio:
     """Read a WAV/FLAC/OGG file as float32 ``[C, L]``; empty, corrupt or non-finite audio is an error."""
-    import soundfile as sf
-
     path = Path(path)
     if not path.exists():
         raise AudioError(f"audio file not found: {path}")
     if path.is_dir():
         raise AudioError(f"{path} is a directory; pass an audio file (WAV or FLAC)")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path} is empty (0 bytes); use a non-empty recording")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
@@ -56,6 +57,44 @@ def read_audio(path: str | Path) -> Audio:
     return Audio(data=data, samplerate=int(sr))
 
 
+def audio_file_problem(path: str | Path, channels: int | None = None) -> str | None:
+    """What makes ``path`` unusable as a fixture, read cheaply (header, then the samples in blocks), or None.
+
+    Reports: missing, a directory, empty (0 bytes or no samples), undecodable, truncated (fewer samples than
+    the header declares, or a read error part-way), non-finite samples, and, with ``channels`` (the model's),
+    a channel count other than mono or ``channels``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return f"audio file not found: {path}"
+    if path.is_dir():
+        return f"{path} is a directory; pass an audio file (WAV or FLAC)"
+    if path.stat().st_size == 0:
+        return f"{path} is empty (0 bytes); use a non-empty recording"
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:
+        return (f"{path} is not a readable audio file ({str(exc).strip() or type(exc).__name__}); htx reads WAV, FLAC and "
+                "OGG: convert it (e.g. `ffmpeg -i in.mp3 out.wav`)")
+    if info.frames == 0:
+        return f"{path} contains no samples; use a non-empty recording"
+    if channels is not None and info.channels not in (1, channels):
+        return (f"{path} has {info.channels} channels; the model takes {channels} (or mono, which is duplicated): "
+                f"downmix it, e.g. `ffmpeg -i {path.name} -ac {channels} out.wav`")
+    frames, bad = 0, 0
+    try:
+        for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
+            frames += block.shape[0]
+            bad += int((~np.isfinite(block)).sum())
+    except Exception as exc:
+        return f"{path} is truncated or corrupt: reading failed after {frames} of {info.frames} frames ({exc})"
+    if frames < info.frames:
+        return f"{path} is truncated: the header declares {info.frames} frames, {frames} can be read; re-export it"
+    if bad:
+        return f"{path} has {bad} non-finite samples (NaN/Inf); fix or re-export the audio"
+    return None
+
+
 def check_finite(data: np.ndarray, what: str) -> None:
     if not np.isfinite(data).all():
         n_nan = int(np.isnan(data).sum())
@@ -65,8 +104,6 @@ def check_finite(data: np.ndarray, what: str) -> None:
 
 def write_audio(path: str | Path, data: np.ndarray, samplerate: int, subtype: str | None = None) -> Path:
     """Write float ``[C, L]`` audio; the format follows the suffix (.wav float32 by default, .flac 24-bit)."""
-    import soundfile as sf
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = np.asarray(data, dtype=np.float32)

@@ -31,7 +31,7 @@ from htx.applicability import config_surgery_problems
 from htx.axes import AXES, axis_names
 from htx.errors import ConfigError, format_validation_error
 from htx.fixtures import FixtureEntry, check_fixture_entry
-from htx.models import check_random_kwargs
+from htx.models import check_random_kwargs, model_skeleton
 from htx.plugins import unknown_name_message
 
 if TYPE_CHECKING:
@@ -204,10 +204,25 @@ EXECUTOR_KINDS = ("serial", "local", "ray")
 RAY_INSTALL = "pip install 'htx[ray]'"
 
 
+class SerialExecutor(Strict):
+    """``executor: serial`` (the default): one trial at a time.
+
+    ``isolate: true`` (default) runs them in one child process, so a trial that aborts, segfaults, runs out
+    of memory or hangs past ``3 x trial_timeout_s + hang_grace_s`` becomes a failed row and the run goes on.
+    Plugins registered in memory only (``module_plugin``) cannot reach a child: such runs, and ``isolate:
+    false``, run in this process, where a crash ends the run and ``--resume`` records the trial that was
+    running as failed.
+    """
+
+    isolate: bool = Field(True, description="run trials in a child process (crashes and hangs become failed rows)")
+    hang_grace_s: float = Field(60.0, gt=0, description="a child silent for 3 x trial_timeout_s + this is killed")
+
+
 class Executor(Strict):
-    """Where trials run: ``serial`` (this process, the default), ``local`` (process pool) or ``ray``."""
+    """Where trials run: ``serial`` (one at a time, the default), ``local`` (process pool) or ``ray``."""
 
     kind: Literal["serial", "local", "ray"] = "serial"
+    serial: SerialExecutor | None = None
     local: LocalExecutor | None = None
     ray: RayExecutor | None = None
 
@@ -220,16 +235,18 @@ class Executor(Strict):
             if len(value) != 1 or next(iter(value)) not in EXECUTOR_KINDS:
                 raise ValueError(f"executor is `serial`, `local`, `ray` or a one-key mapping such as {{local: {{workers: 4}}}}, got {sorted(value)}")
             (kind, opts), = value.items()
-            return {"kind": kind} if kind == "serial" else {"kind": kind, kind: opts or {}}
+            return {"kind": kind, kind: opts or {}}
         return value
 
     @model_validator(mode="after")
     def _check(self) -> Executor:
+        if self.kind == "serial" and self.serial is None:
+            self.serial = SerialExecutor()
         if self.kind == "local" and self.local is None:
             self.local = LocalExecutor()
         if self.kind == "ray" and self.ray is None:
             self.ray = RayExecutor()
-        other = {"serial": ("local", "ray"), "local": ("ray",), "ray": ("local",)}[self.kind]
+        other = {"serial": ("local", "ray"), "local": ("serial", "ray"), "ray": ("serial", "local")}[self.kind]
         given = [k for k in other if getattr(self, k) is not None]
         if given:
             raise ValueError(f"executor kind is {self.kind!r} but options for {given[0]!r} are given; keep one")
@@ -322,11 +339,13 @@ Override = Callable[[dict[str, Any]], dict[str, Any]]
 
 def parse_config(
     data: Any, source: str | None = None, registry: Any = None, override: Override | None = None, check_model: bool = True,
+    check_files: bool = True,
 ) -> ExperimentConfig:
     """Validate a config mapping; with a registry, also plugin names and each plugin's options.
 
-    ``check_model=False`` skips building the model's skeleton to check the surgeries against it (a worker,
-    whose driver has checked them already).
+    ``check_model=False`` skips building the model's skeleton to check the surgeries against it, and
+    ``check_files=False`` skips reading audio fixtures (a worker, whose driver has checked both already; a
+    fixture that goes bad later fails its own trials).
 
     ``override`` edits the raw mapping before validation (command-line flags such as ``--executor``).
     """
@@ -339,13 +358,13 @@ def parse_config(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc), source) from None
     if registry is not None:
-        problems = check_plugins(cfg, registry, check_model)
+        problems = check_plugins(cfg, registry, check_model, check_files)
         if problems:
             raise ConfigError(problems, source)
     return cfg
 
 
-def check_plugins(cfg: ExperimentConfig, registry: Registry, check_model: bool = True) -> list[str]:
+def check_plugins(cfg: ExperimentConfig, registry: Registry, check_model: bool = True, check_files: bool = True) -> list[str]:
     """Problems with plugin names, plugin options and fixtures, one line each."""
     problems: list[str] = []
     for axis in axis_names():
@@ -366,13 +385,26 @@ def check_plugins(cfg: ExperimentConfig, registry: Registry, check_model: bool =
             if entry.key() in seen:
                 problems.append(f"{axis}.{i}: {entry.key()!r} appears twice; remove the duplicate")
             seen.add(entry.key())
+    channels = model_channels(cfg.model) if check_model else None
     for i, fx in enumerate(cfg.fixtures):
-        msg = check_fixture_entry(fx)
+        if fx.path is not None and not check_files:
+            continue
+        msg = check_fixture_entry(fx, channels)
         if msg:
             problems.append(f"fixtures.{i}: {msg}")
     if check_model:
         problems.extend(config_surgery_problems(cfg, registry))
     return problems
+
+
+def model_channels(model: ModelConfig) -> int | None:
+    """The audio channel count of the configured model from its skeleton (no weights), or None when only
+    the weights tell (path and pretrained models) or the model cannot be built (reported elsewhere)."""
+    try:
+        skeleton = model_skeleton(model)
+    except Exception:
+        return None
+    return None if skeleton is None else int(skeleton.audio_channels)
 
 
 def load_config(path: str | Path, registry: Any = None, override: Override | None = None) -> ExperimentConfig:

@@ -26,21 +26,27 @@ def err() -> Console:
     return Console(stderr=True, soft_wrap=True)
 
 
-def handle_errors(fn: F) -> F:
-    """Show :class:`HtxError` messages (one bullet per problem for configs) and exit 1, no traceback."""
+def handle_errors(fn: F | None = None, *, code: int = 1) -> Any:
+    """Show :class:`HtxError` messages (one bullet per problem for configs) and exit ``code``, no traceback.
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            e = err()
-            e.print(f"[red]Error:[/red] invalid config{' ' + exc.source if exc.source else ''}", highlight=False)
-            for p in exc.problems:
-                e.print(f"  • {p}", markup=False, highlight=False)
-            raise typer.Exit(1) from None
-        except HtxError as exc:
-            err().print(f"[red]Error:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
+    ``@handle_errors`` exits 1; ``@handle_errors(code=2)`` exits 2 (``htx run``: 1 means a trial failed).
+    """
 
-    return wrapper  # type: ignore[return-value]
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return f(*args, **kwargs)
+            except ConfigError as exc:
+                e = err()
+                e.print(f"[red]Error:[/red] invalid config{' ' + exc.source if exc.source else ''}", highlight=False)
+                for p in exc.problems:
+                    e.print(f"  • {p}", markup=False, highlight=False)
+                raise typer.Exit(code) from None
+            except HtxError as exc:
+                err().print(f"[red]Error:[/red] {exc}", highlight=False, markup=False)
+                raise typer.Exit(code) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(fn) if fn is not None else decorate

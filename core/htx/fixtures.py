@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from htx.audio import AUDIO_SUFFIXES, Audio, read_audio, to_model_format
+from htx.audio import AUDIO_SUFFIXES, Audio, audio_file_problem, read_audio, to_model_format
 from htx.errors import AudioError, format_validation_error
 from htx.models import REPO_ROOT, SOURCES, fixtures_dir
 
@@ -143,12 +143,11 @@ def looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or Path(value).suffix.lower() in AUDIO_SUFFIXES
 
 
-def check_fixture_entry(entry: Any) -> str | None:
-    """A problem with a fixture entry (unknown name, bad options, missing file), or None."""
+def check_fixture_entry(entry: Any, channels: int | None = None) -> str | None:
+    """A problem with a fixture entry (unknown name, bad options; for a file: missing, a directory, empty,
+    undecodable, truncated, non-finite, or a channel count other than mono or the model's ``channels``), or None."""
     if entry.path is not None:
-        if not Path(entry.path).exists():
-            return f"audio file not found: {entry.path}"
-        return None
+        return audio_file_problem(entry.path, channels)
     if entry.name in BUILTINS:
         params_cls = BUILTINS[entry.name][0]
         try:

@@ -162,6 +162,11 @@ def collect(store: Store, run: str | None = None, all_runs: bool = False, where:
     return rows
 
 
+def misses(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that failed or ran but miss the targets (``unavailable`` rows did not run here, so they count as neither)."""
+    return [r for r in rows if r["status"] != "unavailable" and not r["pass"]]
+
+
 def sort_rows(rows: list[dict[str, Any]], sort: str | None) -> None:
     """Sort in place by ``KEY`` (ascending) or ``-KEY`` (descending); missing values last."""
     if not sort:

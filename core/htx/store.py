@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS runs (
     host TEXT,
     created_at REAL NOT NULL,
     finished_at REAL,
-    n_trials INTEGER NOT NULL DEFAULT 0
+    n_trials INTEGER NOT NULL DEFAULT 0,
+    current_trial TEXT               -- the trial an in-process serial run is running (crash marker)
 );
 CREATE TABLE IF NOT EXISTS trials (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -121,6 +122,11 @@ class Store:
         self.path = Path(path)
         self.read_only = False
         self._make_parent()
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with self.path.open("rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":  # never let SQLite turn someone's file into a store
+                    raise HtxError(f"{self.path} is not an htx results database (not an SQLite file); "
+                                   "pass another path with --db")
         writable = os.access(self.path.parent, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
         if not writable:
             if not self.path.exists():
@@ -182,6 +188,8 @@ class Store:
             for stmt in schema().split(";"):
                 if stmt.strip():
                     self.conn.execute(stmt)
+            if "current_trial" not in {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}:
+                self.conn.execute("ALTER TABLE runs ADD COLUMN current_trial TEXT")  # a store from before it
             cols = {r[1] for r in self.conn.execute("PRAGMA table_info(trials)")}
             for name in axis_names():  # an axis added since this store was made
                 if name not in cols:
@@ -258,6 +266,10 @@ class Store:
     def finished_trial_ids(self, run_id: str) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT trial_id FROM trials WHERE run_id = ?", (run_id,))}
 
+    def trial_statuses(self, run_id: str) -> dict[str, str]:
+        """``{trial_id: status}`` of the run's recorded trials."""
+        return dict(self.conn.execute("SELECT trial_id, status FROM trials WHERE run_id = ?", (run_id,)).fetchall())
+
     def write_trial(self, rec: TrialRecord) -> None:
         """Write one trial and its metrics atomically (replacing an earlier attempt of the same trial)."""
         axes = axis_names()
@@ -277,8 +289,9 @@ class Store:
                 [(rec.run_id, rec.trial_id, k, _encode(v)) for k, v in sorted(rec.metrics.items())],
             )
             c.execute(
-                "UPDATE runs SET n_trials = (SELECT COUNT(*) FROM trials WHERE run_id = ?) WHERE run_id = ?",
-                (rec.run_id, rec.run_id),
+                "UPDATE runs SET n_trials = (SELECT COUNT(*) FROM trials WHERE run_id = ?), "
+                "current_trial = CASE WHEN current_trial = ? THEN NULL ELSE current_trial END WHERE run_id = ?",
+                (rec.run_id, rec.trial_id, rec.run_id),
             )
 
     def trials(self, run_ids: list[str] | None = None) -> list[TrialRecord]:

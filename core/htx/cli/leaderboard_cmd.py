@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 
 from htx.config import DEFAULT_DB
-from htx.console import handle_errors, out
+from htx.console import err, handle_errors, out
 from htx.errors import HtxError
-from htx.leaderboard import collect, export, rich_table
+from htx.leaderboard import collect, export, misses, rich_table
 from htx.store import Store
 
 
@@ -21,6 +21,7 @@ def leaderboard(
     where: str = typer.Option(None, "--where", help="filter, e.g. 'snr_db > 40 and precision == \"all-fp16\"'"),
     fmt: str = typer.Option("table", "--format", help="table, csv, json or md"),
     db: Path = typer.Option(Path(DEFAULT_DB), "--db", help="results database"),
+    check: bool = typer.Option(False, "--check", help="exit 1 when any shown trial failed or misses the targets (a CI gate)"),
 ) -> None:
     """Show trials of a run (or all runs) ranked by accuracy, with pass/fail and Pareto marks."""
     if not db.exists():
@@ -34,3 +35,8 @@ def leaderboard(
         o.print(rich_table(rows))
     else:
         typer.echo(export(rows, fmt), nl=False)
+    if check:
+        missed = misses(rows)
+        if missed:
+            err().print(f"check: {len(missed)} of {len(rows)} trials miss the targets", highlight=False)
+            raise typer.Exit(1)

@@ -1,4 +1,8 @@
-"""``htx run CONFIG``: expand the grid, run every trial, record it, show the leaderboard."""
+"""``htx run CONFIG``: expand the grid, run every trial, record it, show the leaderboard.
+
+Exit codes: 0 when every trial is ok or unavailable; 1 when a trial failed (and, with ``--check``, when a
+trial misses the targets); 2 for a usage error (bad config, flags or paths: nothing ran); 130 on Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from htx.config import DEFAULT_DB, EXECUTOR_KINDS, executor_override, load_config, parse_config
 from htx.console import err, handle_errors, out
 from htx.errors import HtxError
-from htx.leaderboard import collect, rich_table
+from htx.leaderboard import collect, misses, rich_table
 from htx.plugins import load_registry
 from htx.run import Run
 from htx.store import Store
 
 
-@handle_errors
+@handle_errors(code=2)
 def run(
     config: Path = typer.Argument(None, help="experiment config (YAML); optional with --resume"),
     resume: str = typer.Option(None, "--resume", help="continue RUN_ID, skipping its finished trials"),
@@ -26,11 +30,15 @@ def run(
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
     executor: str = typer.Option(None, "--executor", help="serial | local | ray (overrides the config's `executor:`)"),
     workers: int = typer.Option(None, "--workers", min=1, help="worker processes of the local executor (implies --executor local)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="with --resume: run the run's failed trials again"),
+    check: bool = typer.Option(False, "--check", help="exit 1 when any trial misses the targets (a CI precision gate)"),
 ) -> None:
     """Run an experiment grid against the FP32 reference and show the leaderboard."""
     registry = load_registry()
     if config is None and resume is None:
         raise HtxError("give a CONFIG to run, or --resume RUN_ID to continue a run")
+    if retry_failed and resume is None:
+        raise HtxError("--retry-failed re-runs the failed trials of a run: give --resume RUN_ID too")
     if executor is not None and executor not in EXECUTOR_KINDS:
         raise HtxError(f"--executor {executor!r}: use one of {', '.join(EXECUTOR_KINDS)}")
     override = executor_override(executor, workers) if executor or workers else None
@@ -58,7 +66,7 @@ def run(
         run_ = Run(cfg, registry, store, str(config) if config else None, on_progress, on_message)
         try:
             with progress:
-                run_id = run_.execute(resume=resume)
+                run_id = run_.execute(resume=resume, retry_failed=retry_failed)
         except KeyboardInterrupt:
             e.print(f"\n[yellow]Interrupted.[/yellow] Finished trials are saved. Continue with: htx run --resume {run_.run_id} --db {store_path}")
             raise typer.Exit(130) from None
@@ -70,3 +78,11 @@ def run(
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         e.print(f"run {run_id}: {summary} in {time.perf_counter() - t0:.1f} s; results in {store_path}", highlight=False)
+    if counts.get("failed"):
+        raise typer.Exit(1)
+    if check:
+        missed = misses(rows)
+        if missed:
+            e.print(f"check: {len(missed)} of {len(rows)} trials miss the targets (htx leaderboard --db {store_path} "
+                    f"--run {run_id} shows which)", highlight=False)
+            raise typer.Exit(1)

@@ -9,9 +9,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from htx.audio import read_audio
-from htx.config import ExperimentConfig, FixtureEntry, load_config
+from htx.config import ExperimentConfig, load_config, model_channels
 from htx.console import err, handle_errors, out
 from htx.errors import HtxError
+from htx.fixtures import FixtureEntry
 from htx.plugins import load_registry
 from htx.separation import TRANSITIONS
 from htx.separator import Separator
@@ -43,6 +44,10 @@ def separate(
         cfg = load_config(config, registry)
     else:
         cfg = ExperimentConfig(name="separate", fixtures=[FixtureEntry(path=str(input))])
+    channels = model_channels(cfg.model)  # from the architecture: refuse before any model is built
+    if channels is not None and audio.channels not in (1, channels):
+        raise HtxError(f"{input} has {audio.channels} channels; the model takes {channels} (or mono, which is "
+                       f"duplicated): downmix it, e.g. `ffmpeg -i {input.name} -ac {channels} out.wav`")
     t0 = time.perf_counter()
     sep = Separator(cfg, registry, surgery, precision, stft, compute, say=lambda m: e.print(m, highlight=False, markup=False))
     e.print(f"separating {input} ({audio.duration:.1f} s, {audio.channels} ch, {audio.samplerate} Hz) with {sep.combination}",

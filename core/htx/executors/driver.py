@@ -22,6 +22,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from htx.errors import HtxError
 from htx.executors.base import Backend
 from htx.executors.local import LocalPool, start_fork_server
 from htx.executors.plan import (
@@ -104,12 +107,24 @@ def prepare_once(run: Run, todo: list[TrialSpec]) -> None:
 
 
 def start_workers_early(run: Run, todo: list[TrialSpec]) -> tuple[str, ...] | None:
-    """For a parallel run, the plugin modules workers import; the local fork server starts now, so its
-    torch import overlaps the driver's model load. ``None`` for a serial run."""
-    if not todo or run.cfg.executor.kind == "serial":
+    """The plugin modules workers import, or ``None`` when trials run in this process (serial with
+    ``isolate: false``, or with plugins registered in memory only). The fork server starts now, so its
+    torch import overlaps the driver's model load."""
+    if not todo:
         return None
-    modules = shipped_plugin_modules(run.registry)
-    if run.cfg.executor.kind == "local":
+    kind = run.cfg.executor.kind
+    if kind == "serial":
+        if not run.cfg.executor.serial.isolate:
+            return None
+        try:
+            modules = shipped_plugin_modules(run.registry)
+        except HtxError as exc:
+            run.say(f"serial: trials run in this process, not a child ({str(exc).split(' so ')[0]}, so a child "
+                    "cannot load it); a trial that crashes the process ends the run, and --resume records it as failed")
+            return None
+    else:
+        modules = shipped_plugin_modules(run.registry)
+    if kind in ("serial", "local"):
         start_fork_server(modules)
     return modules
 
@@ -118,13 +133,14 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
             plugin_modules: tuple[str, ...] | None = None) -> ExecutorReport:
     """Run ``todo`` with the config's executor; the run's store gets every record.
 
-    Called by :meth:`htx.run.Run.execute` after the driver loaded the model, fixtures and references.
+    Called by :meth:`htx.run.Run.execute` after the driver loaded the model, fixtures and references, with
+    what :func:`start_workers_early` returned. A serial run without plugin modules to ship runs in process.
     """
     cfg = run.cfg
     executor = cfg.executor
     backend: Backend
-    if executor.kind == "serial":
-        backend = SerialBackend(run.builder)
+    if executor.kind == "serial" and plugin_modules is None:
+        backend = SerialBackend(run.builder, on_start=run.mark_running)
         chunks = grid_chunks(todo)
         report = ExecutorReport("serial", 1, len(chunks))
         report.started_at = time.time()
@@ -148,7 +164,14 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
         fixture = run.workspace.fixtures.get(spec.fixture_index)
         return fixture.get().duration if fixture is not None and fixture.ok else 0.0
 
-    if executor.kind == "local":
+    if executor.kind == "serial":
+        threads = torch.get_num_threads()
+        chunks = grid_chunks(todo)
+        backend = LocalPool(payload, 1, threads)
+        retries, grace = 0, executor.serial.hang_grace_s
+        run.say(f"serial: {len(todo)} trials one at a time in a child process ({threads} torch thread"
+                f"{'s' if threads != 1 else ''}): a crash or hang there becomes a failed row")
+    elif executor.kind == "local":
         opts = executor.local
         cores = os.cpu_count() or 1
         workers = opts.workers or cores
@@ -182,6 +205,8 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
     report.wall_s = time.perf_counter() - t0
     run.executor_report = report
     ready, setup = report.ready_s, report.setup_s
+    if executor.kind == "serial":
+        return report
     if ready:
         run.say(
             f"{executor.kind}: workers ready {ready[0]:.1f}-{ready[-1]:.1f} s after dispatch "

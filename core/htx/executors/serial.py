@@ -1,14 +1,17 @@
-"""``executor: serial`` (the default): chunks run one after another in the driver process.
+"""In-process ``serial``: chunks run one after another in the driver process.
 
-A backend like the others, so the driver's bookkeeping (progress, records, failures) is the same code for
-every executor. It shares the driver's trial builder, so prepared models, assignments and plugin instances
-are built once for the whole run.
+``executor: serial`` runs its trials in one child process by default (the ``local`` pool with one worker,
+so a crash or hang becomes a failed row); this backend is for ``isolate: false`` and for plugins registered
+in memory only, which cannot reach a child. It is a backend like the others, so the driver's bookkeeping
+(progress, records, failures) is the same code for every executor, and it shares the driver's trial builder.
+Before each trial it tells the run which trial is running, so that a crash of the process is recorded
+against that trial on ``--resume``.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from htx.builder import TrialBuilder
@@ -17,9 +20,10 @@ from htx.executors.plan import Chunk
 from htx.trial import run_trial
 
 
-def _chunk_events(builder: TrialBuilder, chunk: Chunk) -> Iterator[tuple[Any, ...]]:
+def _chunk_events(builder: TrialBuilder, chunk: Chunk, on_start: Callable[[str], None]) -> Iterator[tuple[Any, ...]]:
     yield ("begin",)
     for spec in chunk.specs:
+        on_start(spec.trial_id)
         yield ("start", spec.trial_id)
         yield ("record", run_trial(builder, spec), {"worker": "serial", "references_computed": 0})
 
@@ -30,8 +34,9 @@ class SerialBackend:
     kind = "serial"
     slots = 1
 
-    def __init__(self, builder: TrialBuilder) -> None:
+    def __init__(self, builder: TrialBuilder, on_start: Callable[[str], None] = lambda trial_id: None) -> None:
         self.builder = builder
+        self.on_start = on_start  # the run notes the running trial, so a crash can be attributed on resume
         self.queue: deque[Chunk] = deque()
         self.current: tuple[Chunk, Iterator[tuple[Any, ...]]] | None = None
 
@@ -43,7 +48,7 @@ class SerialBackend:
             if not self.queue:
                 return []
             chunk = self.queue.popleft()
-            self.current = (chunk, _chunk_events(self.builder, chunk))
+            self.current = (chunk, _chunk_events(self.builder, chunk, self.on_start))
         chunk, events = self.current
         msg = next(events, None)
         if msg is None:

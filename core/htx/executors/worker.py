@@ -49,7 +49,7 @@ def builder_for(payload: RunPayload) -> TrialBuilder:
     registry = load_registry(extra_plugins=extras)
     # The driver validated the config and checked the surgeries against the model it built; the worker
     # does not read the checkpoint twice.
-    cfg = parse_config(payload.config, f"run {payload.run_id}", registry, check_model=False)
+    cfg = parse_config(payload.config, f"run {payload.run_id}", registry, check_model=False, check_files=False)
     workspace = Workspace(cfg, registry, check_surgeries=False)
     if workspace.model.hash != payload.model_hash:
         raise HtxError(
