@@ -270,6 +270,7 @@ class TrialBuilder:
         path.write_text(json.dumps({
             "surgery": spec.surgery.key(), "compute": spec.compute.key(), "precision": spec.precision.key(),
             "evaluations": result.evaluations, "fp32_ops": result.assignment.fp32_ops(prep.ops),
+            "fp32_keys": [op.key for op in prep.ops if op.compute and op.name not in result.assignment.fp16],
             "summary": result.summary, "log": result.log,
         }, indent=1, default=str))
         return path

@@ -86,8 +86,9 @@ def _short(value: Any) -> str:
 class OpInfo:
     """One op instance of a prepared model.
 
-    ``name`` is stable for a given model, surgery and input shape; ``type`` uses Core ML MIL op names
-    (``conv``, ``linear``, ``matmul``, ``softmax``, ...). ``compute`` is False for reshape-like ops,
+    ``name`` is the unit's own name, stable for a given model, surgery and input shape; ``type`` uses Core
+    ML MIL op names (``conv``, ``linear``, ``matmul``, ``softmax``, ...); ``module`` and ``ordinal`` make
+    the portable :attr:`key`. ``compute`` is False for reshape-like ops,
     which move data without arithmetic and do not count in ``fp16_op_fraction``.
     """
 
@@ -95,6 +96,15 @@ class OpInfo:
     type: str
     compute: bool = True
     info: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: the PyTorch module the op runs in, relative to the demucs model (``encoder.2.dconv.layers.0``;
+    #: ``""`` for the model's own forward), and the op's ordinal among ops of its type in that module
+    module: str = ""
+    ordinal: int = 0
+
+    @property
+    def key(self) -> str:
+        """The portable key ``"module|type|ordinal"``: the same op on every compute unit (:mod:`htx.identity`)."""
+        return f"{self.module}|{self.type}|{self.ordinal}"
 
 
 @dataclass(frozen=True)
@@ -493,6 +503,11 @@ class ComputeUnit(Plugin):
 
     def record(self, prepared: Any, assignment: Assignment, inputs: tuple[torch.Tensor, ...]) -> dict[str, OpStats]:
         raise NotImplementedError(f"compute unit {self.name!r} cannot record per-op statistics")
+
+    def placement(self, prepared: Any, assignment: Assignment) -> dict[str, Any]:
+        """Where ``assignment`` would run: ``partitions`` (precision segments in execution order), ``ne_ops``
+        / ``off_ne_ops`` and ``casts`` where the unit knows them; ``{}`` when it cannot tell."""
+        return {}
 
     def export(self, prepared: Any, assignment: Assignment, path: Path) -> Path:
         """Write a deployable model of ``prepared`` under ``assignment`` to ``path``; units that cannot say so."""

@@ -17,7 +17,7 @@ from htx.metrics import passes
 from htx.store import Store, TrialRecord, clean_float
 
 NUMERIC = {"snr_db", "max_abs_diff", "sdr_db", "sdr_delta_db", "fp16_op_fraction", "evaluations", "model_ms", "stft_ms",
-           "istft_ms", "rtf", "stft_parity"}
+           "istft_ms", "rtf", "stft_parity", "partitions", "casts"}
 #: The default STFT parity bar (``targets.stft_rtol``) for runs stored before it existed.
 DEFAULT_STFT_RTOL = 1e-5
 
@@ -26,8 +26,8 @@ def columns() -> list[str]:
     """Every exported column: the run, one per axis (:data:`htx.axes.AXES`), then fixture, status and metrics."""
     return [
         "run", *axis_names(), "fixture", "runtime", "status", "pass", "pareto",
-        "snr_db", "max_abs_diff", "sdr_db", "sdr_delta_db", "fp16_op_fraction", "evaluations", "model_ms", "stft_ms",
-        "istft_ms", "rtf", "stft_parity", "stft_parity_ok", "reason",
+        "snr_db", "max_abs_diff", "sdr_db", "sdr_delta_db", "fp16_op_fraction", "partitions", "casts", "evaluations",
+        "model_ms", "stft_ms", "istft_ms", "rtf", "stft_parity", "stft_parity_ok", "reason",
     ]
 
 
@@ -61,8 +61,9 @@ def _row(rec: TrialRecord, targets: tuple[float, float]) -> dict[str, Any]:
     for key in NUMERIC:
         v = m.get(key)
         row[key] = None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-    if row["evaluations"] is not None:
-        row["evaluations"] = int(row["evaluations"])
+    for key in ("evaluations", "partitions", "casts"):
+        if row[key] is not None:
+            row[key] = int(row[key])
     row["stft_parity_ok"] = None if row["stft_parity"] is None else bool(row["stft_parity"] <= stft_rtol)
     return row
 
@@ -226,7 +227,7 @@ def rich_table(rows: list[dict[str, Any]], title: str = "htx leaderboard") -> An
     cols = [
         *((a.name, a.title) for a in AXES),
         ("fixture", "fixture"), ("status", "status"), ("snr_db", "SNR dB"), ("max_abs_diff", "max |diff|"),
-        ("sdr_delta_db", "ΔSDR dB"), ("fp16_op_fraction", "fp16 ops"), ("evaluations", "evals"),
+        ("sdr_delta_db", "ΔSDR dB"), ("fp16_op_fraction", "fp16 ops"), ("partitions", "parts"), ("evaluations", "evals"),
         ("model_ms", "model ms"), ("rtf", "RTF"),
     ]
     for key, header in cols:

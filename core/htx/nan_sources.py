@@ -31,6 +31,7 @@ class NanSource:
     position: int  # index of the op in execution order
     name: str
     type: str
+    key: str  # portable: module|type|ordinal
     fp16: bool
     nan: int
     inf: int
@@ -51,7 +52,7 @@ def find_nan_sources(stats: dict[str, OpStats], ops: Sequence[OpInfo], assignmen
         st = stats.get(op.name)
         if st is None or st.finite or not st.inputs_finite:
             continue
-        out.append(NanSource(i, op.name, op.type, op.name in fp16, st.nan, st.inf, st.max_abs_input, st.max_abs))
+        out.append(NanSource(i, op.name, op.type, op.key, op.name in fp16, st.nan, st.inf, st.max_abs_input, st.max_abs))
     return out
 
 

@@ -91,3 +91,55 @@ def squares_input(func: Any) -> bool:
     """Whether an aten op reduces the squares of its input (its FP16 accumulator grows with x**2)."""
     name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
     return name in SQUARING_ATEN
+
+
+# --------------------------------------------------------------------------------------------------
+# portable op identity: (module path, MIL type, ordinal) on every compute unit
+
+
+def model_prefix(inner: Any) -> str:
+    """The qualified name (with a trailing dot) of the ``HTDemucs`` inside ``inner``; ``""`` if none.
+
+    Portable module paths are relative to the demucs model (``encoder.2.dconv``), whatever attribute a
+    surgery keeps it under, so the same module has the same path on every unit and under every surgery.
+    """
+    for name, module in inner.named_modules():
+        if type(module).__name__ == "HTDemucs":
+            return f"{name}." if name else ""
+    return ""
+
+
+def portable_module(qualname: str, prefix: str) -> str:
+    """``qualname`` (relative to the inner model) made relative to the demucs model; the inner model's own
+    modules keep their names, and ops of the inner model's (or demucs model's) own forward get ``""``."""
+    if prefix and (qualname + ".").startswith(prefix):
+        return qualname[len(prefix):]
+    return qualname
+
+
+def number_ops(modules: list[str], types: list[str]) -> list[int]:
+    """The ordinal of each op among the ops of its MIL type in its module, in execution order."""
+    seen: dict[tuple[str, str], int] = {}
+    out = []
+    for m, t in zip(modules, types):
+        k = seen.get((m, t), 0)
+        out.append(k)
+        seen[(m, t)] = k + 1
+    return out
+
+
+def placement_runs(ops: Any, assignment: Any) -> dict[str, int]:
+    """Precision runs of the compute ops in execution order: ``partitions`` (maximal runs of one precision,
+    the segments a CPU_AND_NE run would be split into), ``ne_ops`` (FP16) and ``off_ne_ops`` (FP32)."""
+    runs, last = 0, None
+    ne = off = 0
+    for op in ops:
+        if not op.compute:
+            continue
+        low = op.name in assignment.fp16
+        ne += low
+        off += not low
+        if low != last:
+            runs += 1
+            last = low
+    return {"partitions": runs, "ne_ops": ne, "off_ne_ops": off}

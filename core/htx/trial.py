@@ -17,6 +17,7 @@ from htx.builder import TrialBuilder
 from htx.errors import UnavailableError
 from htx.failures import deadline, describe_failure
 from htx.grid import TrialSpec
+from htx.identity import stored_assignment
 from htx.measure import measure
 from htx.store import TrialRecord
 
@@ -78,8 +79,14 @@ def _run(builder: TrialBuilder, spec: TrialSpec, rec: TrialRecord) -> None:
     if ainfo.search:  # search policies show their count, 0 included (magnitude: a record pass only)
         m["evaluations"] = ainfo.evaluations
         m["search_s"] = ainfo.seconds
+    placement = dict(prep.compute.placement(prep.prepared, assignment))
+    label = placement.pop("placement", None)
+    m.update(placement)
     rec.metrics = m
+    if label:
+        rec.info["placement"] = label  # "emulated" (from the typed program) or "device plan"
     rec.info.update(builder.assignment_info(prep, assignment))
+    rec.info["assignment"] = stored_assignment(assignment, prep.ops)
     hop = max(1, int((1 - cfg.separation.overlap) * seg.segment_length))
     rec.info.update({"fixture_notes": fixture.notes, "segments": math.ceil(fixture.mix.shape[-1] / hop)})
     if ainfo.search:

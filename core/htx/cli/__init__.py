@@ -12,6 +12,7 @@ import typer
 
 from htx.cli import (
     bench_cmd,
+    export_cmd,
     fixtures_cmd,
     leaderboard_cmd,
     nan_sources_cmd,
@@ -38,6 +39,7 @@ app.command("plugins")(plugins_cmd.plugins)
 app.command("leaderboard")(leaderboard_cmd.leaderboard)
 app.command("show")(show_cmd.show)
 app.command("ops")(ops_cmd.ops)
+app.command("export")(export_cmd.export)
 app.command("separate")(separate_cmd.separate)
 app.command("nan-sources")(nan_sources_cmd.nan_sources)
 app.add_typer(fixtures_cmd.app, name="fixtures")

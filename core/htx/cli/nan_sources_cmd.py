@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
 from htx.config import DEFAULT_DB
 from htx.console import err, handle_errors, out
@@ -20,6 +21,7 @@ from htx.nan_sources import (
 )
 from htx.plugins import load_registry
 from htx.store import Store
+from htx.trial import trial_label
 
 
 @handle_errors
@@ -65,8 +67,7 @@ def nan_sources(
         }, indent=2))
         return
     o = out()
-    o.print(f"trial {trial_id} of run {run_id}: {spec.surgery.key()} x {spec.precision.key()} x {spec.stft.key()} "
-            f"x {spec.compute.key()} x {spec.fixture}", highlight=False, markup=False)
+    o.print(f"trial {trial_id} of run {run_id}: {trial_label(spec)}", highlight=False, markup=False)
     o.print(f"assignment: {n_fp16} of {n_compute} compute ops FP16 ({how})", highlight=False, markup=False)
     recorded = ", ".join(str(s.segment) for s in segments)
     o.print(f"recorded segment(s) {recorded} of fixture {last.fixture} (segments 0..{last.n_segments - 1}; {prep.compute.runtime})",
@@ -76,13 +77,11 @@ def nan_sources(
         return
     o.print(f"segment {last.segment}: {len(bad)} of {len(ops)} ops have NaN/Inf outputs; "
             f"{len(sources)} source(s) (output non-finite, inputs finite):", highlight=False, markup=False)
-    from rich.table import Table
-
     table = Table(show_lines=False)
-    for col, just in (("#", "right"), ("op", "left"), ("type", "left"), ("precision", "left"), ("NaN", "right"),
+    for col, just in (("#", "right"), ("op", "left"), ("portable key (module|type|ordinal)", "left"), ("precision", "left"), ("NaN", "right"),
                       ("Inf", "right"), ("max |input|", "right"), ("max |output| (finite)", "right")):
         table.add_column(col, justify=just, no_wrap=True)
     for s in sources:
-        table.add_row(str(s.position), s.name, s.type, "fp16" if s.fp16 else "fp32", str(s.nan), str(s.inf),
+        table.add_row(str(s.position), s.name, s.key, "fp16" if s.fp16 else "fp32", str(s.nan), str(s.inf),
                       f"{s.max_abs_input:.6g}", f"{s.max_abs:.6g}")
     o.print(table)

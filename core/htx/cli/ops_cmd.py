@@ -73,7 +73,7 @@ def ops(
         if st is None:
             continue
         rows.append({
-            "op": op.name, "type": op.type, "dtype": "fp16" if assignment.is_fp16(op.name) else "fp32",
+            "op": op.name, "key": op.key, "module": op.module, "type": op.type, "dtype": "fp16" if assignment.is_fp16(op.name) else "fp32",
             "max_abs": st.max_abs, "nan": st.nan, "inf": st.inf, "max_abs_input": st.max_abs_input,
             "inputs_finite": st.inputs_finite, "reduction_size": st.reduction_size,
         })
@@ -91,13 +91,13 @@ def ops(
     o.print(f"recorded on {prep.compute.runtime} with the assignment from {source}: "
             f"{len(assignment.fp16)} of {sum(op.compute for op in prep.ops)} compute ops in FP16", highlight=False)
     table = Table(show_lines=False)
-    for col, just in (("op", "left"), ("type", "left"), ("dtype", "left"), ("max |x|", "right"), ("NaN", "right"),
+    for col, just in (("op", "left"), ("module", "left"), ("type", "left"), ("dtype", "left"), ("max |x|", "right"), ("NaN", "right"),
                       ("Inf", "right"), ("max |in|", "right"), ("reduce", "right")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in shown:
         bad = r["nan"] or r["inf"]
         table.add_row(
-            r["op"], r["type"], r["dtype"], _fmt(r["max_abs"]), str(r["nan"]), str(r["inf"]),
+            r["op"], r["module"] or "(model)", r["type"], r["dtype"], _fmt(r["max_abs"]), str(r["nan"]), str(r["inf"]),
             _fmt(r["max_abs_input"]) + ("" if r["inputs_finite"] else " (non-finite)"),
             str(r["reduction_size"] or ""), style="red" if bad else ("yellow" if r["max_abs"] > 65504 else None),
         )

@@ -1,7 +1,7 @@
-"""Built-in compute units, and their commands (``htx convert``, ``htx bench gpu``, ``htx bench coreml``)."""
+"""Built-in compute units, and their commands (``htx convert``, ``htx bench gpu|coreml|transfer``)."""
 
 from htx.hookspecs import hookimpl
-from htx_plugins.compute import gpu_bench
+from htx_plugins.compute import gpu_bench, transfer_bench
 from htx_plugins.compute.coreml import CoreMLUnit, commands
 from htx_plugins.compute.torch_unit import TorchUnit
 
@@ -17,3 +17,4 @@ def htx_register_commands(app, bench):
     app.command("convert")(commands.convert)
     bench.command("coreml")(commands.bench_coreml)
     bench.command("gpu")(gpu_bench.command)
+    bench.command("transfer")(transfer_bench.command)

@@ -9,6 +9,7 @@ to FP32, the same semantics as Core ML's ``FP16ComputePrecision``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -20,7 +21,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, Params
-from htx.opmap import is_compute, mil_type_for_aten, squares_input
+from htx.opmap import (
+    is_compute,
+    mil_type_for_aten,
+    model_prefix,
+    number_ops,
+    placement_runs,
+    portable_module,
+    squares_input,
+)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -33,6 +42,32 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+@contextlib.contextmanager
+def _module_stack(inner: torch.nn.Module) -> Iterator[list[str]]:
+    """The portable path of the module running now, kept by forward pre/post hooks on every submodule."""
+    prefix = model_prefix(inner)
+    stack: list[str] = []
+    handles = []
+
+    def enter(path: str) -> Any:
+        def hook(module: Any, args: Any) -> None:  # a pre-hook returning a value would replace the inputs
+            stack.append(path)
+        return hook
+
+    def leave(module: Any, args: Any, output: Any) -> None:  # ... and a forward hook, the output
+        stack.pop()
+
+    for qualname, module in inner.named_modules():
+        if qualname:
+            handles.append(module.register_forward_pre_hook(enter(portable_module(qualname, prefix))))
+            handles.append(module.register_forward_hook(leave))
+    try:
+        yield stack
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class _OpMode(TorchDispatchMode):
     """Names each aten op call, optionally lists it, casts it, and records output statistics."""
 
@@ -41,13 +76,16 @@ class _OpMode(TorchDispatchMode):
         fp16: frozenset[str] = frozenset(),
         low_dtype: torch.dtype = torch.float16,
         listing: list[OpInfo] | None = None,
+        module_stack: list[str] | None = None,
         stats: dict[str, OpStats] | None = None,
         weight_cache: dict[Any, torch.Tensor] | None = None,
         reduce_group_norm: bool = False,
         lazy: bool = False,
         host_cache: dict[Any, torch.Tensor] | None = None,
+        cast_counter: Counter[str] | None = None,
     ) -> None:
         super().__init__()
+        self.cast_counter = cast_counter
         # Constants that the model builds on the host and copies to the GPU on every call (demucs's 2-D
         # positional embedding): keep one device copy per content, so the forward can be a CUDA graph.
         self.host_cache = host_cache
@@ -59,6 +97,7 @@ class _OpMode(TorchDispatchMode):
         self.fp16 = fp16
         self.low = low_dtype
         self.listing = listing
+        self.module_stack = module_stack
         self.stats = stats
         self.counter: Counter[str] = Counter()
         self.weight_cache = weight_cache if weight_cache is not None else {}
@@ -72,6 +111,8 @@ class _OpMode(TorchDispatchMode):
                     cached = t.detach().to(self.low)
                     self.weight_cache[key] = cached
                 return cached
+            if self.cast_counter is not None:
+                self.cast_counter["casts"] += 1
             return t.to(self.low)
         return t
 
@@ -88,6 +129,8 @@ class _OpMode(TorchDispatchMode):
 
     def _to_high(self, t: Any) -> Any:
         if isinstance(t, torch.Tensor) and t.dtype == self.low:
+            if self.cast_counter is not None:
+                self.cast_counter["casts"] += 1
             if t.is_contiguous():
                 return t.to(torch.float32)
             broadcast = [d for d, (n, s) in enumerate(zip(t.shape, t.stride())) if s == 0 and n > 1]
@@ -113,7 +156,8 @@ class _OpMode(TorchDispatchMode):
             info: dict[str, Any] = {"aten": str(func)}
             if squares_input(func):
                 info["squares"] = True
-            self.listing.append(OpInfo(name, mil, is_compute(mil), info))
+            module = self.module_stack[-1] if self.module_stack else ""
+            self.listing.append(OpInfo(name, mil, is_compute(mil), info, module))
         impl = func
         if self.host_cache is not None and func is torch.ops.aten._to_copy.default:
             impl = self._cached_host_copy
@@ -365,9 +409,23 @@ class TorchUnit(ComputeUnit):
         inner = inner.to(self.device).eval()
         inputs = tuple(t.to(self.device) for t in example_inputs)
         listing: list[OpInfo] = []
-        with torch.no_grad(), _OpMode(listing=listing):
+        with torch.no_grad(), _module_stack(inner) as stack, _OpMode(listing=listing, module_stack=stack):
             inner(*inputs)
+        ordinals = number_ops([op.module for op in listing], [op.type for op in listing])
+        listing = [dataclasses.replace(op, ordinal=k) for op, k in zip(listing, ordinals)]
         return Prepared(inner, inputs, listing)
+
+    def placement(self, prepared: Prepared, assignment: Assignment) -> dict[str, Any]:
+        """Precision segments in execution order, and the dtype casts one forward pass executes."""
+        out: dict[str, Any] = placement_runs(prepared.op_list, assignment)
+        counter: Counter[str] = Counter()
+        lazy = self.params.casts == "lazy"
+        mode = _OpMode(fp16=frozenset(assignment.fp16), low_dtype=self.low_dtype, lazy=lazy, cast_counter=counter)
+        fn_mode = _LazyCompositeMode(mode) if lazy and assignment.fp16 else contextlib.nullcontext()
+        with tf32_allowed(self.device, self.params.tf32), torch.no_grad(), fn_mode, mode:
+            prepared.inner(*prepared.example_inputs)
+        out["casts"] = counter["casts"]
+        return {"partitions": out["partitions"], "casts": out["casts"]}
 
     def ops(self, prepared: Prepared) -> list[OpInfo]:
         return list(prepared.op_list)

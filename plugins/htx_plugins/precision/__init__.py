@@ -4,7 +4,7 @@ from htx.hookspecs import hookimpl
 from htx_plugins.precision import bench_cmd
 from htx_plugins.precision.bisect import Bisect
 from htx_plugins.precision.magnitude import Magnitude
-from htx_plugins.precision.static import FP32, AllFP16, CuratedFP32
+from htx_plugins.precision.static import FP32, AllFP16, CuratedFP32, ModulesFP32
 
 
 @hookimpl
@@ -12,6 +12,7 @@ def htx_register_precision_policies(register):
     register(FP32)
     register(AllFP16)
     register(CuratedFP32)
+    register(ModulesFP32)
     register(Bisect)
     register(Magnitude)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 from pydantic import Field
 
 from htx.contracts import Assignment, OpInfo, Params, StaticPolicy
@@ -57,3 +59,40 @@ class CuratedFP32(StaticPolicy):
     def select(self, ops: list[OpInfo]) -> Assignment:
         keep = set(self.params.ops)
         return Assignment.keep_fp32(ops, [op.name for op in ops if op.type in keep])
+
+
+class ModulesParams(Params):
+    keep_fp32: list[str] = Field(
+        default_factory=list,
+        description="globs over module paths (the module and everything inside it), optionally ':type': "
+                    "'encoder.*.dconv', 'crosstransformer.*', 'encoder.*:reduce_mean'",
+    )
+
+
+class ModulesFP32(StaticPolicy):
+    """FP16 everywhere except the ops in the listed modules: an FP32 set written over the model's structure.
+
+    Patterns are globs over portable module paths (relative to the demucs model, as ``htx ops`` prints
+    them), matching the module and every module inside it, with an optional ``:type`` glob over MIL types.
+    The same patterns select the same modules on every compute unit (a torch ``group_norm`` and the ~10 MIL
+    ops Core ML makes of it are in one GroupNorm module).
+
+    Example config::
+
+        precision:
+          - modules: {keep_fp32: ["crosstransformer.*"]}
+          - modules: {keep_fp32: ["encoder.*.dconv.layers.*.4", "*:softmax", "tencoder.0"]}
+    """
+
+    name = "modules"
+    Params = ModulesParams
+
+    def select(self, ops: list[OpInfo]) -> Assignment:
+        keep = [op.name for op in ops if op.compute and any(_matches(op, p) for p in self.params.keep_fp32)]
+        return Assignment.keep_fp32(ops, keep)
+
+
+def _matches(op: OpInfo, pattern: str) -> bool:
+    module, sep, type_ = pattern.partition(":")
+    in_module = fnmatch.fnmatchcase(op.module, module) or fnmatch.fnmatchcase(op.module, module + ".*")
+    return in_module and (not sep or fnmatch.fnmatchcase(op.type, type_))

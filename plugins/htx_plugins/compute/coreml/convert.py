@@ -213,6 +213,35 @@ def trace(inner: nn.Module, example_inputs: tuple[torch.Tensor | None, ...]) -> 
     return traced, sig
 
 
+def op_modules(traced: torch.jit.ScriptModule, program: Any) -> dict[str, str]:
+    """``{MIL op name: module path relative to the inner model}`` for every non-const op of ``program``.
+
+    coremltools keeps TorchScript scopes on MIL ops (``op.scopes[ScopeSource.TORCHSCRIPT_MODULE_NAME]``), but
+    only each called module's own attribute name: ``encoder.0`` and ``tencoder.0`` both come out as ``0``,
+    because the ``ModuleList`` is never called itself. The scope's last entry is the TorchScript value the
+    op computes, whose node in the traced graph has the whole path (``__module.inner.model.encoder.0.dconv``);
+    that path is what is kept here.
+    """
+    from coremltools.converters.mil.mil.scope import ScopeSource
+
+    by_value: dict[str, str] = {}
+    for node in traced.inlined_graph.nodes():
+        scope = node.scopeName().rsplit("/", 1)[-1].removeprefix("__module")
+        path = scope.lstrip(".").removeprefix("inner").lstrip(".")
+        for out in node.outputs():
+            by_value[out.debugName()] = path
+    found: dict[str, str] = {}
+    for op in program.functions["main"].operations:
+        if op.op_type == "const":
+            continue
+        names = op.scopes.get(ScopeSource.TORCHSCRIPT_MODULE_NAME) if hasattr(op, "scopes") else None
+        path = by_value.get(names[-1]) if names else None
+        if path is None and names:  # no traced value: the called modules' own names, as coremltools keeps them
+            path = ".".join(names[1:-1])
+        found[sanitize(op.name)] = path or ""
+    return found
+
+
 def convert(
     source: Any,
     sig: Signature,
@@ -263,6 +292,19 @@ class CachedConversion:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+#: Each op's module path (:func:`op_modules`), beside the package in its cache entry.
+MODULES_FILE = "modules.json"
+
+
+def cached_modules(conversion: CachedConversion) -> dict[str, str]:
+    """The op -> module path map of a cache entry (``{}`` for an entry without one)."""
+    path = conversion.path.parent / MODULES_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def cache_entry(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / "coreml" / key
 
@@ -291,7 +333,7 @@ def convert_cached(
         entry = cache_entry(cache_dir, key)
     meta_path = entry / "meta.json"
     pkg = entry / "model.mlpackage"
-    if meta_path.exists() and pkg.exists():
+    if meta_path.exists() and pkg.exists() and (entry / MODULES_FILE).exists():
         try:
             meta = json.loads(meta_path.read_text())
             return CachedConversion(key, pkg, Signature.from_json(meta["signature"]), target, True,
@@ -301,6 +343,7 @@ def convert_cached(
     traced, sig = trace(inner, example_inputs)
     t_traced = time.perf_counter()
     mlmodel = convert(traced, sig, target)
+    modules = op_modules(traced, mlmodel._mil_program)
     t_converted = time.perf_counter()
     tmp = entry.with_name(entry.name + f".tmp{time.time_ns()}")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -313,6 +356,7 @@ def convert_cached(
             "signature": sig.to_json(), "inner": f"{type(inner).__module__}.{type(inner).__qualname__}",
             "trace_s": t_traced - t0, "convert_s": t_converted - t_traced, "created_at": time.time(),
         }
+        (tmp / MODULES_FILE).write_text(json.dumps(modules, indent=0))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if entry.exists():  # an entry without meta (interrupted writer): replace it
             shutil.rmtree(entry, ignore_errors=True)

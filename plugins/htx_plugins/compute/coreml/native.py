@@ -79,3 +79,34 @@ def compile_native(base: Path, sig: Signature, target: str, fp16: frozenset[str]
     it = iter(zeros)
     forward(*[None if i in sig.none_inputs else next(it) for i in range(sig.n_inputs)])  # first predict compiles for the device
     return forward
+
+
+#: ``MLComputePlan`` device class names -> what the placement audit calls them.
+DEVICES = {"MLNeuralEngineComputeDevice": "ne", "MLGPUComputeDevice": "gpu", "MLCPUComputeDevice": "cpu"}
+
+
+def device_plan(package: Path, units: str) -> dict[str, int] | None:
+    """The real compute plan of a typed package on ``units`` (macOS 14.4+, coremltools' ``MLComputePlan``):
+    ops per preferred device and the device partitions in program order; ``None`` where there is none.
+
+    Labelled "device plan" wherever it is shown. Unit-tested with the runtime mocked; untested on hardware.
+    """
+    if not runtime_available()[0]:
+        return None
+    ct = coremltools()
+    compute_plan = getattr(getattr(ct.models, "compute_plan", None), "MLComputePlan", None)
+    if compute_plan is None:
+        return None
+    mlmodel = load_mlmodel(package, units)
+    plan = compute_plan.load_from_path(mlmodel.get_compiled_model_path(), compute_units=getattr(ct.ComputeUnit, units))
+    counts = {"ne_ops": 0, "gpu_ops": 0, "cpu_ops": 0}
+    partitions, last = 0, None
+    for op in plan.model_structure.program.functions["main"].block.operations:
+        if getattr(op, "operator_name", "") == "const":
+            continue
+        usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
+        device = DEVICES.get(type(getattr(usage, "preferred_compute_device", None)).__name__, "cpu")
+        counts[f"{device}_ops"] += 1
+        if device != last:
+            partitions, last = partitions + 1, device
+    return {**counts, "partitions": partitions}

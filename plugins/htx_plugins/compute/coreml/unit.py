@@ -13,19 +13,20 @@ import torch
 
 from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, Params
 from htx.errors import UnavailableError
-from htx.opmap import is_compute
+from htx.opmap import is_compute, model_prefix, number_ops, placement_runs, portable_module
 from htx_plugins.compute.coreml import native
 from htx_plugins.compute.coreml.convert import (
     CachedConversion,
     Signature,
     cached_graph,
+    cached_modules,
     convert_cached,
     load_program,
     quiet,
     typed_convert,
 )
 from htx_plugins.compute.coreml.emulator import Emulator, Plan
-from htx_plugins.compute.coreml.graph import Graph, read_program
+from htx_plugins.compute.coreml.graph import Graph, Ref, read_program
 
 
 class CoreMLParams(Params):
@@ -131,9 +132,14 @@ class CoreMLUnit(ComputeUnit):
         t0 = time.perf_counter()
         graph, _ = cached_graph(conversion)
         load_s = time.perf_counter() - t0
+        prefix = model_prefix(inner)
+        modules = cached_modules(conversion)
+        paths = [portable_module(modules.get(n.name, ""), prefix) for n in graph.nodes]
+        ordinals = number_ops(paths, [n.type for n in graph.nodes])
         ops = [
-            OpInfo(n.name, n.type, is_compute(n.type), {"shape": [list(o.shape) for o in n.outputs], "fp16_valid": n.fp16_valid})
-            for n in graph.nodes
+            OpInfo(n.name, n.type, is_compute(n.type), {"shape": [list(o.shape) for o in n.outputs], "fp16_valid": n.fp16_valid},
+                   path, k)
+            for n, path, k in zip(graph.nodes, paths, ordinals)
         ]
         emulator = Emulator(graph, self.device, self.params.accumulate) if self.emulated else None
         return CoreMLPrepared(conversion, graph, ops, emulator, load_s)
@@ -186,6 +192,26 @@ class CoreMLUnit(ComputeUnit):
             emulator.run(plan, tensors, stats=stats)
         return stats
 
+    def placement(self, prepared: CoreMLPrepared, assignment: Assignment) -> dict[str, Any]:
+        """The placement audit of ``assignment`` on ``CPU_AND_NE``, from the typed program (emulated).
+
+        FP32-typed ops never run on the Neural Engine, so ``off_ne_ops`` are the FP32 compute ops and every
+        change of precision along execution order starts a new partition. ``casts`` are the cast ops
+        ``FP16ComputePrecision`` inserts: one per value consumed in the other precision (layout ops pass
+        their input's precision through). On macOS, :func:`native.device_plan` reads the real compute plan.
+        """
+        out: dict[str, Any] = placement_runs(prepared.op_list, assignment)
+        out["casts"] = count_casts(prepared.graph, assignment)
+        out["placement"] = "emulated" if self.emulated else "typed program"
+        if not self.emulated:
+            typed = native.typed_package(prepared.conversion.path, prepared.sig, prepared.conversion.target,
+                                         frozenset(assignment.fp16), prepared.conversion.path.parent)
+            plan = native.device_plan(typed, self.params.units)
+            if plan is not None:
+                out.update({f"device_{k}": v for k, v in plan.items()})
+                out["placement"] = "device plan"
+        return out
+
     def export(self, prepared: CoreMLPrepared, assignment: Assignment, path: Path) -> Path:
         """Write the ``.mlpackage`` of ``prepared`` typed by ``assignment`` (coremltools' own ``op_selector``).
 
@@ -213,3 +239,29 @@ def export_summary(mlmodel: Any, assignment: Assignment, seen: set[str]) -> dict
         "casts": sum(n.type == "cast" for n in typed.nodes),
         "unmatched": sorted(set(assignment.fp16) - seen),
     }
+
+
+def count_casts(graph: Graph, assignment: Assignment) -> int:
+    """Casts the typed program needs: distinct (value, precision) pairs where a float value is consumed by
+    an op of the other precision. Layout ops run in their input's precision; program inputs are FP32."""
+    precision: dict[str, bool] = {v.name: False for v in graph.inputs}  # value -> is FP16
+    casts: set[tuple[str, bool]] = set()
+    for node in graph.nodes:
+        refs = [a for a in _flat(node.inputs.values()) if isinstance(a, Ref) and a.var.dtype in ("fp32", "fp16")]
+        if is_compute(node.type):
+            low = node.name in assignment.fp16 and node.fp16_valid
+            for a in refs:
+                if precision.get(a.var.name, False) != low:
+                    casts.add((a.var.name, low))
+        else:
+            low = any(precision.get(a.var.name, False) for a in refs[:1])
+        for o in node.outputs:
+            precision[o.name] = low
+    return len(casts)
+
+
+def _flat(values: Any) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        out.extend(v if isinstance(v, list) else [v])
+    return out

@@ -1,0 +1,89 @@
+"""``htx export RUN/TRIAL --out PATH``: the deployable model of a stored trial, without searching again.
+
+The trial's stored assignment (its FP32 ops as portable keys and as the unit's names) is applied to the
+trial's surgery on its compute unit, or with ``--compute`` on another unit through the portable keys, and
+written by that unit's ``export`` (the Core ML unit writes a typed ``.mlpackage``). A unit that cannot
+export says so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import typer
+
+from htx.config import DEFAULT_DB
+from htx.console import err, handle_errors, out
+from htx.contracts import Assignment
+from htx.errors import HtxError, UnavailableError
+from htx.grid import make_spec
+from htx.identity import transfer
+from htx.nan_sources import parse_trial_ref, rebuild_trial
+from htx.plugins import load_registry
+from htx.separator import parse_entry
+from htx.store import Store
+
+
+@handle_errors
+def export(
+    ref: str = typer.Argument(..., help="RUN_ID/TRIAL_ID of a stored trial (trial ids: `htx leaderboard --format csv`)"),
+    out_path: Path = typer.Option(..., "--out", help="where to write the model, e.g. model.mlpackage"),
+    compute: str = typer.Option(None, "--compute", help="export through another compute unit, e.g. coreml or '{coreml: {target: iOS17}}'"),
+    db: Path = typer.Option(Path(DEFAULT_DB), "--db", help="results database"),
+    force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
+) -> None:
+    """Write the deployable model of a stored trial: its surgery and its stored precision assignment."""
+    if out_path.exists() and not force:
+        raise HtxError(f"{out_path} exists; pass --force to overwrite it or choose another --out")
+    if not db.exists():
+        raise HtxError(f"No results in {db}. Run `htx run CONFIG` first.")
+    run_id, trial_id = parse_trial_ref(ref)
+    e = err()
+    registry = load_registry()
+    with Store(db) as store:
+        if run_id == "latest":
+            run_id = store.latest_run_id() or run_id
+        builder, spec, record = rebuild_trial(store, run_id, trial_id, registry,
+                                              on_message=lambda m: e.print(m, markup=False, highlight=False))
+    if record is None or record.status != "ok":
+        raise HtxError(f"trial {trial_id} of run {run_id} has no ok result to export "
+                       f"({'not run yet' if record is None else record.status + ': ' + str(record.reason)})")
+    stored = record.info.get("assignment")
+    if not stored:
+        raise HtxError(f"trial {trial_id} was recorded before htx stored assignments; run it again "
+                       f"(`htx run --resume {run_id} --retry-failed` does not re-run ok trials: start a new run)")
+    t0 = time.perf_counter()
+    source = builder.prepared(spec)
+    target_spec = spec
+    if compute is not None:
+        entries = {**dict(zip(spec.axes, spec.entries)), "compute": parse_entry(compute, "compute")}
+        target_spec = make_spec(entries, spec.idx, spec.fixture_index, builder.cfg.fixtures[spec.fixture_index])
+    target = builder.prepared(target_spec)
+    if target is source:
+        names = set(stored["fp32_names"])
+        unknown = names - {op.name for op in source.ops}
+        if unknown:
+            raise HtxError(f"the stored assignment names {len(unknown)} op(s) this unit no longer has "
+                           f"(e.g. {sorted(unknown)[0]}): the model, surgery or htx version changed; run the trial again")
+        assignment = Assignment.keep_fp32(source.ops, names)
+        how = f"the stored assignment ({len(names)} FP32 ops)"
+    else:
+        moved = transfer(source.ops, stored["fp32_keys"], target.ops)
+        assignment = moved.assignment
+        s = moved.summary()
+        how = (f"the stored assignment moved through portable keys ({s['exact']} ops by key, {s['by_type']} by "
+               f"module and type, {s['by_module']} by module, {s['unmatched']} unmatched left FP16)")
+    if out_path.exists():
+        shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
+    try:
+        path = target.compute.export(target.prepared, assignment, out_path)
+    except UnavailableError as exc:
+        raise HtxError(f"{exc}; pass --compute UNIT to export the stored assignment through a unit that can") from None
+    o = out()
+    n_fp16 = len(assignment.fp16)
+    n = sum(op.compute for op in target.ops)
+    o.print(f"wrote {path} in {time.perf_counter() - t0:.1f} s: trial {trial_id} of run {run_id}, "
+            f"{target_spec.surgery.key()} on {target.compute.label}", highlight=False)
+    o.print(f"{n_fp16} of {n} compute ops in FP16, from {how}", highlight=False)

@@ -1,0 +1,108 @@
+"""Portable op identity: assignments as (module path, MIL type, ordinal) keys that mean one op on every unit.
+
+Every :class:`~htx.contracts.OpInfo` carries its PyTorch module path (relative to the demucs model:
+``encoder.2.dconv.layers.0``), its Core ML MIL type and its ordinal among the ops of that type in that
+module; ``"module|type|ordinal"`` is its portable key. An assignment found on one compute unit is stored
+as the portable keys of its FP32 ops (plus the unit's own names) and applied on another unit by
+:func:`transfer`.
+
+**Where granularity differs** (one aten ``group_norm`` on the torch unit is ~10 MIL ops on Core ML,
+``reduce_mean``, ``sub``, ``mul``, ``sqrt``, ``real_div``, ... in the same GroupNorm module), the rule is:
+a target op takes the decision of the source op with the same key; failing that, of the source's ops of
+its type in its module (FP32 if any is); failing that, a module's decision covers the ops the other unit
+splits it into: the target op is FP32 when an FP32 source op of that module has a type the target module
+does not have. Ops of modules the source never saw stay FP16, and :func:`transfer` reports how many.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from htx.contracts import Assignment, OpInfo
+from htx.opmap import placement_runs
+
+__all__ = ["Transfer", "key_of", "parse_key", "placement_runs", "stored_assignment", "transfer"]
+
+
+def key_of(op: OpInfo) -> str:
+    """``"module|type|ordinal"``, e.g. ``"encoder.2.dconv.layers.0|conv|1"`` (module ``""``: the model's own forward)."""
+    return op.key
+
+
+def parse_key(key: str) -> tuple[str, str, int]:
+    module, type_, ordinal = key.rsplit("|", 2)
+    return module, type_, int(ordinal)
+
+
+def stored_assignment(assignment: Assignment, ops: Sequence[OpInfo]) -> dict[str, Any]:
+    """What a trial stores: the FP32 compute ops as portable keys and as the unit's own names."""
+    fp32 = [op for op in ops if op.compute and op.name not in assignment.fp16]
+    return {
+        "fp32_keys": [key_of(op) for op in fp32],
+        "fp32_names": [op.name for op in fp32],
+        "n_compute": sum(op.compute for op in ops),
+    }
+
+
+@dataclass
+class Transfer:
+    """An assignment applied through portable keys, and how each target op got its decision."""
+
+    assignment: Assignment
+    exact: int = 0
+    by_type: int = 0
+    by_module: int = 0
+    unmatched: int = 0  # target compute ops whose module the source never saw (left FP16)
+    unused: list[str] = field(default_factory=list)  # source FP32 keys that decided no target op
+
+    def summary(self) -> dict[str, Any]:
+        return {"exact": self.exact, "by_type": self.by_type, "by_module": self.by_module,
+                "unmatched": self.unmatched, "unused_fp32_keys": len(self.unused)}
+
+
+def transfer(source_ops: Sequence[OpInfo], source_fp32_keys: Iterable[str], target_ops: Sequence[OpInfo]) -> Transfer:
+    """Apply an FP32 set given as portable keys of ``source_ops`` to ``target_ops`` (see the module docstring)."""
+    fp32_keys = set(source_fp32_keys)
+    src = {key_of(op): op for op in source_ops if op.compute}
+    src_by_type: dict[tuple[str, str], list[str]] = defaultdict(list)
+    src_types: dict[str, set[str]] = defaultdict(set)
+    for k, op in src.items():
+        src_by_type[(op.module, op.type)].append(k)
+        src_types[op.module].add(op.type)
+    tgt_types: dict[str, set[str]] = defaultdict(set)
+    for op in target_ops:
+        if op.compute:
+            tgt_types[op.module].add(op.type)
+    used: set[str] = set()
+    fp16: set[str] = set()
+    t = Transfer(Assignment())
+    for op in target_ops:
+        if not op.compute:
+            continue
+        k = key_of(op)
+        if k in src:
+            keep = k in fp32_keys
+            used.add(k) if keep else None
+            t.exact += 1
+        elif (op.module, op.type) in src_by_type:
+            keys = [s for s in src_by_type[(op.module, op.type)] if s in fp32_keys]
+            keep = bool(keys)
+            used.update(keys)
+            t.by_type += 1
+        elif op.module in src_types:
+            split = [s for s in fp32_keys if s in src and src[s].module == op.module
+                     and src[s].type not in tgt_types[op.module]]
+            keep = bool(split)
+            used.update(split)
+            t.by_module += 1
+        else:
+            keep = False
+            t.unmatched += 1
+        if not keep:
+            fp16.add(op.name)
+    t.assignment = Assignment(frozenset(fp16))
+    t.unused = sorted(fp32_keys - used)
+    return t

@@ -1,0 +1,109 @@
+"""``htx bench transfer``: an assignment searched on the torch unit, applied to the Core ML unit.
+
+People search where evaluations are cheap (a GPU, the torch unit) and deploy elsewhere (Core ML on the
+Neural Engine). This benchmark runs one search policy on the torch unit, moves its FP32 set to the Core ML
+unit (emulated) through the portable op keys (:func:`htx.identity.transfer`), and evaluates both on the same
+fixtures with the same reference, side by side; all-FP16 and FP32 on Core ML give the context. The goal of
+the identity issue: both SNRs within 3 dB at a 60 dB bar on the demo model.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+import yaml
+from rich.table import Table
+
+from htx.builder import TrialBuilder
+from htx.config import parse_config
+from htx.console import err, handle_errors, out
+from htx.contracts import Assignment
+from htx.grid import make_spec
+from htx.identity import transfer
+from htx.plugins import load_registry
+from htx.workspace import Workspace
+
+
+def _types(ops: list[Any], assignment: Assignment) -> dict[str, int]:
+    return dict(Counter(op.type for op in ops if op.compute and op.name not in assignment.fp16))
+
+
+@handle_errors
+def command(
+    policy: str = typer.Option("{bisect: {criterion: {snr_db: 60}}}", "--policy", help="the search, as a config entry (YAML)"),
+    fixtures: str = typer.Option("sine_440,white_noise", "--fixtures", help="comma-separated fixtures"),
+    device: str = typer.Option("auto", "--device", help="torch unit and emulator device: auto, cpu, cuda"),
+    model: str = typer.Option("demo", "--model", help="demo, or a YAML model entry such as '{random: {seed: 0}}'"),
+    out_path: Path = typer.Option(None, "--out", help="write the result as JSON (e.g. experiments/benchmarks/transfer-demo.json)"),
+) -> None:
+    """Search on the torch unit, apply the answer on the Core ML unit (emulated): both SNRs side by side."""
+    e = err()
+    say = lambda m: e.print(m, highlight=False, markup=False)  # noqa: E731
+    dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    reg = load_registry()
+    tmp = tempfile.mkdtemp(prefix="htx-bench-transfer-")
+    data = {
+        "name": "bench-transfer", "model": yaml.safe_load(model), "fixtures": [f.strip() for f in fixtures.split(",") if f.strip()],
+        "precision": [yaml.safe_load(policy)], "stft": ["torch"],
+        "compute": [{"torch": {"device": dev}}, {"coreml": {"runtime": "emulated", "device": dev}}],
+        "store": {"path": f"{tmp}/htx.sqlite", "cache_dir": "experiments/cache", "artifacts_dir": f"{tmp}/runs"},
+        "trial_timeout_s": 1e6,
+    }
+    cfg = parse_config(data, "bench transfer", reg)
+    builder = TrialBuilder(Workspace(cfg, reg, say), reg)
+    builder.workspace.load()
+    fx = cfg.fixtures[0]
+    base = {"surgery": cfg.surgery[0], "precision": cfg.precision[0], "stft": cfg.stft[0]}
+    spec_t = make_spec({**base, "compute": cfg.compute[0]}, 0, 0, fx)
+    spec_c = make_spec({**base, "compute": cfg.compute[1]}, 1, 0, fx)
+    t0 = time.perf_counter()
+    prep_t = builder.prepared(spec_t)
+    say(f"searching with {spec_t.precision.key()} on {prep_t.compute.label} ({sum(o.compute for o in prep_t.ops)} compute ops) ...")
+    found = builder.assignment(spec_t)
+    search_s = time.perf_counter() - t0
+    keys = [op.key for op in prep_t.ops if op.compute and op.name not in found.assignment.fp16]
+    on_torch = builder.evaluate(prep_t, spec_t.stft, found.assignment)
+    prep_c = builder.prepared(spec_c)
+    moved = transfer(prep_t.ops, keys, prep_c.ops)
+    rows: dict[str, dict[str, Any]] = {}
+    for label, prep, a in [
+        ("torch: search answer", prep_t, found.assignment),
+        ("coreml (emu): transferred answer", prep_c, moved.assignment),
+        ("coreml (emu): all-fp16", prep_c, Assignment.all_fp16(prep_c.ops)),
+        ("coreml (emu): fp32", prep_c, Assignment.all_fp32()),
+    ]:
+        m = on_torch if prep is prep_t else builder.evaluate(prep, spec_c.stft, a)
+        rows[label] = {"snr_db": m["snr_db"], "finite": m["finite"], "fp32_ops": sum(o.compute for o in prep.ops) - len(a.fp16),
+                       "fp32_types": _types(prep.ops, a), **{k: v for k, v in prep.compute.placement(prep.prepared, a).items()}}
+    gap = None
+    if rows["torch: search answer"]["snr_db"] is not None and rows["coreml (emu): transferred answer"]["snr_db"] is not None:
+        gap = rows["coreml (emu): transferred answer"]["snr_db"] - rows["torch: search answer"]["snr_db"]
+    table = Table(title=f"htx bench transfer: {spec_t.precision.key()} on torch:{dev}, applied to Core ML (emulated)")
+    for col in ("assignment", "worst SNR dB", "FP32 ops", "partitions", "casts", "FP32 types"):
+        table.add_column(col, justify="left" if col in ("assignment", "FP32 types") else "right")
+    for label, r in rows.items():
+        snr = "" if r["snr_db"] is None else f"{r['snr_db']:.2f}"
+        types = ", ".join(f"{t} {n}" for t, n in sorted(r["fp32_types"].items(), key=lambda x: -x[1])[:6])
+        table.add_row(label, snr, str(r["fp32_ops"]), str(r.get("partitions", "")), str(r.get("casts", "")), types)
+    o = out()
+    o.print(table)
+    o.print(f"transfer: {moved.summary()}; search: {found.evaluations} evaluations in {search_s:.1f} s", highlight=False)
+    if gap is not None:
+        o.print(f"SNR on Core ML minus SNR on torch: {gap:+.2f} dB ({'within' if abs(gap) <= 3 else 'outside'} the 3 dB goal)", highlight=False)
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps({
+            "benchmark": "transfer", "policy": spec_t.precision.key(), "device": dev, "host": platform.node(),
+            "torch": torch.__version__, "fixtures": data["fixtures"], "model": data["model"], "search_s": search_s,
+            "evaluations": found.evaluations, "transfer": moved.summary(), "snr_gap_db": gap, "rows": rows,
+            "fp32_keys": keys, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }, indent=1, default=str))
+        e.print(f"wrote {out_path}", highlight=False)
