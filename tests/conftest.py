@@ -25,6 +25,9 @@ def make_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "stft": ["torch"],
         "compute": [{"torch": {"device": "cpu"}}],
         "latency": {"warmup": 0, "repeats": 1},
+        # Trials in the test process: quick, and in-memory test plugins work. The fault tests ask for the
+        # default (isolated) serial executor explicitly.
+        "executor": {"serial": {"isolate": False}},
         "store": {
             "path": str(tmp_path / "htx.sqlite"),
             "cache_dir": str(tmp_path / "cache"),

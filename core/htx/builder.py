@@ -220,7 +220,32 @@ class TrialBuilder:
             evaluate=lambda a: self.evaluate(prep, spec.stft, a),
             record=lambda a: self.record(prep, spec.stft, a),
             targets=self.cfg.targets,
+            progress=self._progress(spec, prep),
         )
+
+    def _progress(self, spec: TrialSpec, prep: Prepared) -> Any:
+        """A progress line per evaluation (at most one every 2 s): count, FP32 set size, SNR, best so far."""
+        n = sum(op.compute for op in prep.ops)
+        t0 = time.perf_counter()
+        state = {"last": 0.0, "best": None}
+        bar = self.cfg.targets.snr_db
+
+        def report(count: int, assignment: Assignment, metrics: dict[str, Any]) -> None:
+            snr = metrics.get("snr_db")
+            fp32 = n - len(assignment.fp16)
+            ok = bool(metrics.get("finite")) and snr is not None and snr >= bar
+            if ok and (state["best"] is None or fp32 < state["best"][0]):
+                state["best"] = (fp32, snr)
+            now = time.perf_counter()
+            if now - state["last"] >= 2.0 or count == 1:
+                state["last"] = now
+                best = state["best"]
+                best_s = f"best passing so far: {best[0]} FP32 ops at {best[1]:.1f} dB" if best else "none passing yet"
+                snr_s = "n/a" if snr is None else f"{snr:.1f} dB"
+                self.say(f"  {spec.precision.key()}: evaluation {count} ({now - t0:.0f} s): {fp32}/{n} FP32 ops, "
+                         f"worst SNR {snr_s}; {best_s} (targets.snr_db {bar:g})")
+
+        return report
 
     # assignments --------------------------------------------------------------------------------------
 
@@ -252,6 +277,9 @@ class TrialBuilder:
                 ctx = self.search_context(spec, prep)
                 result = policy.search(ctx)
                 log_path = self.write_search_log(spec, policy, prep, result)
+                if result.summary.get("interrupted"):
+                    self.say(f"search {policy.label} interrupted: keeping its best verified set "
+                             f"({len(prep.ops) - len(result.assignment.fp16)} FP32 ops); log {log_path}")
                 info = AssignmentInfo(result.assignment, result.evaluations or ctx.evaluations,
                                       {**result.summary, "log": str(log_path)})
             else:

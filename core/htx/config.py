@@ -354,9 +354,10 @@ def parse_config(
     if override is not None:
         data = override(data)
     try:
-        cfg = experiment_model().model_validate(data)
+        model = experiment_model()
+        cfg = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc), source) from None
+        raise ConfigError(format_validation_error(exc, model), source) from None
     if registry is not None:
         problems = check_plugins(cfg, registry, check_model, check_files)
         if problems:
@@ -378,7 +379,7 @@ def check_plugins(cfg: ExperimentConfig, registry: Registry, check_model: bool =
             try:
                 cls.Params(**entry.params)
             except ValidationError as exc:
-                for line in format_validation_error(exc):
+                for line in format_validation_error(exc, cls.Params):
                     problems.append(f"{axis}.{i}.{entry.name}.{line}")
             except TypeError as exc:
                 problems.append(f"{axis}.{i}.{entry.name}: {exc}")

@@ -280,16 +280,22 @@ class SearchContext:
         evaluate: Callable[[Assignment], dict[str, Any]],
         record: Callable[[Assignment], dict[str, OpStats]] | None = None,
         targets: Any = None,
+        progress: Callable[[int, Assignment, dict[str, Any]], None] | None = None,
     ) -> None:
         self.ops = ops
         self._evaluate = evaluate
         self._record = record
         self.targets = targets
         self.evaluations = 0
+        #: called after every evaluation with (count, assignment, metrics): the run shows search progress
+        self.progress = progress
 
     def evaluate(self, assignment: Assignment) -> dict[str, Any]:
         self.evaluations += 1
-        return self._evaluate(assignment)
+        metrics = self._evaluate(assignment)
+        if self.progress is not None:
+            self.progress(self.evaluations, assignment, metrics)
+        return metrics
 
     def record(self, assignment: Assignment) -> dict[str, OpStats]:
         if self._record is None:

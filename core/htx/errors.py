@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import typing
+from typing import Any
+
 from pydantic import ValidationError
 
 
@@ -35,11 +39,47 @@ class UnavailableError(HtxError):
     """A plugin cannot run on this platform; trials using it are recorded as `unavailable`."""
 
 
-def format_validation_error(exc: ValidationError) -> list[str]:
-    """One line per field path: ``precision.1.curated-fp32.ops: Input should be a valid list``."""
+def format_validation_error(exc: ValidationError, model: type | None = None) -> list[str]:
+    """One line per field path: ``precision.1.curated-fp32.ops: Input should be a valid list``.
+
+    With the pydantic ``model`` that was validated, an unknown key also gets the closest allowed name
+    (``Did you mean 'precision'?``) and the list of allowed keys.
+    """
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after", "function-before"))
         msg = err["msg"].removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden" and model is not None:
+            allowed = _fields_at(model, err["loc"][:-1])
+            if allowed:
+                close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1, cutoff=0.5)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                msg = f"unknown key {str(err['loc'][-1])!r}.{hint} Allowed: {', '.join(sorted(allowed))}"
         lines.append(f"{loc}: {msg}" if loc else msg)
     return lines
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the pydantic model reached by following ``loc`` from ``model`` ([] if unknown)."""
+    current = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        current = _model_of(fields[part].annotation)
+        if current is None:
+            return []
+    fields = getattr(current, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None

@@ -139,7 +139,8 @@ class Run:
             self.run_id = resume
             self.builder.run_id = resume
             statuses = self.store.trial_statuses(resume)
-            done = {t for t, st in statuses.items() if not (retry_failed and st == "failed")}
+            # an interrupted search is run again; failed trials only with --retry-failed
+            done = {t for t, st in statuses.items() if st != "interrupted" and not (retry_failed and st == "failed")}
             self._record_died(run, specs, done)
             self.store.update_run(resume, status="running", current_trial=None)
         else:

@@ -69,6 +69,15 @@ def _run(builder: TrialBuilder, spec: TrialSpec, rec: TrialRecord) -> None:
         rec.info["stft_emulated"] = bool(stft.emulated)
     ainfo = builder.assignment(spec)
     assignment = ainfo.assignment
+    if ainfo.search.get("interrupted"):  # Ctrl-C in the search: keep its best verified set, measure nothing more
+        final = ainfo.search.get("final") or {}
+        rec.status = "interrupted"
+        rec.reason = (f"search interrupted (Ctrl-C) after {ainfo.evaluations} evaluations; kept its best verified set "
+                      f"({sum(op.compute for op in prep.ops) - len(assignment.fp16)} FP32 ops); --resume runs it again")
+        rec.metrics = {k: v for k, v in final.items() if k in ("snr_db", "within_tol")}
+        rec.metrics.update(evaluations=ainfo.evaluations, fp16_op_fraction=assignment.fp16_fraction(prep.ops))
+        rec.info.update(search=ainfo.search, assignment=stored_assignment(assignment, prep.ops))
+        return
     seg = builder.segmenting
     with deadline(cfg.trial_timeout_s, "trial"):
         pipe = builder.pipeline(prep, stft, assignment)

@@ -45,10 +45,21 @@ def show(
         if r["status"] != "ok":
             combo = " x ".join(str(r[a]) for a in (*axis_names(), "fixture"))
             o.print(f"  [red]{r['status']}[/red] {r['trial']} {combo}: {r['reason']}", highlight=False)
+    seen: set[str] = set()
     for t in trials.values():
-        if t.info.get("search"):
-            o.print(f"  search {t.precision}: {t.info['search']}", highlight=False)
-            break
+        search = t.info.get("search")
+        if not search or t.precision in seen:
+            continue
+        seen.add(t.precision)
+        summary = {k: search.get(k) for k in ("status", "criterion", "evaluations", "cost_kind", "cost", "partitions") if k in search}
+        n_fp32 = len(search.get("fp32_ops", []))
+        o.print(f"  search {t.precision} on {t.compute}: {n_fp32} FP32 ops; {summary}", highlight=False, markup=False)
+        if search.get("frontier"):
+            o.print("  frontier (quality bar -> cheapest verified set):", highlight=False)
+            for f in search["frontier"]:
+                snr = "" if f.get("snr_db") is None else f"{f['snr_db']:.1f} dB"
+                o.print(f"    snr >= {f['snr_db_bar']:g} dB: {'passed' if f['passed'] else 'not reached'}, "
+                        f"{f['fp32_ops']} FP32 ops, cost {f['cost']:g}, {snr} ({f['status']})", highlight=False, markup=False)
     o.print(rich_table(rows, title=f"run {run_id}"))
 
 

@@ -14,7 +14,7 @@ class Event:
     """One thing a backend observed about a chunk."""
 
     chunk: int
-    kind: str  # begin | start | record | done | lost | unavailable
+    kind: str  # begin | start | record | message | done | lost | unavailable
     trial_id: str | None = None
     record: TrialRecord | None = None
     stats: dict[str, Any] | None = None
@@ -28,6 +28,8 @@ class Event:
             return cls(chunk, kind, trial_id=msg[1])
         if kind == "record":
             return cls(chunk, kind, trial_id=msg[1].trial_id, record=msg[1], stats=msg[2])
+        if kind == "message":
+            return cls(chunk, kind, reason=msg[1])
         return cls(chunk, kind)
 
 

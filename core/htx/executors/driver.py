@@ -294,6 +294,9 @@ def _drive(run: Run, backend: Backend, chunks: list[Chunk], n_done: int, n_total
             if st is None:
                 continue
             st.last_event = time.monotonic()
+            if ev.kind == "message":  # a worker's log line (search progress): also a sign of life
+                run.say(ev.reason or "")
+                continue
             if ev.kind in ("begin", "start"):
                 st.active = True
                 if ev.kind == "start":

@@ -22,7 +22,7 @@ import torch
 
 from htx.executors.base import Event
 from htx.executors.plan import Chunk, RunPayload
-from htx.executors.worker import run_chunk
+from htx.executors.worker import run_chunk, set_messages
 
 
 def exit_reason(exitcode: int | None) -> str:
@@ -42,6 +42,15 @@ def _worker_main(conn: Connection, payload: RunPayload, threads: int) -> None:
     # Ctrl-C reaches the whole process group: the driver decides what to do, not each worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
+    current = [-1]
+
+    def say(msg: str) -> None:  # search progress and log lines reach the driver as they happen
+        try:
+            conn.send((current[0], ("message", msg)))
+        except (BrokenPipeError, OSError):
+            pass
+
+    set_messages(say)
     while True:
         try:
             msg = conn.recv()
@@ -50,6 +59,7 @@ def _worker_main(conn: Connection, payload: RunPayload, threads: int) -> None:
         if msg is None:
             return
         chunk: Chunk = msg
+        current[0] = chunk.id
         try:
             for event in run_chunk(payload, chunk.specs):
                 conn.send((chunk.id, event))

@@ -25,7 +25,10 @@ def _chunk_events(builder: TrialBuilder, chunk: Chunk, on_start: Callable[[str],
     for spec in chunk.specs:
         on_start(spec.trial_id)
         yield ("start", spec.trial_id)
-        yield ("record", run_trial(builder, spec), {"worker": "serial", "references_computed": 0})
+        rec = run_trial(builder, spec)
+        yield ("record", rec, {"worker": "serial", "references_computed": 0})
+        if rec.status == "interrupted":  # recorded with its best set above; now stop the run as Ctrl-C does
+            raise KeyboardInterrupt
 
 
 class SerialBackend:

@@ -29,6 +29,18 @@ from htx.workspace import SharedData, Workspace
 _CURRENT: tuple[str, TrialBuilder] | None = None
 #: How long this process took to build its run (seconds), and when it was ready (``time.time()``).
 _SETUP: dict[str, float] = {}
+#: Where this worker's log lines go (the local pool streams them to the driver); ``None``: dropped.
+_SAY: list[Any] = [None]
+
+
+def set_messages(say: Any) -> None:
+    """Send this worker's log lines (model loading, search progress) to ``say``."""
+    _SAY[0] = say
+
+
+def _say(msg: str) -> None:
+    if _SAY[0] is not None:
+        _SAY[0](msg)
 
 
 def worker_name() -> str:
@@ -50,7 +62,7 @@ def builder_for(payload: RunPayload) -> TrialBuilder:
     # The driver validated the config and checked the surgeries against the model it built; the worker
     # does not read the checkpoint twice.
     cfg = parse_config(payload.config, f"run {payload.run_id}", registry, check_model=False, check_files=False)
-    workspace = Workspace(cfg, registry, check_surgeries=False)
+    workspace = Workspace(cfg, registry, _say, check_surgeries=False)
     if workspace.model.hash != payload.model_hash:
         raise HtxError(
             f"the worker built model {workspace.model.hash}, the driver {payload.model_hash} "

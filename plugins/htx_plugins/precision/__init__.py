@@ -4,6 +4,7 @@ from htx.hookspecs import hookimpl
 from htx_plugins.precision import bench_cmd
 from htx_plugins.precision.bisect import Bisect
 from htx_plugins.precision.magnitude import Magnitude
+from htx_plugins.precision.sensitivity import Sensitivity
 from htx_plugins.precision.static import FP32, AllFP16, CuratedFP32, ModulesFP32
 
 
@@ -15,6 +16,7 @@ def htx_register_precision_policies(register):
     register(ModulesFP32)
     register(Bisect)
     register(Magnitude)
+    register(Sensitivity)
 
 
 @hookimpl

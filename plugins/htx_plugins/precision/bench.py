@@ -16,6 +16,7 @@ evaluation time. Projected and estimated numbers are labelled as such.
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -28,7 +29,7 @@ from htx.builder import TrialBuilder
 from htx.config import parse_config
 from htx.contracts import Assignment, SearchContext
 from htx.grid import expand_grid
-from htx.plugins import build_registry, get_plugin_manager
+from htx.plugins import build_registry, get_plugin_manager, load_registry
 from htx.store import Store
 from htx.workspace import Workspace
 from htx_plugins.precision.planted import planted_ops, planted_plugin
@@ -138,3 +139,56 @@ def bench_model(
             "speedup_vs_linear_projected": n / oracle,
         })
     return row
+
+
+def compare_policies(
+    model_key: str, criterion: Any, device: str, fixtures: list[str], compute: dict[str, Any] | None = None,
+    max_seconds: float = 900.0, policies: tuple[str, ...] = ("bisect", "sensitivity"),
+    cache_dir: str = "experiments/cache", say: Callable[[str], None] = lambda m: None,
+) -> list[dict[str, Any]]:
+    """``bisect`` and ``sensitivity`` on the same trial (the real model, full-hybrid: accumulated rounding noise,
+    the common case), side by side: evaluations, wall time, FP32 ops, partitions, final SNR, time to rank."""
+    from htx_plugins.precision.bisect import Bisect
+    from htx_plugins.precision.criteria import criterion_passes
+    from htx_plugins.precision.sensitivity import Sensitivity
+
+    registry = load_registry()
+    unit = compute or {"torch": {"device": device}}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = {
+            "name": f"bench-search-{model_key}", "model": MODELS[model_key], "fixtures": fixtures,
+            "surgery": ["full-hybrid"], "precision": ["fp32"], "stft": ["torch"], "compute": [unit],
+            "store": {"path": f"{tmp}/htx.sqlite", "cache_dir": cache_dir, "artifacts_dir": f"{tmp}/runs"},
+            "trial_timeout_s": 1e6,
+        }
+        cfg = parse_config(raw, f"bench {model_key}", registry)
+        builder = TrialBuilder(Workspace(cfg, registry, say), registry)
+        builder.workspace.load()
+        spec = expand_grid(cfg)[0]
+        prep = builder.prepared(spec)
+        n = sum(op.compute for op in prep.ops)
+        all16 = builder.evaluate(prep, spec.stft, Assignment.all_fp16(prep.ops))
+        for name in policies:
+            cls = {"bisect": Bisect, "sensitivity": Sensitivity}[name]
+            params = {"criterion": criterion, "max_seconds": max_seconds}
+            if name == "bisect":
+                params["max_evaluations"] = 100000
+            policy = cls(cls.Params(**params))
+            ctx = SearchContext(prep.ops, lambda a: builder.evaluate(prep, spec.stft, a), targets=cfg.targets)
+            say(f"{model_key}: {name} over {n} compute ops on {prep.compute.label} ...")
+            t0 = time.perf_counter()
+            result = policy.search(ctx)
+            wall = time.perf_counter() - t0
+            final = builder.evaluate(prep, spec.stft, result.assignment)
+            rows.append({
+                "model": model_key, "policy": name, "unit": prep.compute.runtime, "criterion": str(criterion),
+                "n_ops": n, "all_fp16_snr_db": all16.get("snr_db"), "evaluations": result.evaluations, "search_s": wall,
+                "rank_evaluations": result.summary.get("rank_evaluations"), "rank_s": result.summary.get("rank_s"),
+                "fp32_ops": n - len(result.assignment.fp16), "status": result.summary.get("status"),
+                "final_snr_db": final.get("snr_db"), "passes": criterion_passes(policy.params.criterion, final, cfg.targets),
+                **{k: v for k, v in prep.compute.placement(prep.prepared, result.assignment).items() if k != "placement"},
+                "fp32_keys": [op.key for op in prep.ops if op.compute and op.name not in result.assignment.fp16],
+                "host": platform.node(), "torch": torch.__version__,
+            })
+    return rows

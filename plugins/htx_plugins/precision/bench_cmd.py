@@ -29,8 +29,17 @@ def bench_search(
     device: str = typer.Option("cpu", "--device", help="torch compute unit device: cpu, cuda, mps, auto"),
     max_seconds: float = typer.Option(600.0, "--max-seconds", help="stop a search after this long and project the rest"),
     out_path: Path = typer.Option(None, "--out", help="also write the rows as JSON (e.g. experiments/benchmarks/search.json)"),
+    mode: str = typer.Option("planted", "--mode", help="planted: bisect on planted faults vs a linear scan; noise: bisect and sensitivity side by side on the real model (accumulated FP16 rounding noise)"),
+    fixtures: str = typer.Option("sine_440,white_noise", "--fixtures", help="--mode noise: comma-separated fixtures"),
+    compute: str = typer.Option(None, "--compute", help="--mode noise: a compute entry (YAML), e.g. '{coreml: {runtime: emulated}}' (default: torch on --device)"),
+    policies: str = typer.Option("bisect,sensitivity", "--policies", help="--mode noise: which searches, comma-separated"),
 ) -> None:
-    """Wall time and evaluations of one bisect search (planted faults) next to a linear scan's n evaluations."""
+    """planted: one bisect search vs a linear scan; noise: bisect vs sensitivity on the same trial, side by side."""
+    if mode == "noise":
+        _noise(models, criterion, device, fixtures, compute, max_seconds, policies, out_path)
+        return
+    if mode != "planted":
+        raise HtxError(f"--mode {mode!r}: use planted or noise")
     keys = [m.strip() for m in models.split(",") if m.strip()]
     unknown = [k for k in keys if k not in MODELS]
     if unknown:
@@ -71,4 +80,36 @@ def bench_search(
             r.update({"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(), "measured_at": stamp})
         record = {"benchmark": "search", "command": "htx bench search", "rows": kept + rows}
         out_path.write_text(json.dumps(record, indent=1, default=str))
+        e.print(f"wrote {out_path}", highlight=False)
+
+
+def _noise(models: str, criterion: str, device: str, fixtures: str, compute: str | None, max_seconds: float,
+           policies: str, out_path: Path | None) -> None:
+    import yaml
+    from rich.table import Table
+
+    from htx_plugins.precision.bench import compare_policies
+
+    e = err()
+    crit = criterion if criterion in ("finite", "within_tol", "targets") else {"snr_db": float(criterion.split(">=")[-1])}
+    rows = []
+    for key in [m.strip() for m in models.split(",") if m.strip()]:
+        if key not in MODELS:
+            raise HtxError(f"unknown model {key!r}: use {', '.join(MODELS)}")
+        rows += compare_policies(key, crit, device, [f.strip() for f in fixtures.split(",")],
+                                 yaml.safe_load(compute) if compute else None, max_seconds,
+                                 tuple(p.strip() for p in policies.split(",")), say=lambda m: e.print(m, markup=False, highlight=False))
+    table = Table(title=f"bisect vs sensitivity on the same trial (criterion {criterion})")
+    for col in ("model", "unit", "policy", "ops n", "all-FP16 dB", "evaluations", "wall s", "rank evals", "rank s",
+                "FP32 ops", "partitions", "final SNR dB", "passes"):
+        table.add_column(col, justify="left" if col in ("model", "unit", "policy") else "right")
+    for r in rows:
+        table.add_row(r["model"], r["unit"], r["policy"], str(r["n_ops"]), _s(r["all_fp16_snr_db"]), str(r["evaluations"]),
+                      _s(r["search_s"]), str(r.get("rank_evaluations") or ""), _s(r.get("rank_s")), str(r["fp32_ops"]),
+                      str(r.get("partitions", "")), _s(r["final_snr_db"]), "yes" if r["passes"] else "NO")
+    out().print(table)
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps({"benchmark": "search-noise", "command": "htx bench search --mode noise",
+                                        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}, indent=1, default=str))
         e.print(f"wrote {out_path}", highlight=False)

@@ -1,0 +1,303 @@
+"""``sensitivity``: rank ops by the noise each part of the model adds in FP16, then pick, verify, repair and
+minimize an FP32 set against a quality bar and a deployment cost.
+
+**Why not bisect.** Group testing finds rare culprits (an op that overflows). FP16 error in HTDemucs is
+mostly rounding noise accumulated over many ops, each adding some noise power; there are no culprits, and
+bisect spends hundreds of evaluations learning that. Noise powers roughly add (on the demo model the single-op
+powers sum to 1.68x the all-FP16 noise), so the question is which few ops carry most of the power.
+
+**Rank** (evaluation-only, so it works on every unit: torch, the Core ML emulator, a native runtime). The
+ops form a tree by portable module path (``crosstransformer`` > ``layers.1`` > ``linear2`` > op). One
+evaluation runs one subtree in FP16 and everything else in FP32; its noise power ``10^(-SNR/10)`` is the
+subtree's contribution. Starting from the top-level modules, the subtree with the largest contribution is
+split into its children, until the subtrees left in FP16 add up to less than the bar allows: only the
+heavy branches are ever opened, so the ranking costs a few evaluations per op that matters rather than one
+per op (a subtree whose FP16 output is NaN/Inf ranks first and is always opened). The ranking and every
+probe are in the search log.
+
+**Select, verify, repair, minimize.** The FP32 set is the leaves taken out of FP16 by the ranking. It is
+verified by one evaluation against the criterion (every criterion bisect has: ``finite``, ``within_tol``,
+``targets``, ``{snr_db: X}``); if it fails (noise powers are only roughly additive), a binary search along
+the ranking adds the next-heaviest subtrees until it passes. Then a removal pass, lightest member first,
+drops every member the criterion does not need: the answer is 1-minimal, with bisect's guarantee, unless
+``max_evaluations`` / ``max_seconds`` cut the pass short, which the answer then says.
+
+**Cost.** ``cost: fp32_ops`` (default) counts FP32 ops; ``partitions`` counts the precision segments in
+execution order (the placement audit: each FP32 island is a Neural Engine <-> CPU hop); ``latency`` is the
+model time the verification evaluations measured. The removal pass tries the members whose removal lowers
+the cost most first, among members of equal rank; the answer reports its cost.
+
+**Frontier.** ``bars: [40, 50, 60, 70]`` returns, from the same probes, the verified set for each SNR bar
+(the criterion's own answer is the one minimized); the trial stores them (``htx show`` prints the frontier).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from htx.contracts import Assignment, OpInfo, Params, SearchContext, SearchPolicy, SearchResult
+from htx.opmap import placement_runs
+from htx_plugins.precision.criteria import Criterion, SnrCriterion, criterion_passes, describe
+
+
+class SensitivityParams(Params):
+    criterion: Criterion = Field("targets", description="finite | within_tol | targets | {snr_db: X}")
+    cost: Literal["fp32_ops", "partitions", "latency"] = "fp32_ops"
+    bars: list[float] = Field(default_factory=list, description="also return the verified set for each SNR bar (a frontier)")
+    minimize: bool = Field(True, description="drop members the criterion does not need (1-minimality)")
+    margin_db: float = Field(1.0, ge=0, description="rank until the predicted SNR clears the bar by this much")
+    max_evaluations: int = Field(400, ge=2)
+    max_seconds: float | None = Field(None, gt=0)
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class _Node:
+    """A subtree of ops: a module path and the compute ops under it."""
+
+    path: str
+    ops: list[OpInfo]
+    power: float = 0.0  # noise power relative to the reference when only this subtree is FP16
+    snr: float | None = None
+    children: list[_Node] | None = None
+
+    @property
+    def leaf(self) -> bool:
+        return len(self.ops) == 1
+
+
+def _children(node: _Node) -> list[_Node]:
+    """Split by the next module path component; the node's own ops (in no child module) form one group,
+    and a group of ops of one module splits into single ops."""
+    if "#" in node.path or all(op.module == node.path for op in node.ops):
+        return [_Node(op.key, [op]) for op in node.ops]
+    depth = len(node.path.split(".")) if node.path else 0
+    groups: dict[str, list[OpInfo]] = {}
+    own: list[OpInfo] = []
+    for op in node.ops:
+        parts = op.module.split(".") if op.module else []
+        if len(parts) > depth:
+            groups.setdefault(".".join(parts[: depth + 1]), []).append(op)
+        else:
+            own.append(op)
+    out = [_Node(p, ops) for p, ops in groups.items()]
+    if len(own) == 1:
+        out.append(_Node(own[0].key, own))
+    elif own:
+        out.append(_Node(f"{node.path}#own", own))
+    if len(out) == 1 and not out[0].leaf:
+        return _children(out[0])  # a chain of single children: nothing to measure in between
+    return out
+
+
+class _Search:
+    def __init__(self, ctx: SearchContext, p: SensitivityParams) -> None:
+        self.ctx, self.p = ctx, p
+        self.ops = [op for op in ctx.ops if op.compute]
+        self.log: list[dict[str, Any]] = []
+        self.cache: dict[frozenset[str], dict[str, Any]] = {}
+        self.start = ctx.evaluations
+        self.deadline = time.perf_counter() + p.max_seconds if p.max_seconds else None
+        self.best: tuple[frozenset[str], dict[str, Any]] | None = None  # smallest verified passing FP32 set
+        self.probed: list[_Node] = []  # every subtree measured, for the log even when a budget cuts the ranking
+
+    @property
+    def evaluations(self) -> int:
+        return self.ctx.evaluations - self.start
+
+    def evaluate(self, fp16: frozenset[str], phase: str) -> dict[str, Any]:
+        if fp16 in self.cache:
+            return self.cache[fp16]
+        if self.evaluations >= self.p.max_evaluations:
+            raise _Stop(f"max_evaluations={self.p.max_evaluations}")
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise _Stop("max_seconds")
+        m = self.ctx.evaluate(Assignment(fp16))
+        self.cache[fp16] = m
+        fp32 = [op.name for op in self.ops if op.name not in fp16]
+        passed = criterion_passes(self.p.criterion, m, self.ctx.targets)
+        if passed and (self.best is None or self._rank_key(fp16, m) < self._rank_key(*self.best)):
+            self.best = (fp16, m)
+        self.log.append({"step": len(self.log), "phase": phase, "n_fp32": len(fp32), "passed": passed,
+                         "snr_db": m.get("snr_db"), "finite": m.get("finite"), "model_ms": m.get("model_ms")})
+        return m
+
+    def passes(self, fp16: frozenset[str], phase: str) -> bool:
+        return criterion_passes(self.p.criterion, self.evaluate(fp16, phase), self.ctx.targets)
+
+    def _rank_key(self, fp16: frozenset[str], metrics: dict[str, Any]) -> tuple[int, float]:
+        """Fewer FP32 ops first; the cost decides among equals (all-FP32 is one partition, never the answer)."""
+        return (len(self.ops) - len(fp16), self.cost(fp16, metrics))
+
+    def cost(self, fp16: frozenset[str], metrics: dict[str, Any] | None = None) -> float:
+        if self.p.cost == "partitions":
+            return float(placement_runs(self.ctx.ops, Assignment(fp16))["partitions"])
+        if self.p.cost == "latency" and metrics is not None and metrics.get("model_ms") is not None:
+            return float(metrics["model_ms"])
+        return float(len(self.ops) - len(fp16))
+
+    # ranking -------------------------------------------------------------------------------------------
+
+    def probe(self, node: _Node) -> None:
+        m = self.evaluate(frozenset(op.name for op in node.ops), "rank")
+        self.probed.append(node)
+        node.snr = m.get("snr_db")
+        if not m.get("finite", True):
+            node.power = math.inf
+        elif node.snr is None:
+            node.power = 0.0 if m.get("within_tol") else math.inf
+        else:
+            node.power = 10 ** (-node.snr / 10)
+
+    def rank(self, budget: float) -> tuple[list[_Node], list[_Node]]:
+        """(FP32 leaves in the order taken, FP16 subtrees left heaviest first) so that the FP16 ones add up to
+        less than ``budget``."""
+        root = _Node("", list(self.ops))
+        frontier = _children(root)
+        for n in frontier:
+            self.probe(n)
+        taken: list[_Node] = []
+
+        def over() -> bool:
+            powers = [n.power for n in frontier]
+            return any(math.isinf(x) for x in powers) or sum(powers) > budget
+
+        while frontier and over():
+            frontier.sort(key=lambda n: -n.power)
+            heavy = frontier.pop(0)
+            if heavy.leaf:
+                taken.append(heavy)
+                continue
+            kids = _children(heavy)
+            for k in kids:
+                self.probe(k)
+            frontier.extend(kids)
+        frontier.sort(key=lambda n: -n.power)
+        return taken, frontier
+
+    # select / verify / repair / minimize ------------------------------------------------------------
+
+    def answer(self, taken: list[_Node], rest: list[_Node], minimize: bool) -> tuple[frozenset[str], bool, str]:
+        all_names = frozenset(op.name for op in self.ops)
+        fp32 = {op.name for n in taken for op in n.ops}
+        if self.passes(all_names - fp32, "verify"):
+            status = "verified"
+        else:  # repair: binary search along the ranking for the shortest prefix of `rest` to add
+            lo, hi = 0, len(rest)
+            if not self.passes(frozenset(), "all-fp32"):
+                return frozenset(), False, "unreachable: even all-FP32 fails"
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                extra = {op.name for n in rest[:mid] for op in n.ops}
+                if self.passes(all_names - fp32 - extra, "repair"):
+                    hi = mid
+                else:
+                    lo = mid
+            fp32 |= {op.name for n in rest[:hi] for op in n.ops}
+            status = f"repaired (+{hi} subtrees)"
+            if not self.passes(all_names - fp32, "verify"):
+                return all_names - fp32, False, "repair did not pass"
+        if minimize:
+            weight = {op.name: n.power for n in taken + rest for op in n.ops}
+            order = sorted(fp32, key=lambda name: (weight.get(name, 0.0), -self._cost_drop(fp32, name)))
+            for name in order:  # lightest first; each try is one evaluation
+                trial = fp32 - {name}
+                if self.passes(all_names - trial, "minimize"):
+                    fp32 = trial
+            status += ", 1-minimal"
+        return all_names - fp32, True, status
+
+    def _cost_drop(self, fp32: set[str], name: str) -> float:
+        all_names = frozenset(op.name for op in self.ops)
+        return self.cost(all_names - fp32) - self.cost(all_names - (fp32 - {name}))
+
+
+def _budget(criterion: Any, targets: Any, margin_db: float) -> float:
+    if isinstance(criterion, SnrCriterion):
+        bar = criterion.snr_db
+    elif criterion == "finite":
+        return math.inf  # only non-finite subtrees are opened
+    else:
+        bar = float(getattr(targets, "snr_db", 60.0))
+    return 10 ** (-(bar + margin_db) / 10)
+
+
+class Sensitivity(SearchPolicy):
+    """Rank ops by the noise they add in FP16 (probing subtrees of the module tree), then select, verify,
+    repair and minimize an FP32 set; optionally a frontier over several SNR bars.
+
+    Answers in tens of evaluations where the error is accumulated rounding noise (the common case), and
+    finds overflow culprits too. See the module docstring for the method and its guarantees.
+
+    Example config::
+
+        precision:
+          - sensitivity                                         # criterion: the run's targets
+          - sensitivity: {criterion: {snr_db: 60}, cost: partitions}
+          - sensitivity: {criterion: {snr_db: 60}, bars: [40, 50, 60, 70]}
+    """
+
+    name = "sensitivity"
+    Params = SensitivityParams
+
+    def search(self, ctx: SearchContext) -> SearchResult:
+        p = self.params
+        s = _Search(ctx, p)
+        t0 = time.perf_counter()
+        status, ok, fp16 = "", False, frozenset()
+        frontier: list[dict[str, Any]] = []
+        ranking: list[dict[str, Any]] = []
+        interrupted = False
+        try:
+            taken, rest = s.rank(_budget(p.criterion, ctx.targets, p.margin_db))
+            rank_evals, rank_s = s.evaluations, time.perf_counter() - t0
+            ranking = [{"subtree": n.path, "fp32": True, "power": n.power, "snr_db": n.snr, "ops": [o.key for o in n.ops]} for n in taken]
+            ranking += [{"subtree": n.path, "fp32": False, "power": n.power, "snr_db": n.snr, "n_ops": len(n.ops)} for n in rest]
+            fp16, ok, status = s.answer(taken, rest, p.minimize)
+            for bar in sorted(p.bars):
+                sub = Sensitivity(self.Params(**{**p.model_dump(), "criterion": {"snr_db": bar}, "bars": [], "minimize": False}))
+                sub_s = _Search(ctx, sub.params)
+                sub_s.cache, sub_s.start = s.cache, s.start
+                b_taken, b_rest = sub_s.rank(_budget(SnrCriterion(snr_db=bar), ctx.targets, p.margin_db))
+                b_fp16, b_ok, b_status = sub_s.answer(b_taken, b_rest, False)
+                m = s.cache.get(b_fp16, {})
+                frontier.append({"snr_db_bar": bar, "passed": b_ok, "status": b_status, "fp32_ops": len(s.ops) - len(b_fp16),
+                                 "cost": sub_s.cost(b_fp16, m), "snr_db": m.get("snr_db"),
+                                 "fp32_keys": [o.key for o in s.ops if o.name not in b_fp16]})
+        except _Stop as stop:
+            status = f"stopped at {stop}: best verified set so far"
+            rank_evals, rank_s = s.evaluations, time.perf_counter() - t0
+            if s.best is not None:
+                fp16, ok = s.best[0], True
+        except KeyboardInterrupt:
+            interrupted, status = True, "interrupted (Ctrl-C): best verified set so far"
+            rank_evals, rank_s = s.evaluations, time.perf_counter() - t0
+            if s.best is not None:
+                fp16, ok = s.best[0], True
+        if not ranking:  # cut short while ranking: what was measured, heaviest first
+            ranking = [{"subtree": n.path, "fp32": None, "power": n.power, "snr_db": n.snr, "n_ops": len(n.ops)}
+                       for n in sorted(s.probed, key=lambda n: -n.power)]
+        if not ok and s.best is None:
+            fp16 = frozenset()  # nothing verified: run the trial in FP32 so its metrics show why
+        m = s.cache.get(fp16, {})
+        fp32_ops = [op for op in s.ops if op.name not in fp16]
+        summary = {
+            "criterion": describe(p.criterion), "cost_kind": p.cost, "status": status, "passed": bool(ok),
+            "one_minimal": "1-minimal" in status, "interrupted": interrupted,
+            "n_ops": len(s.ops), "fp32_ops": [op.name for op in fp32_ops], "fp32_keys": [op.key for op in fp32_ops],
+            "fp32_types": dict(Counter(op.type for op in fp32_ops)), "cost": s.cost(fp16, m),
+            "partitions": placement_runs(ctx.ops, Assignment(fp16))["partitions"],
+            "evaluations": s.evaluations, "rank_evaluations": rank_evals, "rank_s": rank_s,
+            "final": {k: m.get(k) for k in ("snr_db", "finite", "within_tol", "model_ms") if k in m},
+            "frontier": frontier, "ranking": ranking[:200],
+        }
+        return SearchResult(Assignment(fp16), log=s.log, evaluations=s.evaluations, summary=summary)

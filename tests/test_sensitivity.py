@@ -1,0 +1,197 @@
+"""``sensitivity`` against synthetic oracles with known per-op noise powers (interactions included), on the
+demo model through the real pipeline, and under Ctrl-C. Timings belong in ``htx bench search``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import make_config
+from htx.config import Targets, parse_config
+from htx.contracts import Assignment, OpInfo, SearchContext
+from htx.plugins import build_registry, get_plugin_manager, load_registry, module_plugin
+from htx.run import Run
+from htx.store import Store
+from htx_plugins.precision.criteria import criterion_passes
+from htx_plugins.precision.sensitivity import Sensitivity
+
+
+def _ops(n_modules: int, per_module: int) -> list[OpInfo]:
+    """A two-level module tree: ``block.i.layer.j`` with a few ops each."""
+    ops = []
+    for i in range(n_modules):
+        for j in range(per_module):
+            ops.append(OpInfo(f"op_{i}_{j}", "conv" if j % 2 else "add", module=f"block.{i // 3}.layer.{i % 3}", ordinal=j // 2))
+    return ops
+
+
+class Oracle:
+    """Noise power of an assignment: the sum of each FP16 op's power, plus pairwise interactions (a pair in
+    FP16 together adds ``gamma * sqrt(p_a p_b)``); ops in ``overflow`` make the output non-finite."""
+
+    def __init__(self, powers: dict[str, float], gamma: float = 0.0, overflow: frozenset[str] = frozenset()) -> None:
+        self.powers, self.gamma, self.overflow = powers, gamma, overflow
+        self.calls = 0
+
+    def __call__(self, a: Assignment) -> dict[str, Any]:
+        self.calls += 1
+        fp16 = [n for n in self.powers if n in a.fp16]
+        if any(n in self.overflow for n in fp16):
+            return {"snr_db": -math.inf, "finite": False, "nan_count": 1, "inf_count": 0, "within_tol": False}
+        p = sum(self.powers[n] for n in fp16)
+        if self.gamma:
+            heavy = sorted(fp16, key=lambda n: -self.powers[n])[:8]
+            p += self.gamma * sum(math.sqrt(self.powers[x] * self.powers[y]) for i, x in enumerate(heavy) for y in heavy[i + 1:])
+        snr = math.inf if p == 0 else -10 * math.log10(p)
+        return {"snr_db": snr, "finite": True, "nan_count": 0, "inf_count": 0, "within_tol": p == 0}
+
+
+def _search(ops, oracle, **params):
+    ctx = SearchContext(ops, oracle, targets=Targets(snr_db=60.0))
+    return Sensitivity(Sensitivity.Params(**params)).search(ctx)
+
+
+powers_strategy = st.lists(st.floats(min_value=-12.0, max_value=-4.0), min_size=36, max_size=36)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(log_powers=powers_strategy, gamma=st.sampled_from([0.0, 0.3]), bar=st.sampled_from([50.0, 60.0, 70.0]))
+def test_the_answer_passes_is_1_minimal_and_stays_in_its_evaluation_bound(log_powers, gamma, bar):
+    ops = _ops(12, 3)
+    powers = {op.name: 10 ** lp for op, lp in zip(ops, log_powers)}
+    oracle = Oracle(powers, gamma)
+    result = _search(ops, oracle, criterion={"snr_db": bar})
+    crit = Sensitivity.Params(criterion={"snr_db": bar}).criterion
+    all_fp32_passes = criterion_passes(crit, oracle(Assignment.all_fp32()), None)
+    assert all_fp32_passes
+    m = oracle(result.assignment)
+    assert criterion_passes(crit, m, None), (result.summary["status"], m)  # verified
+    fp32 = [op.name for op in ops if op.name not in result.assignment.fp16]
+    for name in fp32:  # 1-minimal: no single member can go back to FP16
+        assert not criterion_passes(crit, oracle(Assignment(result.assignment.fp16 | {name})), None), name
+    # the bound: the module tree has 12 + 4 + 1 internal nodes; each opened node costs at most its children,
+    # plus verification, repair (log2) and one evaluation per member for minimality
+    n = len(ops)
+    bound = (n + 17) + 2 + math.ceil(math.log2(n + 1)) + len(fp32) + 1
+    assert result.evaluations <= bound, (result.evaluations, bound)
+    assert result.summary["one_minimal"] and result.summary["passed"]
+
+
+def test_overflowing_ops_rank_first_and_are_found():
+    ops = _ops(12, 3)
+    powers = {op.name: 1e-12 for op in ops}
+    oracle = Oracle(powers, overflow=frozenset({"op_4_1", "op_9_2"}))
+    result = _search(ops, oracle, criterion="finite")
+    assert {op.name for op in ops if op.name not in result.assignment.fp16} == {"op_4_1", "op_9_2"}
+    assert result.summary["ranking"][0]["power"] == math.inf
+
+
+def test_a_few_heavy_ops_cost_tens_of_evaluations_not_one_per_op():
+    """Like the demo model: most noise from a handful of ops among hundreds."""
+    ops = _ops(60, 5)  # 300 ops
+    powers = {op.name: 1e-9 for op in ops}
+    for name in ("op_7_1", "op_33_4", "op_58_0", "op_58_2", "op_20_3", "op_41_1"):
+        powers[name] = 2e-7
+    result = _search(ops, Oracle(powers), criterion={"snr_db": 60.0})
+    fp32 = {op.name for op in ops if op.name not in result.assignment.fp16}
+    assert len(fp32) <= 10 and result.summary["passed"]
+    assert result.evaluations < 120 < len(ops), result.evaluations
+
+
+def test_budget_cuts_minimality_short_and_says_so():
+    ops = _ops(12, 3)
+    powers = {op.name: 10 ** (-5 - (i % 7)) for i, op in enumerate(ops)}
+    result = _search(ops, Oracle(powers), criterion={"snr_db": 60.0}, max_evaluations=12)
+    assert result.evaluations <= 12 and not result.summary["one_minimal"]
+    assert "stopped at max_evaluations=12" in result.summary["status"]
+
+
+def test_frontier_over_bars_and_cost_partitions():
+    ops = _ops(12, 3)
+    powers = {op.name: 10 ** (-5.5 - (i % 5)) for i, op in enumerate(ops)}
+    result = _search(ops, Oracle(powers), criterion={"snr_db": 60.0}, bars=[40, 50, 60], cost="partitions")
+    frontier = result.summary["frontier"]
+    assert [f["snr_db_bar"] for f in frontier] == [40, 50, 60] and all(f["passed"] for f in frontier)
+    sizes = [f["fp32_ops"] for f in frontier]
+    assert sizes == sorted(sizes)  # a stricter bar never needs fewer FP32 ops
+    assert result.summary["cost_kind"] == "partitions" and result.summary["cost"] == result.summary["partitions"]
+
+
+def test_sensitivity_on_the_demo_model(tmp_path):
+    """A real search on the demo model (Core ML unit, emulated), at a bar all-FP16 misses, under a budget."""
+    reg = load_registry()
+    data = make_config(tmp_path, model="demo", fixtures=[{"sine_440": {"duration": 1.0}}],
+                       compute=[{"coreml": {"runtime": "emulated", "device": "cpu"}}],
+                       precision=["all-fp16", {"sensitivity": {"criterion": {"snr_db": 72}, "max_evaluations": 40}}])
+    cfg = parse_config(data, registry=reg)
+    with Store(cfg.store.path) as store:
+        run_id = Run(cfg, reg, store).execute()
+        trials = {t.precision.split("[")[0]: t for t in store.trials([run_id])}
+    assert trials["all-fp16"].metrics["snr_db"] < 72
+    s = trials["sensitivity"]
+    search = s.info["search"]
+    assert s.status == "ok" and search["passed"] and s.metrics["snr_db"] >= 72, (s.reason, search["status"])
+    assert 0 < len(search["fp32_keys"]) < search["n_ops"] and search["evaluations"] <= 40
+    assert s.metrics["evaluations"] == search["evaluations"] and s.info["assignment"]["fp32_keys"] == search["fp32_keys"]
+    assert search["ranking"] and "partitions" in search
+
+
+def test_ctrl_c_keeps_the_best_verified_set(tmp_path):
+    ops = _ops(12, 3)
+    powers = {op.name: 10 ** (-5 - (i % 7)) for i, op in enumerate(ops)}
+    oracle = Oracle(powers)
+    seen = []
+
+    def evaluate(a):
+        seen.append(a)
+        if len(seen) == 25:
+            raise KeyboardInterrupt
+        return oracle(a)
+
+    result = _search(ops, evaluate, criterion={"snr_db": 60.0})
+    assert result.summary["interrupted"] and "interrupted" in result.summary["status"]
+    if result.summary["passed"]:  # a verified set existed before Ctrl-C: it is the answer
+        assert oracle(result.assignment)["snr_db"] >= 60
+
+
+def test_ctrl_c_in_a_run_records_the_trial_interrupted_with_its_best_set(tmp_path):
+    """In a run: the trial is stored `interrupted` with the best verified set, the run stops, --resume re-runs it."""
+    from htx_plugins.precision import sensitivity as mod
+
+    class Impatient(mod.Sensitivity):
+        """Presses Ctrl-C after 8 evaluations.
+
+        Example::
+
+            precision: [impatient]
+        """
+
+        name = "impatient"
+
+        def search(self, ctx):
+            real = ctx._evaluate
+            count = [0]
+
+            def evaluate(a):
+                count[0] += 1
+                if count[0] == 8:
+                    raise KeyboardInterrupt
+                return real(a)
+
+            ctx._evaluate = evaluate
+            return super().search(ctx)
+
+    reg = build_registry(get_plugin_manager(extra_plugins=(module_plugin("impatient", htx_register_precision_policies=lambda register: register(Impatient)),)))
+    cfg = parse_config(make_config(tmp_path, precision=[{"impatient": {"criterion": {"snr_db": 50}}}]), registry=reg)
+    with Store(cfg.store.path) as store:
+        run = Run(cfg, reg, store)
+        with pytest.raises(KeyboardInterrupt):
+            run.execute()
+        (t,) = store.trials([run.run_id])
+        assert t.status == "interrupted" and "best verified set" in t.reason
+        assert t.info["assignment"]["n_compute"] > 0 and t.info["search"]["interrupted"]
+        assert store.get_run(run.run_id)["status"] == "interrupted"
