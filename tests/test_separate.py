@@ -140,8 +140,11 @@ def test_htx_separate_errors(tmp_path: Path) -> None:
     res = runner.invoke(app, ["separate", str(tmp_path / "missing.wav")])
     assert res.exit_code == 1 and "not found" in res.output
     good = _write(tmp_path / "ok.wav", np.zeros((2, 1000), np.float32), SR)
-    res = runner.invoke(app, ["separate", str(good), "--config", str(REPO_ROOT / "configs" / "quickstart.yaml")])
-    assert res.exit_code == 1 and "choose one with --precision" in res.output
+    res = runner.invoke(app, ["separate", str(good), "--config", str(REPO_ROOT / "configs" / "quickstart.yaml"),
+                              "--out", str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output  # the first entry of each axis, as htx convert takes it, and says so
+    assert "precision: using the config's first entry fp32 (also listed: all-fp16, curated-fp32; pick one with --precision)" in res.output
+    assert "stft: using the config's first entry torch" in res.output and (tmp_path / "q" / "vocals.wav").exists()
     res = runner.invoke(app, ["separate", str(good), "--precision", "all-fp61"])
     assert res.exit_code == 1 and "all-fp16" in res.output  # did-you-mean
     res = runner.invoke(app, ["separate", str(good), "--transition", "cosine"])

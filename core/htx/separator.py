@@ -43,10 +43,10 @@ def parse_entry(value: str, axis: str) -> PluginEntry:
         raise ConfigError([f"--{axis} {value!r}: {exc}"]) from None
 
 
-def choose(cfg: ExperimentConfig, overrides: dict[str, str | None]) -> ExperimentConfig:
-    """The config narrowed to one plugin per axis: the override, or the config's only entry."""
+def choose(cfg: ExperimentConfig, overrides: dict[str, str | None], say: Callable[[str], None] | None = None) -> ExperimentConfig:
+    """The config narrowed to one plugin per axis: the override, else the config's first entry (as
+    ``htx convert`` does); ``say`` is told which entry was taken where the config lists several."""
     update: dict[str, Any] = {}
-    problems = []
     for axis in axis_names():
         value = overrides.get(axis)
         if value is not None:
@@ -54,10 +54,10 @@ def choose(cfg: ExperimentConfig, overrides: dict[str, str | None]) -> Experimen
             continue
         entries = cfg.entries(axis)
         if len(entries) > 1:
-            names = ", ".join(e.key() for e in entries)
-            problems.append(f"the config lists {len(entries)} {axis} entries ({names}); choose one with --{axis}")
-    if problems:
-        raise ConfigError(problems)
+            update[axis] = entries[:1]
+            if say is not None:
+                others = ", ".join(e.key() for e in entries[1:])
+                say(f"{axis}: using the config's first entry {entries[0].key()} (also listed: {others}; pick one with --{axis})")
     return cfg.model_copy(update=update)
 
 
@@ -94,7 +94,7 @@ class Separator:
         compute: str | None = None,
         say: Callable[[str], None] | None = None,
     ) -> None:
-        cfg = choose(cfg, {"surgery": surgery, "precision": precision, "stft": stft, "compute": compute})
+        cfg = choose(cfg, {"surgery": surgery, "precision": precision, "stft": stft, "compute": compute}, say)
         problems = check_plugins(cfg, registry)
         if problems:
             raise ConfigError(problems)
