@@ -110,8 +110,11 @@ def test_leaderboard_cli(store, tmp_path):
     res = runner.invoke(app, ["leaderboard", "--db", db, "--format", "json", "--sort", "-snr_db"])
     assert res.exit_code == 0, res.output
     assert [r["precision"] for r in json.loads(res.output)] == ["fp32", "curated-fp32", "slowpoke", "all-fp16", "broken"]
-    res = runner.invoke(app, ["leaderboard", "--db", db])
+    res = runner.invoke(app, ["leaderboard", "--db", db, "--by", "fixture"])
     assert res.exit_code == 0 and "curated-fp32" in res.output and "★" in res.output
+    res = runner.invoke(app, ["leaderboard", "--db", db])  # the summary: one row per combination
+    assert res.exit_code == 0 and "curated-fp32" in res.output and "one row per combination" in res.output
+    assert runner.invoke(app, ["leaderboard", "--db", db, "--by", "stem"]).exit_code == 1
     res = runner.invoke(app, ["leaderboard", "--db", str(tmp_path / "none.sqlite")])
     assert res.exit_code == 1 and "No results in" in res.output and "htx run CONFIG" in res.output
     res = runner.invoke(app, ["leaderboard", "--db", db, "--format", "xml"])
@@ -119,3 +122,38 @@ def test_leaderboard_cli(store, tmp_path):
     res = runner.invoke(app, ["show", store.run_id, "--db", db])
     assert res.exit_code == 0, res.output
     assert "trials: 1 failed, 4 ok" in res.output and "non-finite output: 3 NaN" in res.output
+
+
+def test_the_main_jobs_summary_fits_120_columns(tmp_path):
+    """Rows shaped like `htx run configs/ane_fp16.yaml` (plus a second compute entry): the default table, at
+    120 columns, fits without wrapping or cutting a label."""
+    from rich.console import Console
+
+    from htx.summary import summary_table
+
+    computes = ["coreml[runtime='auto',units='CPU_AND_NE']", "coreml[accumulate='fp16',runtime='auto',units='CPU_AND_NE']"]
+    precisions = ["fp32", "all-fp16", "curated-fp32", "sensitivity[cost='partitions',max_seconds=120]"]
+    with Store(tmp_path / "m.sqlite") as st:
+        run_id = st.create_run("ane_fp16", {"targets": {"snr_db": 63}}, None, "0", "h")
+        i = 0
+        for c in computes:
+            for p in precisions:
+                for b in ("torch", "numpy", "vdsp"):
+                    for fx in ("sine_440", "white_noise", "music_a"):
+                        st.write_trial(TrialRecord(
+                            run_id, f"t{i}", i, fx, "ok", surgery="full-hybrid", precision=p, stft=b, compute=c,
+                            runtime="coreml:emulated", info={"emulated": True, "stft_emulated": b == "vdsp"},
+                            metrics={"snr_db": 60.0 + i % 9, "max_abs_diff": 1e-3, "nan_count": 0, "inf_count": 0, "within_tol": 0,
+                                     "fp16_op_fraction": 0.5, "partitions": 9, "model_ms": 1234.5, "sdr_delta_db": -0.001,
+                                     "evaluations": 80 if p.startswith("sensitivity") else None}))
+                        i += 1
+        rows = collect(st, run=run_id)
+    console = Console(width=120, record=True)
+    console.print(summary_table(rows, title=f"htx leaderboard: ane_fp16 (run {run_id})"))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    body = [line for line in lines if line.strip().startswith(("fp32", "all-fp16", "curated-fp32", "sensitivity"))]
+    assert len(body) == len(computes) * len(precisions) * 3  # one row per combination, none wrapped
+    assert "…" not in text and "coreml[accumulate=fp16]" in text and "ms (emu)" in text and "sensitivity" in text
+    assert "coreml[runtime" not in text  # options shown only where rows differ

@@ -11,6 +11,7 @@ from htx.console import err, handle_errors, out
 from htx.errors import HtxError
 from htx.leaderboard import collect, export, misses, rich_table
 from htx.store import Store
+from htx.summary import summary_table
 
 
 @handle_errors
@@ -22,6 +23,7 @@ def leaderboard(
     fmt: str = typer.Option("table", "--format", help="table, csv, json or md"),
     db: Path = typer.Option(Path(DEFAULT_DB), "--db", help="results database"),
     check: bool = typer.Option(False, "--check", help="exit 1 when any shown trial failed or misses the targets (a CI gate)"),
+    by: str = typer.Option("combination", "--by", help="table view: combination (one row each, over its fixtures) or fixture"),
 ) -> None:
     """Show trials of a run (or all runs) ranked by accuracy, with pass/fail and Pareto marks."""
     if not db.exists():
@@ -31,8 +33,10 @@ def leaderboard(
     with Store(db) as store:
         rows = collect(store, run=run, all_runs=all_runs, where=where, sort=sort)
     o = out()
+    if by not in ("combination", "fixture"):
+        raise HtxError(f"--by {by!r}: use combination or fixture")
     if fmt == "table":
-        o.print(rich_table(rows))
+        o.print(rich_table(rows) if by == "fixture" else summary_table(rows))
     else:
         typer.echo(export(rows, fmt), nl=False)
     if check:

@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from htx.config import DEFAULT_DB, EXECUTOR_KINDS, executor_override, load_config, parse_config
 from htx.console import err, handle_errors, out
 from htx.errors import HtxError
-from htx.leaderboard import collect, misses, rich_table
+from htx.leaderboard import collect, misses
+from htx.summary import summary_table
 from htx.plugins import load_registry
 from htx.run import Run
 from htx.store import Store
@@ -72,7 +73,7 @@ def run(
             raise typer.Exit(130) from None
         rows = collect(store, run=run_id)
         o = out()
-        o.print(rich_table(rows, title=f"htx leaderboard: {cfg.name} (run {run_id})"))
+        o.print(summary_table(rows, title=f"htx leaderboard: {cfg.name} (run {run_id})"))
         counts: dict[str, int] = {}
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
