@@ -17,10 +17,10 @@ from htx.config import DEFAULT_DB, EXECUTOR_KINDS, executor_override, load_confi
 from htx.console import err, handle_errors, out
 from htx.errors import HtxError
 from htx.leaderboard import collect, misses
-from htx.summary import summary_table
 from htx.plugins import load_registry
 from htx.run import Run
 from htx.store import Store
+from htx.summary import summary_table
 
 
 @handle_errors(code=2)
