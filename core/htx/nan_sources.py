@@ -21,6 +21,7 @@ from htx.contracts import Assignment, OpInfo, OpStats, SearchPolicy
 from htx.errors import HtxError
 from htx.grid import TrialSpec, expand_grid
 from htx.separation import chunk_offsets
+from htx.store import Store
 from htx.workspace import Workspace
 
 
@@ -89,6 +90,19 @@ def rebuild_trial(store: Any, run_id: str, trial_id: str, registry: Any,
     records = {t.trial_id: t for t in store.trials([run_id])}
     builder = TrialBuilder(Workspace(cfg, registry, on_message), registry, run_id)
     return builder, specs[trial_id], records.get(trial_id)
+
+
+def open_trial(db: Path, ref: str, registry: Any, on_message: Callable[[str], None] | None = None,
+               ) -> tuple[TrialBuilder, TrialSpec, Any, str, str]:
+    """``(builder, spec, record, run_id, trial_id)`` for ``RUN/TRIAL`` (``latest/TRIAL`` too) in the store at ``db``."""
+    if not Path(db).exists():
+        raise HtxError(f"No results in {db}. Run `htx run CONFIG` first.")
+    run_id, trial_id = parse_trial_ref(ref)
+    with Store(db) as store:
+        if run_id == "latest":
+            run_id = store.latest_run_id() or run_id
+        builder, spec, record = rebuild_trial(store, run_id, trial_id, registry, on_message)
+    return builder, spec, record, run_id, trial_id
 
 
 def trial_assignment(builder: TrialBuilder, spec: TrialSpec, record: Any) -> tuple[Assignment, str]:

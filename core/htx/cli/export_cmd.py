@@ -20,10 +20,9 @@ from htx.contracts import Assignment
 from htx.errors import HtxError, UnavailableError
 from htx.grid import make_spec
 from htx.identity import transfer
-from htx.nan_sources import parse_trial_ref, rebuild_trial
+from htx.nan_sources import open_trial
 from htx.plugins import load_registry
 from htx.separator import parse_entry
-from htx.store import Store
 
 
 @handle_errors
@@ -37,16 +36,9 @@ def export(
     """Write the deployable model of a stored trial: its surgery and its stored precision assignment."""
     if out_path.exists() and not force:
         raise HtxError(f"{out_path} exists; pass --force to overwrite it or choose another --out")
-    if not db.exists():
-        raise HtxError(f"No results in {db}. Run `htx run CONFIG` first.")
-    run_id, trial_id = parse_trial_ref(ref)
     e = err()
-    registry = load_registry()
-    with Store(db) as store:
-        if run_id == "latest":
-            run_id = store.latest_run_id() or run_id
-        builder, spec, record = rebuild_trial(store, run_id, trial_id, registry,
-                                              on_message=lambda m: e.print(m, markup=False, highlight=False))
+    builder, spec, record, run_id, trial_id = open_trial(db, ref, load_registry(),
+                                                         lambda m: e.print(m, markup=False, highlight=False))
     if record is None or record.status != "ok":
         raise HtxError(f"trial {trial_id} of run {run_id} has no ok result to export "
                        f"({'not run yet' if record is None else record.status + ': ' + str(record.reason)})")

@@ -14,13 +14,11 @@ from htx.errors import HtxError
 from htx.nan_sources import (
     find_nan_sources,
     non_finite_ops,
-    parse_trial_ref,
-    rebuild_trial,
+    open_trial,
     record_segments,
     trial_assignment,
 )
 from htx.plugins import load_registry
-from htx.store import Store
 from htx.trial import trial_label
 
 
@@ -38,19 +36,13 @@ def nan_sources(
     """
     if fmt not in ("table", "json"):
         raise HtxError(f"unknown --format {fmt!r}: use table or json")
-    if not db.exists():
-        raise HtxError(f"No results in {db}. Run `htx run CONFIG` first.")
-    run_id, trial_id = parse_trial_ref(ref)
     e = err()
-    registry = load_registry()
-    with Store(db) as store:
-        if run_id == "latest":
-            run_id = store.latest_run_id() or run_id
-        builder, spec, record = rebuild_trial(store, run_id, trial_id, registry, on_message=lambda m: e.print(m, markup=False, highlight=False))
-        builder.workspace.load()
-        prep = builder.prepared(spec)
-        assignment, how = trial_assignment(builder, spec, record)
-        segments = record_segments(builder, spec, assignment, segment)
+    builder, spec, record, run_id, trial_id = open_trial(db, ref, load_registry(),
+                                                         lambda m: e.print(m, markup=False, highlight=False))
+    builder.workspace.load()
+    prep = builder.prepared(spec)
+    assignment, how = trial_assignment(builder, spec, record)
+    segments = record_segments(builder, spec, assignment, segment)
     last = segments[-1]
     ops = prep.ops
     sources = find_nan_sources(last.stats, ops, assignment)
