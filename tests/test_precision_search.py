@@ -305,6 +305,19 @@ def test_bisect_returns_exactly_the_planted_set(planted_run):
     assert trial.metrics["fp16_op_fraction"] == pytest.approx(1 - 4 / n)
 
 
+def test_sensitivity_first_order_finds_the_planted_set_in_fewer_evaluations_than_bisect(planted_run):
+    """The gradient pass flags ops whose FP16 output overflows (no evaluation spent): the planted set, verified."""
+    from htx_plugins.precision.sensitivity import Sensitivity
+
+    r = planted_run
+    runner, prep, spec = r["runner"], r["prep"], r["spec"]
+    result = Sensitivity(Sensitivity.Params(criterion="finite")).search(runner.builder.search_context(spec, prep))
+    assert result.summary["rank_method"] == "first_order" and result.summary["passed"]
+    assert sorted(result.summary["fp32_ops"]) == sorted(r["planted"]["culprits"])
+    bisect_evals = int(r["trials"][(BISECT, SINE)].metrics["evaluations"])
+    assert result.evaluations < bisect_evals, (result.evaluations, bisect_evals)
+
+
 def test_magnitude_includes_the_planted_set_and_not_the_harmless_ops(planted_run):
     r = planted_run
     trial = r["trials"][("magnitude", SINE)]

@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ import torch
 from htx.contracts import (
     Assignment,
     ComputeUnit,
+    FirstOrder,
     InnerModel,
     OpInfo,
     OpStats,
@@ -41,11 +42,13 @@ from htx.failures import deadline
 from htx.grid import TrialSpec
 from htx.measure import Segmenting, aggregate, measure
 from htx.pipeline import Pipeline
-from htx.spectrogram import demucs_spec, spec_to_cac
+from htx.identity import transfer_scores
+from htx.spectrogram import cac_to_spec, demucs_ispec, demucs_spec, spec_to_cac
 from htx.workspace import Cached, Workspace
 
+from htx.config import PluginEntry
+
 if TYPE_CHECKING:
-    from htx.config import PluginEntry
     from htx.plugins import Registry
 
 
@@ -214,6 +217,41 @@ class TrialBuilder:
                 return prep.compute.record(prep.prepared, assignment, tuple(args))
         raise HtxError("no usable fixture to record per-op statistics on")
 
+    def first_order(self, spec: TrialSpec, prep: Prepared, projections: int, unit: Any = None) -> FirstOrder:
+        """Per-op first-order FP16 noise on the first segment of every usable fixture (see
+        :meth:`htx.contracts.SearchContext.first_order_noise`); with ``unit``, computed on that compute entry
+        with the same surgery and carried onto ``prep``'s ops by portable key."""
+        t0 = time.perf_counter()
+        src = prep
+        if unit is not None:
+            entry = PluginEntry.model_validate(unit)
+            if entry.key() != spec.compute.key():
+                entries = tuple(entry if a == "compute" else e for a, e in zip(spec.axes, spec.entries))
+                src = self.prepared(replace(spec, entries=entries))
+        n_fft = self.workspace.model.model.nfft
+        powers: dict[str, dict[str, float]] = {}
+        for _, fx, _ in self.workspace.usable():
+            pipe = self.pipeline(src, self.stft(spec.stft, src.surgery), None)
+            batch = self.segmenting.first_batch(fx.mix)
+            args, ctx = pipe.model_inputs(batch)
+            length = batch.shape[-1]
+
+            def post(outs: tuple[torch.Tensor, ...], ctx: Any = ctx, length: int = length) -> torch.Tensor:
+                spec_out, wave_out = src.inner.host_post(outs, ctx)
+                if spec_out is None:
+                    return wave_out.float()
+                return wave_out.float() + demucs_ispec(cac_to_spec(spec_out.float()), length, n_fft).to(wave_out.device)
+
+            powers[fx.name] = src.compute.fp16_noise(src.prepared, tuple(args), post, projections)
+        if src is prep:
+            groups = {op.name: op.name for op in prep.ops if op.compute}
+        else:  # carry the estimates onto this unit's ops by portable key; an op takes its source op's group
+            carried = {f: transfer_scores(src.ops, p, prep.ops) for f, p in powers.items()}
+            any_f = next(iter(carried.values()), {})
+            groups = {name: key for name, (key, _) in any_f.items()}
+            powers = {f: {name: sc for name, (_, sc) in c.items()} for f, c in carried.items()}
+        return FirstOrder(powers, groups, src.compute.label, time.perf_counter() - t0, projections)
+
     def search_context(self, spec: TrialSpec, prep: Prepared) -> SearchContext:
         return SearchContext(
             prep.ops,
@@ -221,29 +259,44 @@ class TrialBuilder:
             record=lambda a: self.record(prep, spec.stft, a),
             targets=self.cfg.targets,
             progress=self._progress(spec, prep),
+            first_order=lambda k, unit: self.first_order(spec, prep, k, unit),
         )
 
     def _progress(self, spec: TrialSpec, prep: Prepared) -> Any:
-        """A progress line per evaluation (at most one every 2 s): count, FP32 set size, SNR, best so far."""
+        """A progress line per evaluation (at most one every 2 s): count, this FP32 set and its worst SNR, the
+        best verified set so far against the policy's declared criterion, and the budget left."""
         n = sum(op.compute for op in prep.ops)
         t0 = time.perf_counter()
-        state = {"last": 0.0, "best": None}
+        state: dict[str, Any] = {"last": 0.0, "best": None}
         bar = self.cfg.targets.snr_db
 
-        def report(count: int, assignment: Assignment, metrics: dict[str, Any]) -> None:
+        def report(count: int, assignment: Assignment, metrics: dict[str, Any], ctx: SearchContext) -> None:
             snr = metrics.get("snr_db")
             fp32 = n - len(assignment.fp16)
-            ok = bool(metrics.get("finite")) and snr is not None and snr >= bar
+            if ctx.passes is not None:
+                ok, label = ctx.passes(metrics), ctx.criterion_label
+            else:  # a policy that declared nothing: judge by the run's targets
+                ok, label = bool(metrics.get("finite")) and snr is not None and snr >= bar, f"targets.snr_db {bar:g}"
             if ok and (state["best"] is None or fp32 < state["best"][0]):
-                state["best"] = (fp32, snr)
+                state["best"] = (fp32, snr, None)
+            best = ctx.best or state["best"]
             now = time.perf_counter()
             if now - state["last"] >= 2.0 or count == 1:
                 state["last"] = now
-                best = state["best"]
-                best_s = f"best passing so far: {best[0]} FP32 ops at {best[1]:.1f} dB" if best else "none passing yet"
+                if best:
+                    cost = "" if best[2] is None or best[2] == best[0] else f", cost {best[2]:g}"
+                    best_s = f"best verified: {best[0]} FP32 ops{cost} at {'n/a' if best[1] is None else f'{best[1]:.1f}'} dB"
+                else:
+                    best_s = "none verified yet"
+                left = []
+                if ctx.max_evaluations is not None:
+                    left.append(f"{max(0, ctx.max_evaluations - count)} evaluations")
+                if ctx.deadline is not None:
+                    left.append(f"{max(0.0, ctx.deadline - now):.0f} s")
+                budget = f"; budget left: {', '.join(left)}" if left else ""
                 snr_s = "n/a" if snr is None else f"{snr:.1f} dB"
                 self.say(f"  {spec.precision.key()}: evaluation {count} ({now - t0:.0f} s): {fp32}/{n} FP32 ops, "
-                         f"worst SNR {snr_s}; {best_s} (targets.snr_db {bar:g})")
+                         f"worst SNR {snr_s}; {best_s} ({label}){budget}")
 
         return report
 

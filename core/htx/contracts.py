@@ -15,6 +15,7 @@ worker. Instances must therefore not keep per-trial state that changes results.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -264,6 +265,24 @@ class SearchResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class FirstOrder:
+    """First-order FP16 noise estimates for a search (:meth:`SearchContext.first_order_noise`).
+
+    ``powers[fixture][op name]`` is the noise power op ``name`` adds in FP16 alone, relative to the fixture's
+    output power (the units of ``10 ** (-snr_db / 10)``), on the first segment of each fixture. ``groups[op
+    name]`` names the op whose estimate it carries: itself on the unit that computed it, the source op's
+    portable key when the estimate came from another unit (ops of one group rank together). ``unit`` labels
+    the unit that computed it, ``seconds`` how long it took.
+    """
+
+    powers: dict[str, dict[str, float]]
+    groups: dict[str, str]
+    unit: str
+    seconds: float
+    projections: int
+
+
 class SearchContext:
     """Handed to search policies: the op list, an evaluation callback and (optionally) a recorder.
 
@@ -280,22 +299,55 @@ class SearchContext:
         evaluate: Callable[[Assignment], dict[str, Any]],
         record: Callable[[Assignment], dict[str, OpStats]] | None = None,
         targets: Any = None,
-        progress: Callable[[int, Assignment, dict[str, Any]], None] | None = None,
+        progress: Callable[[int, Assignment, dict[str, Any], SearchContext], None] | None = None,
+        first_order: Callable[[int, Any], FirstOrder] | None = None,
     ) -> None:
         self.ops = ops
         self._evaluate = evaluate
         self._record = record
+        self._first_order = first_order
         self.targets = targets
         self.evaluations = 0
-        #: called after every evaluation with (count, assignment, metrics): the run shows search progress
+        #: called after every evaluation with (count, assignment, metrics, ctx): the run shows search progress
         self.progress = progress
+        #: what the policy declared (:meth:`declare`): its criterion and budget, for the progress line
+        self.criterion_label: str | None = None
+        self.passes: Callable[[dict[str, Any]], bool] | None = None
+        self.max_evaluations: int | None = None
+        self.deadline: float | None = None  # time.perf_counter() value
+        self.best: tuple[int, float | None, float | None] | None = None  # (FP32 ops, worst SNR, cost) verified so far
+
+    def declare(
+        self, criterion: str, passes: Callable[[dict[str, Any]], bool],
+        max_evaluations: int | None = None, max_seconds: float | None = None,
+    ) -> None:
+        """A search states its criterion and budget at its start, so progress shows the best verified set
+        against the policy's own bar and the budget left."""
+        self.criterion_label, self.passes = criterion, passes
+        self.max_evaluations = max_evaluations
+        self.deadline = time.perf_counter() + max_seconds if max_seconds else None
+
+    def note_best(self, n_fp32: int, snr_db: float | None, cost: float | None = None) -> None:
+        """A search reports its best verified set so far (progress prints it; Ctrl-C answers with it)."""
+        self.best = (n_fp32, snr_db, cost)
 
     def evaluate(self, assignment: Assignment) -> dict[str, Any]:
         self.evaluations += 1
         metrics = self._evaluate(assignment)
         if self.progress is not None:
-            self.progress(self.evaluations, assignment, metrics)
+            self.progress(self.evaluations, assignment, metrics, self)
         return metrics
+
+    def first_order_noise(self, projections: int = 8, unit: Any = None) -> FirstOrder:
+        """Per-op FP16 noise estimates from gradients (:meth:`ComputeUnit.fp16_noise`), no evaluations spent.
+
+        ``unit`` (a compute entry such as ``"torch"``) computes them on another unit with the same surgery and
+        maps them onto these ops by portable key (:func:`htx.identity.transfer_scores`): the way to rank for a
+        unit that gives no gradients. Raises ``NotImplementedError`` when the unit gives none.
+        """
+        if self._first_order is None:
+            raise NotImplementedError("this search context offers no gradients")
+        return self._first_order(projections, unit)
 
     def record(self, assignment: Assignment) -> dict[str, OpStats]:
         if self._record is None:
@@ -509,6 +561,22 @@ class ComputeUnit(Plugin):
 
     def record(self, prepared: Any, assignment: Assignment, inputs: tuple[torch.Tensor, ...]) -> dict[str, OpStats]:
         raise NotImplementedError(f"compute unit {self.name!r} cannot record per-op statistics")
+
+    def fp16_noise(
+        self, prepared: Any, inputs: tuple[torch.Tensor, ...], post: Callable[[tuple[torch.Tensor, ...]], torch.Tensor],
+        projections: int = 8, seed: int = 0,
+    ) -> dict[str, float]:
+        """First-order estimate of the noise each compute op adds in FP16, relative to the output's power.
+
+        For op ``i`` with FP32 output ``y_i`` and FP16 output ``y_i + e_i`` (from the same FP32 inputs), the
+        output error it causes is ``J_i e_i`` to first order, ``J_i`` the Jacobian of the final waveform
+        ``post(outputs)`` with respect to ``y_i``. Its power ``||J_i e_i||^2`` equals ``E[(r . J_i e_i)^2]`` for a
+        Gaussian ``r``, and ``r . J_i e_i = (J_i^T r) . e_i``: one backward pass of ``r`` gives every op's term, so
+        ``projections`` backward passes estimate all ops at once. Returns ``{op name: power / ||post(outputs)||^2}``
+        (``inf`` when the op's FP16 output overflows or turns NaN). Units without gradients raise
+        ``NotImplementedError`` (the default).
+        """
+        raise NotImplementedError(f"compute unit {self.name!r} gives no gradients")
 
     def placement(self, prepared: Any, assignment: Assignment) -> dict[str, Any]:
         """Where ``assignment`` would run: ``partitions`` (precision segments in execution order), ``ne_ops``

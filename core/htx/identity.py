@@ -24,7 +24,7 @@ from typing import Any
 from htx.contracts import Assignment, OpInfo
 from htx.opmap import placement_runs
 
-__all__ = ["Transfer", "key_of", "parse_key", "placement_runs", "stored_assignment", "transfer"]
+__all__ = ["Transfer", "key_of", "parse_key", "placement_runs", "stored_assignment", "transfer", "transfer_scores"]
 
 
 def key_of(op: OpInfo) -> str:
@@ -106,3 +106,41 @@ def transfer(source_ops: Sequence[OpInfo], source_fp32_keys: Iterable[str], targ
     t.assignment = Assignment(frozenset(fp16))
     t.unused = sorted(fp32_keys - used)
     return t
+
+
+def transfer_scores(
+    source_ops: Sequence[OpInfo], scores: dict[str, float], target_ops: Sequence[OpInfo],
+) -> dict[str, tuple[str, float]]:
+    """Per-op scores (by source op name) carried onto ``target_ops`` by the rule of :func:`transfer`.
+
+    Returns ``{target op name: (source key, score)}``: the source op with the target's key; failing that,
+    the highest-scored source op of its type in its module; failing that, the highest-scored source op of
+    its module whose type the target module lacks (the ops the other unit splits it into). Target ops of
+    modules the source never saw are left out.
+    """
+    src = {key_of(op): op for op in source_ops if op.compute}
+    score = {key_of(op): scores.get(op.name, 0.0) for op in src.values()}
+    by_type: dict[tuple[str, str], list[str]] = defaultdict(list)
+    by_module: dict[str, list[str]] = defaultdict(list)
+    for k, op in src.items():
+        by_type[(op.module, op.type)].append(k)
+        by_module[op.module].append(k)
+    tgt_types: dict[str, set[str]] = defaultdict(set)
+    for op in target_ops:
+        if op.compute:
+            tgt_types[op.module].add(op.type)
+    out: dict[str, tuple[str, float]] = {}
+    for op in target_ops:
+        if not op.compute:
+            continue
+        k = key_of(op)
+        if k in src:
+            cands = [k]
+        elif (op.module, op.type) in by_type:
+            cands = by_type[(op.module, op.type)]
+        else:
+            cands = [s for s in by_module.get(op.module, []) if src[s].type not in tgt_types[op.module]]
+        if cands:
+            best = max(cands, key=lambda s: score[s])
+            out[op.name] = (best, score[best])
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -214,6 +215,47 @@ class _OpMode(TorchDispatchMode):
                 # Norms return (out, mean, rstd): the smallest output (the statistics) gives the group size.
                 st.reduction_size = max(1, ins[0].numel() // min(o.numel() for o in outs))
         self.stats[name] = st
+
+
+class _NoiseMode(TorchDispatchMode):
+    """Runs every op in FP32 and, for each compute op, also in low precision from the same inputs: keeps the
+    local error ``e_i`` (low output minus FP32 output) and the FP32 output, whose gradient a backward pass
+    then gives (see :meth:`TorchUnit.fp16_noise`)."""
+
+    def __init__(self, low_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.low = low_dtype
+        self.counter: Counter[str] = Counter()
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.errors: dict[str, torch.Tensor] = {}
+        self.overflow: set[str] = set()
+
+    def _low(self, t: Any) -> Any:
+        return t.detach().to(self.low) if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        mil = mil_type_for_aten(func, args)
+        if mil is None:
+            return func(*args, **kwargs)
+        name = f"{mil}_{self.counter[mil]}"
+        self.counter[mil] += 1
+        if not is_compute(mil):
+            return func(*args, **kwargs)
+        # The low-precision pass first: an in-place op would otherwise see its own FP32 result.
+        low = func(*tree_map(self._low, args), **tree_map(self._low, kwargs))
+        out = func(*args, **kwargs)
+        lo = next((t for t in _tensors(low) if t.is_floating_point()), None)
+        hi = next((t for t in _tensors(out) if t.is_floating_point()), None)
+        if lo is not None and hi is not None and lo.shape == hi.shape:
+            lo32 = lo.detach().float()
+            if not bool(torch.isfinite(lo32).all()) and bool(torch.isfinite(hi.detach()).all()):
+                self.overflow.add(name)
+            else:
+                self.errors[name] = lo32 - hi.detach()
+                if not (func._schema.is_mutable and args and args[0] is hi):
+                    self.outputs[name] = hi  # autograd sets its history after this returns: same object
+        return out
 
 
 def _group_norm_by_reductions(
@@ -461,6 +503,36 @@ class TorchUnit(ComputeUnit):
         if graphs:
             return _Graphed(forward)
         return forward
+
+    def fp16_noise(
+        self, prepared: Prepared, inputs: tuple[torch.Tensor, ...], post: Any, projections: int = 8, seed: int = 0,
+    ) -> dict[str, float]:
+        """First-order FP16 noise per compute op (see :meth:`htx.contracts.ComputeUnit.fp16_noise`): one forward
+        pass that also runs each compute op in low precision, then ``projections`` backward passes."""
+        torch.backends.mha.set_fastpath_enabled(False)
+        mode = _NoiseMode(self.low_dtype)
+        with tf32_allowed(self.device, self.params.tf32), torch.enable_grad():
+            with mode:
+                outs = prepared.inner(*(t.to(self.device) for t in inputs))
+            y = post(tuple(outs))
+            names = [n for n in mode.outputs if mode.outputs[n].requires_grad]
+            tensors = [mode.outputs[n] for n in names]
+            ref_power = float((y.detach().double() ** 2).sum())
+            acc = {n: 0.0 for n in names}
+            gen = torch.Generator(device=y.device).manual_seed(seed)
+            for k in range(projections):
+                r = torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype)
+                grads = torch.autograd.grad((y * r).sum(), tensors, retain_graph=k < projections - 1, allow_unused=True)
+                for n, g in zip(names, grads):
+                    if g is not None:
+                        acc[n] += float((g.double() * mode.errors[n].double()).sum()) ** 2
+        scale = 1.0 / (projections * max(ref_power, 1e-30))
+        out = {n: v * scale for n, v in acc.items()}
+        out.update({n: math.inf for n in mode.overflow})
+        for op in prepared.op_list:  # ops with no path to the output (or mutated in place): no estimate, 0
+            if op.compute:
+                out.setdefault(op.name, 0.0)
+        return out
 
     def record(self, prepared: Prepared, assignment: Assignment, inputs: tuple[torch.Tensor, ...]) -> dict[str, OpStats]:
         stats: dict[str, OpStats] = {}

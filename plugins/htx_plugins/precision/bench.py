@@ -71,6 +71,7 @@ def bench_model(
 ) -> dict[str, Any]:
     """One bisect search on ``planted-faults`` of ``model_key`` (``demo`` or ``full``); a result row."""
     from htx_plugins.precision.bisect import Bisect, bound
+    from htx_plugins.precision.sensitivity import Sensitivity
 
     registry = build_registry(get_plugin_manager(extra_plugins=(planted_plugin(),)))
     load_before = _load_average()
@@ -112,6 +113,11 @@ def bench_model(
             result = Bisect(Bisect.Params(**params, max_seconds=max_seconds)).search(ctx)
             finished = not result.summary["status"].startswith("stopped")
             search_s = time.perf_counter() - t0
+            say(f"{model_key}: sensitivity on the same trial ...")
+            sctx = SearchContext(prep.ops, evaluate, targets=cfg.targets, first_order=lambda k, u: builder.first_order(spec, prep, k, u))
+            t0 = time.perf_counter()
+            sens = Sensitivity(Sensitivity.Params(**params, max_seconds=max_seconds)).search(sctx)
+            sens_s = time.perf_counter() - t0
     model = builder.workspace.model
     median = statistics.median(times) if times else float("nan")
     oracle = _oracle_evaluations(prep.ops, culprits, params)
@@ -124,6 +130,9 @@ def bench_model(
         "evaluations_bound": bound(len(culprits), n), "oracle_evaluations": oracle,
         "linear_scan_evaluations": n, "linear_scan_s_estimated": n * median,
         "torch_threads": torch.get_num_threads(), "load_average_1min": [load_before, _load_average()],
+        "sensitivity_evaluations": sens.evaluations, "sensitivity_s": sens_s,
+        "sensitivity_rank_method": sens.summary.get("rank_method"),
+        "sensitivity_found_planted_exactly": sorted(sens.summary["fp32_ops"]) == sorted(culprits),
     }
     if finished:
         found = result.summary["fp32_ops"]
@@ -170,12 +179,16 @@ def compare_policies(
         n = sum(op.compute for op in prep.ops)
         all16 = builder.evaluate(prep, spec.stft, Assignment.all_fp16(prep.ops))
         for name in policies:
-            cls = {"bisect": Bisect, "sensitivity": Sensitivity}[name]
-            params = {"criterion": criterion, "max_seconds": max_seconds}
-            if name == "bisect":
+            base, _, rank = name.partition(":")  # sensitivity:probe ranks by subtree evaluations instead of gradients
+            cls = {"bisect": Bisect, "sensitivity": Sensitivity}[base]
+            params: dict[str, Any] = {"criterion": criterion, "max_seconds": max_seconds}
+            if base == "bisect":
                 params["max_evaluations"] = 100000
+            else:
+                params.update({"cost": "partitions", **({"rank": rank} if rank else {})})
             policy = cls(cls.Params(**params))
-            ctx = SearchContext(prep.ops, lambda a: builder.evaluate(prep, spec.stft, a), targets=cfg.targets)
+            ctx = SearchContext(prep.ops, lambda a: builder.evaluate(prep, spec.stft, a), targets=cfg.targets,
+                                first_order=lambda k, u: builder.first_order(spec, prep, k, u))
             say(f"{model_key}: {name} over {n} compute ops on {prep.compute.label} ...")
             t0 = time.perf_counter()
             result = policy.search(ctx)
@@ -185,6 +198,8 @@ def compare_policies(
                 "model": model_key, "policy": name, "unit": prep.compute.runtime, "criterion": str(criterion),
                 "n_ops": n, "all_fp16_snr_db": all16.get("snr_db"), "evaluations": result.evaluations, "search_s": wall,
                 "rank_evaluations": result.summary.get("rank_evaluations"), "rank_s": result.summary.get("rank_s"),
+                "rank_method": result.summary.get("rank_method"), "rank_note": result.summary.get("rank_note"),
+                "one_minimal": result.summary.get("one_minimal"),
                 "fp32_ops": n - len(result.assignment.fp16), "status": result.summary.get("status"),
                 "final_snr_db": final.get("snr_db"), "passes": criterion_passes(policy.params.criterion, final, cfg.targets),
                 **{k: v for k, v in prep.compute.placement(prep.prepared, result.assignment).items() if k != "placement"},

@@ -32,7 +32,7 @@ def bench_search(
     mode: str = typer.Option("planted", "--mode", help="planted: bisect on planted faults vs a linear scan; noise: bisect and sensitivity side by side on the real model (accumulated FP16 rounding noise)"),
     fixtures: str = typer.Option("sine_440,white_noise", "--fixtures", help="--mode noise: comma-separated fixtures"),
     compute: str = typer.Option(None, "--compute", help="--mode noise: a compute entry (YAML), e.g. '{coreml: {runtime: emulated}}' (default: torch on --device)"),
-    policies: str = typer.Option("bisect,sensitivity", "--policies", help="--mode noise: which searches, comma-separated"),
+    policies: str = typer.Option("bisect,sensitivity", "--policies", help="--mode noise: which searches, comma-separated (sensitivity:probe ranks by evaluations instead of gradients)"),
 ) -> None:
     """planted: one bisect search vs a linear scan; noise: bisect vs sensitivity on the same trial, side by side."""
     if mode == "noise":
@@ -50,8 +50,9 @@ def bench_search(
         rows.append(bench_model(key, criterion, device, max_seconds, say=lambda m: e.print(m, markup=False, highlight=False)))
     from rich.table import Table
 
-    table = Table(title=f"bisect vs linear scan (planted-faults, criterion {criterion}, torch:{device}, one {rows[0]['segment_s']:g} s segment)")
-    for col in ("model", "ops n", "planted k", "bisect evals", "bound", "bisect s", "s / eval", "linear evals", "linear s (est.)", "evals ratio", "found planted"):
+    table = Table(title=f"bisect vs linear scan vs sensitivity (planted-faults, criterion {criterion}, torch:{device}, one {rows[0]['segment_s']:g} s segment)")
+    for col in ("model", "ops n", "planted k", "bisect evals", "bound", "bisect s", "s / eval", "linear evals", "linear s (est.)", "evals ratio", "found planted",
+                "sensitivity evals", "sensitivity s", "sens. found"):
         table.add_column(col, justify="left" if col in ("model",) else "right")
     for r in rows:
         if r["finished"]:
@@ -62,7 +63,8 @@ def bench_search(
             secs = f"{_s(r['search_s_projected'])} (projected)"
             ratio, found = f"{r['n_ops'] / r['evaluations_projected']:.1f}x", "not finished"
         table.add_row(r["model"], str(r["n_ops"]), str(r["planted_k"]), evals, str(r["evaluations_bound"]), secs,
-                      _s(r["eval_s_median"]), str(r["linear_scan_evaluations"]), _s(r["linear_scan_s_estimated"]), ratio, found)
+                      _s(r["eval_s_median"]), str(r["linear_scan_evaluations"]), _s(r["linear_scan_s_estimated"]), ratio, found,
+                      str(r["sensitivity_evaluations"]), _s(r["sensitivity_s"]), "yes" if r["sensitivity_found_planted_exactly"] else "NO")
     table.caption = ("linear s (est.) = n x median measured evaluation time (a linear scan is not run); "
                      "projected = evaluations bisect needs with the planted oracle x median evaluation time")
     out().print(table)
@@ -100,13 +102,13 @@ def _noise(models: str, criterion: str, device: str, fixtures: str, compute: str
                                  yaml.safe_load(compute) if compute else None, max_seconds,
                                  tuple(p.strip() for p in policies.split(",")), say=lambda m: e.print(m, markup=False, highlight=False))
     table = Table(title=f"bisect vs sensitivity on the same trial (criterion {criterion})")
-    for col in ("model", "unit", "policy", "ops n", "all-FP16 dB", "evaluations", "wall s", "rank evals", "rank s",
-                "FP32 ops", "partitions", "final SNR dB", "passes"):
+    for col in ("model", "unit", "policy", "ops n", "all-FP16 dB", "evaluations", "wall s", "rank", "rank evals", "rank s",
+                "FP32 ops", "partitions", "final SNR dB", "passes", "1-min"):
         table.add_column(col, justify="left" if col in ("model", "unit", "policy") else "right")
     for r in rows:
         table.add_row(r["model"], r["unit"], r["policy"], str(r["n_ops"]), _s(r["all_fp16_snr_db"]), str(r["evaluations"]),
-                      _s(r["search_s"]), str(r.get("rank_evaluations") or ""), _s(r.get("rank_s")), str(r["fp32_ops"]),
-                      str(r.get("partitions", "")), _s(r["final_snr_db"]), "yes" if r["passes"] else "NO")
+                      _s(r["search_s"]), str(r.get("rank_method") or ""), str(r.get("rank_evaluations") or ""), _s(r.get("rank_s")), str(r["fp32_ops"]),
+                      str(r.get("partitions", "")), _s(r["final_snr_db"]), "yes" if r["passes"] else "NO", "yes" if r.get("one_minimal") else "no")
     out().print(table)
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)

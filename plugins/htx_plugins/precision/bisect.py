@@ -147,6 +147,8 @@ class _Evaluator:
         ok = criterion_passes(self.criterion, metrics, self.ctx.targets)
         self.cache[keep] = ok
         self.metrics[keep] = metrics
+        if ok and (self.ctx.best is None or len(keep) < self.ctx.best[0]):
+            self.ctx.note_best(len(keep), metrics.get("snr_db"), float(len(keep)))
         self.last = keep
         names = sorted(keep, key=lambda n: self.order.get(n, 0))
         self.log.append({
@@ -194,6 +196,7 @@ class Bisect(SearchPolicy):
         p = self.params
         compute_ops = [op for op in ctx.ops if op.compute]
         ev = _Evaluator(ctx, compute_ops, p.criterion, p.max_evaluations, p.max_seconds)
+        ctx.declare(describe(p.criterion), lambda m: criterion_passes(p.criterion, m, ctx.targets), p.max_evaluations, p.max_seconds)
         types: list[str] = list(dict.fromkeys(op.type for op in compute_ops))
         by_type = {t: [op.name for op in compute_ops if op.type == t] for t in types}
         status = "found"

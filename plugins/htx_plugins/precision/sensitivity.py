@@ -6,14 +6,28 @@ mostly rounding noise accumulated over many ops, each adding some noise power; t
 bisect spends hundreds of evaluations learning that. Noise powers roughly add (on the demo model the single-op
 powers sum to 1.68x the all-FP16 noise), so the question is which few ops carry most of the power.
 
-**Rank** (evaluation-only, so it works on every unit: torch, the Core ML emulator, a native runtime). The
-ops form a tree by portable module path (``crosstransformer`` > ``layers.1`` > ``linear2`` > op). One
-evaluation runs one subtree in FP16 and everything else in FP32; its noise power ``10^(-SNR/10)`` is the
-subtree's contribution. Starting from the top-level modules, the subtree with the largest contribution is
-split into its children, until the subtrees left in FP16 add up to less than the bar allows: only the
-heavy branches are ever opened, so the ranking costs a few evaluations per op that matters rather than one
-per op (a subtree whose FP16 output is NaN/Inf ranks first and is always opened). The ranking and every
-probe are in the search log.
+**Rank, first order** (``rank: auto`` where the unit gives gradients: the torch unit). One forward pass runs
+every compute op in FP32 and, beside it, in FP16 from the same inputs, keeping each op's local rounding error
+``e_i``; then ``projections`` backward passes of random Gaussian output projections ``r`` give ``J_i^T r`` at
+every op at once, and ``E[((J_i^T r) . e_i)^2] = ||J_i e_i||^2`` is the noise power op ``i`` adds at the output
+(:meth:`htx.contracts.ComputeUnit.fp16_noise`). Why this and not batched noise injection: it costs one
+forward and a few backward passes for all ops together, whatever their number, and measures each op's own
+FP16 error rather than an assumed one. The estimates (per fixture, on its first segment) are calibrated by
+one all-FP16 evaluation (scaled so they sum to its measured noise), so the ranking costs **one**
+evaluation. An op whose FP16 output overflows or turns NaN has infinite power and ranks first.
+
+**Black-box units** (the Core ML emulator, a native runtime): the same estimates are computed on
+``rank_unit`` (default ``torch``, same surgery) and carried onto the unit's ops by portable key
+(:func:`htx.identity.transfer_scores`: the MIL ops of one torch op share its estimate and rank together),
+then calibrated, verified, repaired and minimized **on the target unit**. Where no gradients are to be had
+(``rank: probe``, ``rank_unit: null``, or the gradient unit is unavailable), ranking falls back to probing:
+
+**Rank, probing** (evaluation-only, works on every unit). The ops form a tree by portable module path
+(``crosstransformer`` > ``layers.1`` > ``linear2`` > op). One evaluation runs one subtree in FP16 and
+everything else in FP32; its noise power ``10^(-SNR/10)`` is the subtree's contribution. Starting from the
+top-level modules, the heaviest subtree is split into its children until the subtrees left in FP16 add up
+to less than the bar allows: a few evaluations per op that matters rather than one per op. The ranking,
+its method and every probe are in the search log (``summary.ranking``, ``rank_method``, ``rank_note``).
 
 **Select, verify, repair, minimize.** The FP32 set is the leaves taken out of FP16 by the ranking. It is
 verified by one evaluation against the criterion (every criterion bisect has: ``finite``, ``within_tol``,
@@ -52,6 +66,11 @@ class SensitivityParams(Params):
     bars: list[float] = Field(default_factory=list, description="also return the verified set for each SNR bar (a frontier)")
     minimize: bool = Field(True, description="drop members the criterion does not need (1-minimality)")
     margin_db: float = Field(1.0, ge=0, description="rank until the predicted SNR clears the bar by this much")
+    rank: Literal["auto", "first_order", "probe"] = Field(
+        "auto", description="first_order: gradients (no evaluations); probe: subtree evaluations; auto: first_order where gradients exist")
+    projections: int = Field(8, ge=1, description="random output projections (backward passes) of the first-order ranking")
+    rank_unit: str | dict[str, Any] | None = Field(
+        "torch", description="compute entry that gives gradients when the trial's unit gives none (null: probe instead)")
     max_evaluations: int = Field(400, ge=2)
     max_seconds: float | None = Field(None, gt=0)
 
@@ -109,6 +128,11 @@ class _Search:
         self.deadline = time.perf_counter() + p.max_seconds if p.max_seconds else None
         self.best: tuple[frozenset[str], dict[str, Any]] | None = None  # smallest verified passing FP32 set
         self.probed: list[_Node] = []  # every subtree measured, for the log even when a budget cuts the ranking
+        self.selected = 0  # FP32 set size after verify/repair, before the removal pass
+        self.method = "probe"
+        self.method_note = ""
+        self.groups: list[_Node] | None = None  # first-order: op groups with calibrated per-fixture powers
+        self.group_powers: dict[str, dict[str, float]] = {}
 
     @property
     def evaluations(self) -> int:
@@ -127,6 +151,7 @@ class _Search:
         passed = criterion_passes(self.p.criterion, m, self.ctx.targets)
         if passed and (self.best is None or self._rank_key(fp16, m) < self._rank_key(*self.best)):
             self.best = (fp16, m)
+            self.ctx.note_best(len(self.ops) - len(fp16), m.get("snr_db"), self.cost(fp16, m))
         self.log.append({"step": len(self.log), "phase": phase, "n_fp32": len(fp32), "passed": passed,
                          "snr_db": m.get("snr_db"), "finite": m.get("finite"), "model_ms": m.get("model_ms")})
         return m
@@ -158,9 +183,62 @@ class _Search:
         else:
             node.power = 10 ** (-node.snr / 10)
 
+    def setup_first_order(self) -> None:
+        """Gradient estimates (no evaluations) calibrated by one all-FP16 evaluation; on failure, probing."""
+        if self.p.rank == "probe":
+            return
+        fo = None
+        why: list[str] = []
+        try:
+            fo = self.ctx.first_order_noise(self.p.projections)
+        except NotImplementedError as exc:
+            why.append(str(exc))
+            if self.p.rank_unit is not None:
+                try:  # rank on a unit with gradients, carried here by portable key, verified here
+                    fo = self.ctx.first_order_noise(self.p.projections, self.p.rank_unit)
+                except NotImplementedError as exc2:
+                    why.append(str(exc2))
+                except Exception as exc2:  # e.g. that unit is unavailable here: rank by probing, and say why
+                    why.append(f"{self.p.rank_unit}: {exc2}")
+        if fo is None:
+            if self.p.rank == "first_order":
+                raise RuntimeError("rank: first_order needs gradients: " + "; ".join(why))
+            self.method_note = "no gradients (" + "; ".join(why) + "): ranked by probing"
+            return
+        names = {op.name for op in self.ops}
+        members: dict[str, list[OpInfo]] = {}
+        for op in self.ops:
+            members.setdefault(fo.groups.get(op.name, op.name), []).append(op)
+        allf = self.evaluate(frozenset(names), "calibrate")
+        per = allf.get("per_fixture") or {}
+        calib: dict[str, float] = {}
+        for f, powers in fo.powers.items():
+            total = sum(v for n, v in powers.items() if n in names and math.isfinite(v))
+            snr = (per.get(f) or {}).get("snr_db")
+            if snr is not None and math.isfinite(snr) and total > 0:
+                calib[f] = 10 ** (-snr / 10) / total
+            else:
+                calib[f] = 1.0
+        nonfinite = not allf.get("finite", True)
+        if nonfinite and not any(math.isinf(v) for p in fo.powers.values() for v in p.values()):
+            self.method_note = "all-FP16 is not finite and no op overflows alone: ranked by probing"
+            return
+        self.groups = []
+        for gid, ops in members.items():
+            node = _Node(gid if len(ops) > 1 else ops[0].key, ops)
+            self.group_powers[node.path] = {f: calib[f] * max(fo.powers[f].get(op.name, 0.0) for op in ops) for f in fo.powers}
+            node.power = max(self.group_powers[node.path].values(), default=0.0)
+            self.groups.append(node)
+        self.method = "first_order"
+        self.method_note = (f"first order on {fo.unit}: {fo.projections} projections, {fo.seconds:.1f} s, "
+                            f"calibrated by one all-FP16 evaluation")
+        self.fo_seconds = fo.seconds
+
     def rank(self, budget: float) -> tuple[list[_Node], list[_Node]]:
         """(FP32 leaves in the order taken, FP16 subtrees left heaviest first) so that the FP16 ones add up to
         less than ``budget``."""
+        if self.groups is not None:
+            return self.rank_first_order(budget)
         root = _Node("", list(self.ops))
         frontier = _children(root)
         for n in frontier:
@@ -184,6 +262,19 @@ class _Search:
         frontier.sort(key=lambda n: -n.power)
         return taken, frontier
 
+    def rank_first_order(self, budget: float) -> tuple[list[_Node], list[_Node]]:
+        """Heaviest groups to FP32 until, on every fixture, the calibrated powers left in FP16 sum below ``budget``."""
+        order = sorted(self.groups or [], key=lambda n: -n.power)
+        left = {f: sum(self.group_powers[n.path][f] for n in order) for f in next(iter(self.group_powers.values()), {})}
+        taken: list[_Node] = []
+        while order and any(math.isinf(v) or v > budget for v in left.values()):
+            n = order.pop(0)
+            taken.append(n)
+            for f in left:
+                left[f] = math.inf if any(math.isinf(self.group_powers[m.path][f]) for m in order) else \
+                    sum(self.group_powers[m.path][f] for m in order)
+        return taken, order
+
     # select / verify / repair / minimize ------------------------------------------------------------
 
     def answer(self, taken: list[_Node], rest: list[_Node], minimize: bool) -> tuple[frozenset[str], bool, str]:
@@ -206,6 +297,7 @@ class _Search:
             status = f"repaired (+{hi} subtrees)"
             if not self.passes(all_names - fp32, "verify"):
                 return all_names - fp32, False, "repair did not pass"
+        self.selected = len(fp32)
         if minimize:
             weight = {op.name: n.power for n in taken + rest for op in n.ops}
             order = sorted(fp32, key=lambda name: (weight.get(name, 0.0), -self._cost_drop(fp32, name)))
@@ -252,12 +344,14 @@ class Sensitivity(SearchPolicy):
     def search(self, ctx: SearchContext) -> SearchResult:
         p = self.params
         s = _Search(ctx, p)
+        ctx.declare(describe(p.criterion), lambda m: criterion_passes(p.criterion, m, ctx.targets), p.max_evaluations, p.max_seconds)
         t0 = time.perf_counter()
         status, ok, fp16 = "", False, frozenset()
         frontier: list[dict[str, Any]] = []
         ranking: list[dict[str, Any]] = []
         interrupted = False
         try:
+            s.setup_first_order()
             taken, rest = s.rank(_budget(p.criterion, ctx.targets, p.margin_db))
             rank_evals, rank_s = s.evaluations, time.perf_counter() - t0
             ranking = [{"subtree": n.path, "fp32": True, "power": n.power, "snr_db": n.snr, "ops": [o.key for o in n.ops]} for n in taken]
@@ -267,6 +361,7 @@ class Sensitivity(SearchPolicy):
                 sub = Sensitivity(self.Params(**{**p.model_dump(), "criterion": {"snr_db": bar}, "bars": [], "minimize": False}))
                 sub_s = _Search(ctx, sub.params)
                 sub_s.cache, sub_s.start = s.cache, s.start
+                sub_s.groups, sub_s.group_powers = s.groups, s.group_powers
                 b_taken, b_rest = sub_s.rank(_budget(SnrCriterion(snr_db=bar), ctx.targets, p.margin_db))
                 b_fp16, b_ok, b_status = sub_s.answer(b_taken, b_rest, False)
                 m = s.cache.get(b_fp16, {})
@@ -297,6 +392,7 @@ class Sensitivity(SearchPolicy):
             "fp32_types": dict(Counter(op.type for op in fp32_ops)), "cost": s.cost(fp16, m),
             "partitions": placement_runs(ctx.ops, Assignment(fp16))["partitions"],
             "evaluations": s.evaluations, "rank_evaluations": rank_evals, "rank_s": rank_s,
+            "rank_method": s.method, "rank_note": s.method_note, "selected_fp32": s.selected,
             "final": {k: m.get(k) for k in ("snr_db", "finite", "within_tol", "model_ms") if k in m},
             "frontier": frontier, "ranking": ranking[:200],
         }
