@@ -245,6 +245,12 @@ class _NoiseMode(TorchDispatchMode):
         # The low-precision pass first: an in-place op would otherwise see its own FP32 result.
         low = func(*tree_map(self._low, args), **tree_map(self._low, kwargs))
         out = func(*args, **kwargs)
+        if not any(t.requires_grad for t in _tensors(args) + _tensors(kwargs)):
+            # Built from constants alone (positions, a window, an arange): autograd records nothing here,
+            # so make the output a leaf that requires grad, or this op's error would have no gradient.
+            for t in _tensors(out):
+                if t.is_floating_point():
+                    t.requires_grad_(True)
         lo = next((t for t in _tensors(low) if t.is_floating_point()), None)
         hi = next((t for t in _tensors(out) if t.is_floating_point()), None)
         if lo is not None and hi is not None and lo.shape == hi.shape:
