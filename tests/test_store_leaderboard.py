@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 
 import pytest
@@ -102,6 +103,21 @@ def test_exports_exact(store):
         "| full-hybrid | fp32 | torch | torch | sine | torch:cpu | ok | yes | yes | 140.00 | 1e-07 |  |  | 0.00 |  |  |  | 10.00 |  |  |  |  |  |  |\n"
         "| full-hybrid | broken | torch | torch | sine | torch:cpu | failed | no | no |  |  |  |  |  |  |  |  |  |  |  |  |  |  | non-finite output: 3 NaN, 0 Inf |\n"
     )
+
+
+def test_json_export_has_numbers_only_and_flags_non_finite_values():
+    from htx.leaderboard import columns
+
+    rows = [{k: None for k in columns()} | {"precision": "all-fp16", "snr_db": -math.inf, "max_abs_diff": math.inf, "model_ms": 2.5},
+            {k: None for k in columns()} | {"precision": "fp32", "snr_db": 140.0, "model_ms": 3.0}]
+    text = export(rows, "json")
+    def no_constants(name):
+        raise AssertionError(f"JSON constant {name} in the export")
+
+    silent, ok = json.loads(text, parse_constant=no_constants)
+    assert silent["snr_db"] is None and silent["nonfinite"] == {"snr_db": "-inf", "max_abs_diff": "inf"}
+    assert silent["model_ms"] == 2.5 and ok["snr_db"] == 140.0 and "nonfinite" not in ok
+    assert all(not isinstance(v, str) for k, v in silent.items() if k in ("snr_db", "max_abs_diff", "model_ms"))
 
 
 def test_leaderboard_cli(store, tmp_path):

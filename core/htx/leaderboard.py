@@ -199,10 +199,27 @@ def _fmt(key: str, v: Any) -> str:
     return str(v)
 
 
+def json_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One row for ``--format json``: every column, numbers as JSON numbers. A non-finite value (an SNR of
+    ``-inf`` for a silent output, say) is ``null`` and named in ``"nonfinite": {column: "inf" | "-inf" | "nan"}``,
+    which is present only on rows that have one; JSON has no infinity, and a string would break numeric readers."""
+    out: dict[str, Any] = {}
+    flags: dict[str, str] = {}
+    for k in columns():
+        v = r.get(k)
+        if isinstance(v, float) and not math.isfinite(v):
+            flags[k] = "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+            v = None
+        out[k] = v
+    if flags:
+        out["nonfinite"] = flags
+    return out
+
+
 def export(rows: list[dict[str, Any]], fmt: str) -> str:
     """Exact machine formats: ``csv``, ``json`` or ``md``."""
     if fmt == "json":
-        return json.dumps([{k: clean_float(r.get(k)) for k in columns()} for r in rows], indent=2)
+        return json.dumps([json_row(r) for r in rows], indent=2, allow_nan=False)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
