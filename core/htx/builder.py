@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -343,6 +344,22 @@ class TrialBuilder:
         if unknown:
             raise HtxError(f"precision {policy.label} assigned unknown op names: {sorted(unknown)[:5]}")
         return info
+
+    def ops_file(self, spec: TrialSpec, prep: Prepared) -> Path:
+        """The prepared model's op list (name, portable key, module, type, compute) in execution order, written
+        once per (surgery, compute) pair beside the run's search logs: what ``htx report`` draws its map from."""
+        d = Path(self.cfg.store.artifacts_dir) / (self.run_id or "adhoc")
+        path = d / f"ops-{hashlib.sha1(repr(spec.prepare_key).encode()).hexdigest()[:10]}.json"
+        if not path.exists():
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({
+                "surgery": spec.surgery.key(), "compute": spec.compute.key(),
+                "ops": [{"name": op.name, "key": op.key, "module": op.module, "type": op.type, "compute": op.compute}
+                        for op in prep.ops],
+            }))
+            os.replace(tmp, path)  # atomic: parallel workers may write the same file
+        return path
 
     def write_search_log(self, spec: TrialSpec, policy: Plugin, prep: Prepared, result: SearchResult) -> Path:
         d = Path(self.cfg.store.artifacts_dir) / (self.run_id or "adhoc")

@@ -96,6 +96,7 @@ def _run(builder: TrialBuilder, spec: TrialSpec, rec: TrialRecord) -> None:
         rec.info["placement"] = label  # "emulated" (from the typed program) or "device plan"
     rec.info.update(builder.assignment_info(prep, assignment))
     rec.info["assignment"] = stored_assignment(assignment, prep.ops)
+    rec.info["ops_file"] = str(builder.ops_file(spec, prep))
     hop = max(1, int((1 - cfg.separation.overlap) * seg.segment_length))
     rec.info.update({"fixture_notes": fixture.notes, "segments": math.ceil(fixture.mix.shape[-1] / hop)})
     if ainfo.search:

@@ -18,6 +18,7 @@ from htx.cli import (
     nan_sources_cmd,
     ops_cmd,
     plugins_cmd,
+    report_cmd,
     run_cmd,
     separate_cmd,
     show_cmd,
@@ -38,6 +39,7 @@ app.command("validate")(validate_cmd.validate)
 app.command("plugins")(plugins_cmd.plugins)
 app.command("leaderboard")(leaderboard_cmd.leaderboard)
 app.command("show")(show_cmd.show)
+app.command("report")(report_cmd.report)
 app.command("ops")(ops_cmd.ops)
 app.command("export")(export_cmd.export)
 app.command("separate")(separate_cmd.separate)

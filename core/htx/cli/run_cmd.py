@@ -33,6 +33,7 @@ def run(
     workers: int = typer.Option(None, "--workers", min=1, help="worker processes of the local executor (implies --executor local)"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="with --resume: run the run's failed trials again"),
     check: bool = typer.Option(False, "--check", help="exit 1 when any trial misses the targets (a CI precision gate)"),
+    report: Path = typer.Option(None, "--report", help="also write the HTML report (plots, precision map) to this folder"),
 ) -> None:
     """Run an experiment grid against the FP32 reference and show the leaderboard."""
     registry = load_registry()
@@ -79,6 +80,13 @@ def run(
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         e.print(f"run {run_id}: {summary} in {time.perf_counter() - t0:.1f} s; results in {store_path}", highlight=False)
+        if report is not None:
+            from htx.report import build_report
+
+            rep = build_report(store, run_id, report)
+            e.print(f"report: {rep.path}", highlight=False)
+        else:
+            e.print(f"see it: htx report {run_id} --db {store_path} --out reports/{run_id}", highlight=False)
     if counts.get("failed"):
         raise typer.Exit(1)
     if check:

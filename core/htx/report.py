@@ -1,0 +1,386 @@
+"""``htx report``: one run as a self-contained HTML page with PNG plots (matplotlib, Agg).
+
+Contents: a Pareto plot (worst SNR over fixtures against model latency, per compute unit, the target drawn,
+emulated latency marked), a per-op precision map of one trial over the model's module tree (encoders,
+cross-transformer layers, decoders, time branch; FP32 ops and partition boundaries marked), a search trace
+per search, per-stem SDR / ΔSDR bars for fixtures with true stems, and the run's config, model,
+environment and failure reasons. The PNGs are written beside ``report.html`` and embedded in it as data
+URIs, so the page needs no network and can be mailed as one file.
+
+:func:`build_report` returns what each plot drew (``plotted``: points or cells per image, counted from the
+matplotlib artists), which the tests compare against the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.metadata as md
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from htx import __version__
+from htx.axes import axis_names
+from htx.errors import HtxError
+from htx.leaderboard import collect
+from htx.store import Store, TrialRecord
+from htx.summary import short_labels, summarize
+
+FP16_COLOUR, FP32_COLOUR = "#9ecae1", "#d62728"
+PASS_COLOUR, FAIL_COLOUR = "#2ca02c", "#d62728"
+UNIT_COLOURS = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+@dataclass
+class Report:
+    path: Path
+    images: dict[str, Path] = field(default_factory=dict)
+    plotted: dict[str, int] = field(default_factory=dict)  # image -> points (or op cells) drawn
+    map_trial: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _combo_label(row: dict[str, Any], labels: dict[str, dict[str, str]], varying: list[str]) -> str:
+    return " / ".join(labels[a][row[a]] for a in varying) or labels["precision"][row["precision"]]
+
+
+def pareto_plot(summary: list[dict[str, Any]], target: float, path: Path) -> int:
+    """Worst SNR against model ms per combination, one colour per compute unit; returns the points drawn."""
+    plt = _plt()
+    labels = {a: short_labels(sorted({r[a] for r in summary})) for a in axis_names()}
+    varying = [a for a in ("precision", "stft", "surgery") if len({r[a] for r in summary}) > 1]
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    drawn = 0
+    units = list(dict.fromkeys((r["compute"], r["runtime"]) for r in summary))
+    any_emulated = False
+    # Exact rows (inf dB: the same STFT as the reference, all FP32) and very clean ones are drawn at a cap, as
+    # triangles, so the interesting region near the target keeps its resolution.
+    cap = target + 30.0
+    for i, (compute, runtime) in enumerate(units):
+        pts = [r for r in summary if (r["compute"], r["runtime"]) == (compute, runtime)
+               and r["snr_db"] is not None and r["model_ms"] is not None and not math.isnan(r["snr_db"])]
+        if not pts:
+            continue
+        emulated = bool(pts[0].get("emulated"))
+        any_emulated |= emulated
+        colour = UNIT_COLOURS[i % len(UNIT_COLOURS)]
+        name = f"{labels['compute'][compute]} ({runtime})" + (" — latency emulated" if emulated else "")
+        style = {"s": 70, "facecolors": "none" if emulated else colour, "edgecolors": colour, "linewidths": 2}
+        low = [r for r in pts if r["snr_db"] <= cap]
+        high = [r for r in pts if r["snr_db"] > cap]
+        if low:
+            drawn += len(ax.scatter([r["model_ms"] for r in low], [max(r["snr_db"], target - 40) for r in low], label=name, **style).get_offsets())
+        if high:
+            drawn += len(ax.scatter([r["model_ms"] for r in high], [cap] * len(high), marker="^", label=None if low else name, **style).get_offsets())
+        for k, r in enumerate(pts):
+            y = min(max(r["snr_db"], target - 40), cap)
+            text = _combo_label(r, labels, varying) + (f" ({r['snr_db']:.0f} dB)" if r["snr_db"] > cap else "")
+            ax.annotate(text, (r["model_ms"], y), fontsize=7, xytext=(5, 3 + 9 * (k % 3)), textcoords="offset points")
+    ax.axhline(target, color="#333333", linestyle="--", linewidth=1, label=f"target {target:g} dB")
+    ax.set_xlabel("model ms per segment" + (" (hollow markers: emulator time, not device latency)" if any_emulated else ""))
+    ax.set_ylabel(f"worst SNR over fixtures (dB; triangles: above {cap:g})")
+    ax.set_title("Quality vs latency (one point per combination)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return drawn
+
+
+def module_group(module: str) -> str:
+    """The row of the precision map an op's module belongs to: ``encoder.2``, ``crosstransformer.layers.1``, ..."""
+    parts = module.split(".") if module else []
+    if not parts:
+        return "(model forward)"
+    if parts[0] in ("encoder", "decoder", "tencoder", "tdecoder") and len(parts) > 1:
+        return ".".join(parts[:2])
+    if parts[0] == "crosstransformer":
+        for i, p in enumerate(parts[:-1]):
+            if p.startswith("layers"):
+                return ".".join(parts[: i + 2])
+    return parts[0]
+
+
+def precision_map(ops: list[dict[str, Any]], fp32_keys: set[str], title: str, path: Path) -> tuple[int, int]:
+    """One row per module group (execution order), one cell per compute op, red = FP32; a black bar marks
+    the first op of each partition (a precision segment in execution order). Returns (cells, partitions)."""
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    compute = [o for o in ops if o["compute"]]
+    is32 = [o["key"] in fp32_keys for o in compute]
+    starts = {i for i in range(len(compute)) if i == 0 or is32[i] != is32[i - 1]}
+    groups: dict[str, list[int]] = {}
+    for i, o in enumerate(compute):
+        groups.setdefault(module_group(o["module"]), []).append(i)
+    width = max((len(v) for v in groups.values()), default=1)
+    fig_h = 1.2 + 0.28 * (len(groups) + 2)
+    fig, ax = plt.subplots(figsize=(12, fig_h), dpi=110)
+    cells = 0
+    rows = [("execution order (all ops)", list(range(len(compute))))] + list(groups.items())
+    for r, (name, idx) in enumerate(rows):
+        y = len(rows) - 1 - r
+        scale = width / max(1, len(idx)) if r == 0 else 1.0
+        for j, i in enumerate(idx):
+            ax.add_patch(Rectangle((j * scale, y + 0.1), scale * 0.92, 0.8, color=FP32_COLOUR if is32[i] else FP16_COLOUR, linewidth=0))
+            if r > 0:
+                cells += 1
+            if i in starts and i > 0:
+                ax.plot([j * scale, j * scale], [y + 0.02, y + 0.98], color="black", linewidth=1.2)
+        ax.text(-0.5, y + 0.5, name, ha="right", va="center", fontsize=7)
+    ax.set_xlim(-0.5, width + 0.5)
+    ax.set_ylim(0, len(rows))
+    ax.set_yticks([])
+    ax.set_xlabel("op index within the module group (execution order)")
+    n32 = sum(is32)
+    ax.set_title(f"{title}\n{n32} of {len(compute)} compute ops FP32 (red), {len(starts)} partitions (black bars)", fontsize=9)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.9 / fig_h, bottom=0.55 / fig_h)
+    fig.savefig(path)
+    plt.close(fig)
+    return cells, len(starts)
+
+
+def search_trace(log: list[dict[str, Any]], title: str, target: float | None, path: Path) -> int:
+    """Evaluation index against FP32 set size (top) and worst SNR (bottom); green passed, red failed."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 5), dpi=110, sharex=True)
+    xs = list(range(1, len(log) + 1))
+    colours = [PASS_COLOUR if e.get("passed") else FAIL_COLOUR for e in log]
+    sc = a1.scatter(xs, [e.get("n_fp32", 0) for e in log], c=colours, s=18)
+    a1.set_ylabel("FP32 ops")
+    snr = [(x, e["snr_db"], c) for x, e, c in zip(xs, log, colours) if isinstance(e.get("snr_db"), (int, float)) and math.isfinite(e["snr_db"])]
+    a2.scatter([s[0] for s in snr], [s[1] for s in snr], c=[s[2] for s in snr], s=18)
+    if target is not None:
+        a2.axhline(target, color="#333333", linestyle="--", linewidth=1)
+    a2.set_ylabel("worst SNR (dB)")
+    a2.set_xlabel("evaluation (green: passed, red: failed)")
+    from matplotlib.ticker import MaxNLocator
+
+    a2.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a1.set_title(title, fontsize=9)
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return len(sc.get_offsets())
+
+
+def stem_bars(trials: list[TrialRecord], labels: dict[str, str], path: Path) -> int:
+    """Per-stem SDR and ΔSDR (vs the FP32 reference) per combination on one fixture with true stems."""
+    plt = _plt()
+    stems = sorted({k.split(".", 1)[1] for t in trials for k in t.metrics if k.startswith("sdr_db.")})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    n = len(trials)
+    w = 0.8 / max(1, n)
+    bars = 0
+    for i, t in enumerate(trials):
+        colour = UNIT_COLOURS[i % len(UNIT_COLOURS)]
+        xs = [s + (i - (n - 1) / 2) * w for s in range(len(stems))]
+        sdr = [t.metrics.get(f"sdr_db.{s}") or 0.0 for s in stems]
+        delta = [t.metrics.get(f"sdr_delta_db.{s}") or 0.0 for s in stems]
+        bars += len(a1.bar(xs, sdr, w, color=colour, label=labels[t.trial_id]))
+        a2.bar(xs, delta, w, color=colour)
+    for a, name in ((a1, "SDR (dB)"), (a2, "ΔSDR vs FP32 reference (dB)")):
+        a.set_xticks(range(len(stems)), stems)
+        a.set_ylabel(name)
+        a.grid(alpha=0.3, axis="y")
+    a1.legend(fontsize=7)
+    fig.suptitle(f"per-stem separation quality on {trials[0].fixture}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return bars
+
+
+def choose_map_trial(trials: list[TrialRecord], rows: dict[str, dict[str, Any]]) -> TrialRecord | None:
+    """Default for the map: the cheapest passing search answer (partitions, then FP32 ops); failing that, any
+    search trial; failing that, the trial with the most FP32 ops that is not all-FP32."""
+    have = [t for t in trials if t.info.get("ops_file") and t.info.get("assignment")]
+    search = [t for t in have if t.info.get("search")]
+
+    def cost(t: TrialRecord) -> tuple[float, int]:
+        parts = t.metrics.get("partitions")
+        return (parts if parts is not None else math.inf, len(t.info["assignment"].get("fp32_keys", [])))
+
+    passing = [t for t in search if rows.get(t.trial_id, {}).get("pass")]
+    for pool in (passing, search):
+        if pool:
+            return min(pool, key=cost)
+    mixed = [t for t in have if 0 < len(t.info["assignment"]["fp32_keys"]) < t.info["assignment"]["n_compute"]]
+    return max(mixed, key=lambda t: len(t.info["assignment"]["fp32_keys"])) if mixed else None
+
+
+def _environment(run: dict[str, Any]) -> dict[str, str]:
+    env = {"htx (run)": str(run.get("htx_version")), "host (run)": str(run.get("host")), "htx (report)": __version__,
+           "python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("torch", "coremltools", "numpy", "demucs", "matplotlib"):
+        try:  # package metadata, not an import: importing coremltools on Linux prints warnings
+            env[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            env[dist] = "not installed"
+    try:
+        import torch
+
+        env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    except Exception:
+        env["device"] = platform.machine()
+    return env
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)} ({path.name})</figcaption></figure>'
+
+
+def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.2f}" if math.isfinite(v) else str(v)
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(k))}</td>" for k, _ in cols) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
+img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.8em}
+.note{color:#666;font-size:.9em}.fail{color:#b00}"""
+
+
+def build_report(store: Store, run_id: str, out_dir: Path, trial_id: str | None = None) -> Report:
+    """Write ``out_dir/report.html`` and its PNGs for ``run_id``; see the module docstring."""
+    run = store.get_run(run_id)
+    trials = store.trials([run_id])
+    if not trials:
+        raise HtxError(f"run {run_id} has no stored trials yet: nothing to report")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HtxError(f"cannot create the report folder {out_dir}: {exc.strerror or exc}") from None
+    cfg = json.loads(run["config_json"])
+    target = float((cfg.get("targets") or {}).get("snr_db", 60.0))
+    rows = collect(store, run=run_id)
+    by_trial = {r["trial"]: r for r in rows}
+    summary = summarize(rows)
+    rep = Report(out_dir / "report.html")
+    sections: list[str] = []
+
+    # Pareto -----------------------------------------------------------------------------------------
+    p = out_dir / "pareto.png"
+    rep.plotted["pareto.png"] = pareto_plot(summary, target, p)
+    rep.images["pareto.png"] = p
+    emulated = any(r.get("emulated") for r in summary)
+    sections.append("<h2>Quality vs latency</h2>" + _img(p, "Pareto plot: worst SNR over fixtures against model latency per compute unit")
+                    + ('<p class="note">Hollow markers: latency measured on an emulator (emulated), not on the device.</p>' if emulated else ""))
+    labels = {a: short_labels(sorted({r[a] for r in summary})) for a in axis_names()}
+    cols = [(a, a) for a in axis_names()] + [("runtime", "runtime"), ("fixtures", "fixtures"), ("status", "status"),
+            ("snr_db", "worst SNR dB"), ("pass", "pass"), ("sdr_delta_db", "mean ΔSDR dB"), ("fp16_op_fraction", "FP16 share"),
+            ("partitions", "partitions"), ("model_ms", "model ms" + (" (emulated rows: emulator time)" if emulated else "")),
+            ("evaluations", "evaluations")]
+    sections.append("<h2>Summary (one row per combination)</h2>" + _table(summary, cols))
+
+    # precision map ----------------------------------------------------------------------------------
+    chosen = next((t for t in trials if t.trial_id == trial_id), None) if trial_id else choose_map_trial(trials, by_trial)
+    if trial_id and chosen is None:
+        raise HtxError(f"no trial {trial_id!r} in run {run_id}; `htx show {run_id}` lists them")
+    if chosen is not None and chosen.info.get("ops_file") and Path(chosen.info["ops_file"]).exists():
+        ops = json.loads(Path(chosen.info["ops_file"]).read_text())["ops"]
+        fp32 = set(chosen.info["assignment"].get("fp32_keys", []))
+        title = f"{chosen.precision} on {chosen.compute} ({chosen.surgery}), trial {chosen.trial_id}"
+        p = out_dir / "precision-map.png"
+        cells, parts = precision_map(ops, fp32, title, p)
+        rep.plotted["precision-map.png"] = cells
+        rep.images["precision-map.png"] = p
+        rep.map_trial = chosen.trial_id
+        sections.append(f"<h2>Where the FP32 ops sit: {html.escape(chosen.precision)}</h2>"
+                        + _img(p, f"Per-op precision map of trial {chosen.trial_id}: {len(fp32)} FP32 ops, {parts} partitions")
+                        + f'<p class="note">Trial {html.escape(chosen.trial_id)}; choose another with <code>htx report {html.escape(run_id)} --trial ID</code>.</p>')
+    else:
+        rep.notes.append("no trial with a stored op list and assignment: no precision map")
+        sections.append('<h2>Where the FP32 ops sit</h2><p class="note">No trial of this run stores its op list (runs before htx 0.1 with issue 17).</p>')
+
+    # search traces ----------------------------------------------------------------------------------
+    seen: set[str] = set()
+    traces = []
+    for t in trials:
+        log_path = (t.info.get("search") or {}).get("log")
+        if not log_path or log_path in seen or not Path(log_path).exists():
+            continue
+        seen.add(log_path)
+        data = json.loads(Path(log_path).read_text())
+        log = data.get("log") or []
+        if not log:
+            continue
+        s = t.info["search"]
+        crit = s.get("criterion")
+        bar = None
+        if isinstance(crit, str) and crit.startswith("snr_db >="):
+            bar = float(crit.split(">=")[1])
+        name = f"search-{len(traces) + 1}.png"
+        p = out_dir / name
+        title = (f"{t.precision} on {t.compute}: {s.get('evaluations')} evaluations, {len(s.get('fp32_ops', []))} FP32 ops; "
+                 f"{s.get('status')}")
+        rep.plotted[name] = search_trace(log, title, bar if bar is not None else target, p)
+        rep.images[name] = p
+        traces.append(_img(p, f"Search trace: {t.precision} on {t.compute}"))
+    if traces:
+        sections.append("<h2>Search traces</h2>" + "".join(traces))
+
+    # stems ------------------------------------------------------------------------------------------
+    with_stems = [t for t in trials if t.status == "ok" and any(k.startswith("sdr_db.") for k in t.metrics)]
+    if with_stems:
+        fixture = with_stems[0].fixture
+        chosen_stems = [t for t in with_stems if t.fixture == fixture]
+        tl = {t.trial_id: " / ".join(labels[a].get(getattr(t, a), getattr(t, a)) for a in ("precision", "stft", "compute")
+                                     if len({getattr(x, a) for x in chosen_stems}) > 1) or t.precision for t in chosen_stems}
+        p = out_dir / "stems.png"
+        rep.plotted["stems.png"] = stem_bars(chosen_stems, tl, p)
+        rep.images["stems.png"] = p
+        sections.append("<h2>Per-stem separation quality</h2>" + _img(p, f"Per-stem SDR and ΔSDR on {fixture}"))
+
+    # run facts --------------------------------------------------------------------------------------
+    failures = [r for r in rows if r["status"] not in ("ok",)]
+    fail_html = ("<ul>" + "".join(f'<li class="fail">{html.escape(r["status"])}: {html.escape(r["trial"])} '
+                                  f'{html.escape(" x ".join(str(r[a]) for a in (*axis_names(), "fixture")))}: {html.escape(r["reason"] or "")}</li>'
+                                  for r in failures) + "</ul>") if failures else "<p>none</p>"
+    env = _environment(run)
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["created_at"]))
+    sections.append(f"<h2>Failures and unavailable trials ({len(failures)})</h2>" + fail_html)
+    sections.append(f"<h2>Model</h2><p>{html.escape(str(run['model_source']))} (hash {html.escape(str(run['model_hash']))})</p>")
+    sections.append("<h2>Environment</h2>" + _table([{"k": k, "v": v} for k, v in env.items()], [("k", "what"), ("v", "version")])
+                    + '<p class="note">"(run)" rows are what the run recorded; the rest is the environment that wrote this report.</p>')
+    sections.append("<h2>Config</h2><pre>" + html.escape(json.dumps(cfg, indent=2)) + "</pre>")
+    title = f"htx report: run {run_id} ({run['name']})"
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>status {html.escape(run['status'])}, created {created}, {len(trials)} trials, config "
+            f"{html.escape(str(run['config_path'] or '(stored)'))}. Target: worst SNR >= {target:g} dB."
+            + (" Rows from emulated units say so; their latency is emulator time." if emulated else "")
+            + "</p>" + "".join(sections) + "</body></html>")
+    rep.path.write_text(page, encoding="utf-8")
+    return rep
