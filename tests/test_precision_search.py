@@ -449,3 +449,29 @@ def test_search_policies_on_the_coreml_emulator(tmp_path):
             assert [s.name for s in find_nan_sources(stats, prep.ops, a)] == planted["first_overflow"]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_search_progress_shows_the_policys_criterion_best_verified_set_and_budget(planted_run):
+    """Progress for every search: evaluations, this set, the best verified set (size, SNR) against the policy's
+    own criterion, and the budget left."""
+    from htx_plugins.precision.sensitivity import Sensitivity
+
+    r = planted_run
+    builder, prep, spec = r["runner"].builder, r["prep"], r["spec"]
+    lines: list[str] = []
+    say = builder.say
+    builder.say = lines.append
+    try:
+        for policy in (Bisect(Bisect.Params(criterion="finite", max_evaluations=500, max_seconds=900)),
+                       Sensitivity(Sensitivity.Params(criterion="finite", max_evaluations=500))):
+            lines.clear()
+            ctx = builder.search_context(spec, prep)
+            result = policy.search(ctx)
+            first = lines[0]
+            assert "evaluation 1 " in first and "(finite)" in first and "budget left: 499 evaluations" in first, first
+            if policy.name == "bisect":
+                assert ", 900 s" in first or "899 s" in first, first
+            n32 = sum(op.compute for op in prep.ops) - len(result.assignment.fp16)
+            assert ctx.best is not None and ctx.best[0] == n32 == 4  # what the progress line reports as best
+    finally:
+        builder.say = say

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from htx.config import PluginEntry
 from htx.contracts import (
     Assignment,
     ComputeUnit,
@@ -41,13 +42,11 @@ from htx.contracts import (
 from htx.errors import HtxError, UnavailableError
 from htx.failures import deadline
 from htx.grid import TrialSpec
+from htx.identity import transfer_scores
 from htx.measure import Segmenting, aggregate, measure
 from htx.pipeline import Pipeline
-from htx.identity import transfer_scores
 from htx.spectrogram import cac_to_spec, demucs_ispec, demucs_spec, spec_to_cac
 from htx.workspace import Cached, Workspace
-
-from htx.config import PluginEntry
 
 if TYPE_CHECKING:
     from htx.plugins import Registry

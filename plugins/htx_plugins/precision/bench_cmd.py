@@ -108,7 +108,7 @@ def _noise(models: str, criterion: str, device: str, fixtures: str, compute: str
     for r in rows:
         table.add_row(r["model"], r["unit"], r["policy"], str(r["n_ops"]), _s(r["all_fp16_snr_db"]), str(r["evaluations"]),
                       _s(r["search_s"]), str(r.get("rank_method") or ""), str(r.get("rank_evaluations") or ""), _s(r.get("rank_s")), str(r["fp32_ops"]),
-                      str(r.get("partitions", "")), _s(r["final_snr_db"]), "yes" if r["passes"] else "NO", "yes" if r.get("one_minimal") else "no")
+                      str(r.get("partitions", "")), _s(r["final_snr_db"]), "yes" if r["passes"] else "NO", {True: "yes", False: "no"}.get(r.get("one_minimal"), ""))
     out().print(table)
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)

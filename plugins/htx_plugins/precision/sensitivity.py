@@ -129,6 +129,8 @@ class _Search:
         self.best: tuple[frozenset[str], dict[str, Any]] | None = None  # smallest verified passing FP32 set
         self.probed: list[_Node] = []  # every subtree measured, for the log even when a budget cuts the ranking
         self.selected = 0  # FP32 set size after verify/repair, before the removal pass
+        self.t0 = time.perf_counter()
+        self.first_verified: dict[str, Any] | None = None  # when the first passing set was verified
         self.method = "probe"
         self.method_note = ""
         self.groups: list[_Node] | None = None  # first-order: op groups with calibrated per-fixture powers
@@ -149,6 +151,9 @@ class _Search:
         self.cache[fp16] = m
         fp32 = [op.name for op in self.ops if op.name not in fp16]
         passed = criterion_passes(self.p.criterion, m, self.ctx.targets)
+        if passed and self.best is None:
+            self.first_verified = {"evaluation": self.evaluations, "seconds": time.perf_counter() - self.t0,
+                                   "fp32_ops": len(fp32), "snr_db": m.get("snr_db")}
         if passed and (self.best is None or self._rank_key(fp16, m) < self._rank_key(*self.best)):
             self.best = (fp16, m)
             self.ctx.note_best(len(self.ops) - len(fp16), m.get("snr_db"), self.cost(fp16, m))
@@ -393,6 +398,7 @@ class Sensitivity(SearchPolicy):
             "partitions": placement_runs(ctx.ops, Assignment(fp16))["partitions"],
             "evaluations": s.evaluations, "rank_evaluations": rank_evals, "rank_s": rank_s,
             "rank_method": s.method, "rank_note": s.method_note, "selected_fp32": s.selected,
+            "first_verified": s.first_verified,
             "final": {k: m.get(k) for k in ("snr_db", "finite", "within_tol", "model_ms") if k in m},
             "frontier": frontier, "ranking": ranking[:200],
         }
