@@ -51,7 +51,7 @@ def show(
         if not search or t.precision in seen:
             continue
         seen.add(t.precision)
-        summary = {k: search.get(k) for k in ("status", "criterion", "evaluations", "cost_kind", "cost", "partitions") if k in search}
+        summary = {k: search.get(k) for k in ("status", "criterion", "evaluations", "rank_method", "cost_kind", "cost", "partitions") if k in search}
         n_fp32 = len(search.get("fp32_ops", []))
         o.print(f"  search {t.precision} on {t.compute}: {n_fp32} FP32 ops; {summary}", highlight=False, markup=False)
         if search.get("frontier"):

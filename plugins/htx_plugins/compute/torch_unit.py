@@ -69,6 +69,17 @@ def _module_stack(inner: torch.nn.Module) -> Iterator[list[str]]:
             h.remove()
 
 
+def _op_name(counter: Counter[str], func: Any, args: tuple) -> tuple[str | None, str]:
+    """``(mil type, "<mil type>_<k>")`` of an aten call (the k-th of its type this pass), ``(None, "")`` for
+    calls that are not ops (views, metadata)."""
+    mil = mil_type_for_aten(func, args)
+    if mil is None:
+        return None, ""
+    name = f"{mil}_{counter[mil]}"
+    counter[mil] += 1
+    return mil, name
+
+
 class _OpMode(TorchDispatchMode):
     """Names each aten op call, optionally lists it, casts it, and records output statistics."""
 
@@ -148,11 +159,9 @@ class _OpMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        mil = mil_type_for_aten(func, args)
+        mil, name = _op_name(self.counter, func, args)
         if mil is None:
             return func(*args, **kwargs)
-        name = f"{mil}_{self.counter[mil]}"
-        self.counter[mil] += 1
         if self.listing is not None:
             info: dict[str, Any] = {"aten": str(func)}
             if squares_input(func):
@@ -235,12 +244,8 @@ class _NoiseMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        mil = mil_type_for_aten(func, args)
-        if mil is None:
-            return func(*args, **kwargs)
-        name = f"{mil}_{self.counter[mil]}"
-        self.counter[mil] += 1
-        if not is_compute(mil):
+        mil, name = _op_name(self.counter, func, args)
+        if mil is None or not is_compute(mil):
             return func(*args, **kwargs)
         # The low-precision pass first: an in-place op would otherwise see its own FP32 result.
         low = func(*tree_map(self._low, args), **tree_map(self._low, kwargs))

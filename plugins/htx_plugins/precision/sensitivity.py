@@ -151,7 +151,7 @@ class _Search:
         self.cache[fp16] = m
         fp32 = [op.name for op in self.ops if op.name not in fp16]
         passed = criterion_passes(self.p.criterion, m, self.ctx.targets)
-        if passed and self.best is None:
+        if passed and self.first_verified is None and fp16:  # all-FP32 passing is no answer
             self.first_verified = {"evaluation": self.evaluations, "seconds": time.perf_counter() - self.t0,
                                    "fp32_ops": len(fp32), "snr_db": m.get("snr_db")}
         if passed and (self.best is None or self._rank_key(fp16, m) < self._rank_key(*self.best)):
