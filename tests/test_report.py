@@ -23,7 +23,8 @@ from htx.run import Run
 from htx.store import Store
 from htx.summary import summarize
 
-SEARCH = {"sensitivity": {"criterion": {"snr_db": 72}, "cost": "partitions", "minimize": False}}  # all-FP16 is ~67 dB here
+# all-FP16 is ~67 dB on this tiny model; the margin makes the first selection pass (2 evaluations: a quick fixture)
+SEARCH = {"sensitivity": {"criterion": {"snr_db": 69}, "cost": "partitions", "minimize": False, "margin_db": 4}}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,6 @@ def report_run(tmp_path_factory):
     reg = load_registry()
     cfg = parse_config(make_config(
         tmp, fixtures=[{"sine_440": {"duration": 1.0}}, "music_a"], precision=["fp32", "all-fp16", SEARCH],
-        stft=["torch", "numpy"],
     ), registry=reg)
     with Store(cfg.store.path) as store:
         run_id = Run(cfg, reg, store).execute()
@@ -67,8 +67,8 @@ def test_the_plots_show_what_the_store_holds(report_run):
     for name, path in rep.images.items():
         assert path.exists() and path.stat().st_size > 5000, name
         assert len(_colours(path)) >= 4, name  # a plot, not a blank canvas
-    # one Pareto point per combination (3 policies x 2 STFT backends), from the matplotlib artists
-    assert rep.plotted["pareto.png"] == len(summary) == 6
+    # one Pareto point per combination (3 policies), counted from the matplotlib artists
+    assert rep.plotted["pareto.png"] == len(summary) == 3
     # the map is the search answer's, one cell per compute op, and its FP32 ops are drawn red
     search = [t for t in trials if t.info.get("search")]
     chosen = next(t for t in trials if t.trial_id == rep.map_trial)

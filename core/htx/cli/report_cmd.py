@@ -9,6 +9,7 @@ import typer
 from htx.config import DEFAULT_DB
 from htx.console import handle_errors, out
 from htx.errors import HtxError
+from htx.report import build_report
 from htx.store import Store
 
 
@@ -20,8 +21,6 @@ def report(
     trial: str = typer.Option(None, "--trial", help="trial id for the per-op precision map (default: the cheapest passing search answer)"),
 ) -> None:
     """Write report.html (plots embedded, no network needed) and the PNGs beside it."""
-    from htx.report import build_report
-
     if not db.exists():
         raise HtxError(f"No results in {db}. Run `htx run CONFIG` first.")
     with Store(db) as store:

@@ -18,6 +18,7 @@ from htx.console import err, handle_errors, out
 from htx.errors import HtxError
 from htx.leaderboard import collect, misses
 from htx.plugins import load_registry
+from htx.report import build_report
 from htx.run import Run
 from htx.store import Store
 from htx.summary import summary_table
@@ -81,8 +82,6 @@ def run(
         summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         e.print(f"run {run_id}: {summary} in {time.perf_counter() - t0:.1f} s; results in {store_path}", highlight=False)
         if report is not None:
-            from htx.report import build_report
-
             rep = build_report(store, run_id, report)
             e.print(f"report: {rep.path}", highlight=False)
         else:
