@@ -328,7 +328,7 @@ class SearchContext:
         self.deadline = time.perf_counter() + max_seconds if max_seconds else None
 
     def note_best(self, n_fp32: int, snr_db: float | None, cost: float | None = None) -> None:
-        """A search reports its best verified set so far (progress prints it; Ctrl-C answers with it)."""
+        """A search reports its best verified set so far, for the progress line (the policy keeps its own answer)."""
         self.best = (n_fp32, snr_db, cost)
 
     def evaluate(self, assignment: Assignment) -> dict[str, Any]:
