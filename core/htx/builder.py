@@ -45,7 +45,7 @@ from htx.grid import TrialSpec
 from htx.identity import transfer_scores
 from htx.measure import Segmenting, aggregate, measure
 from htx.pipeline import Pipeline
-from htx.spectrogram import cac_to_spec, demucs_ispec, demucs_spec, spec_to_cac
+from htx.spectrogram import demucs_ispec, demucs_spec, spec_to_cac
 from htx.workspace import Cached, Workspace
 
 if TYPE_CHECKING:
@@ -228,19 +228,14 @@ class TrialBuilder:
             if entry.key() != spec.compute.key():
                 entries = tuple(entry if a == "compute" else e for a, e in zip(spec.axes, spec.entries))
                 src = self.prepared(replace(spec, entries=entries))
-        n_fft = self.workspace.model.model.nfft
         powers: dict[str, dict[str, float]] = {}
+        pipe = self.pipeline(src, self.stft(spec.stft, src.surgery), None)
         for _, fx, _ in self.workspace.usable():
-            pipe = self.pipeline(src, self.stft(spec.stft, src.surgery), None)
             batch = self.segmenting.first_batch(fx.mix)
             args, ctx = pipe.model_inputs(batch)
-            length = batch.shape[-1]
 
-            def post(outs: tuple[torch.Tensor, ...], ctx: Any = ctx, length: int = length) -> torch.Tensor:
-                spec_out, wave_out = src.inner.host_post(outs, ctx)
-                if spec_out is None:
-                    return wave_out.float()
-                return wave_out.float() + demucs_ispec(cac_to_spec(spec_out.float()), length, n_fft).to(wave_out.device)
+            def post(outs: tuple[torch.Tensor, ...], ctx: Any = ctx, length: int = batch.shape[-1]) -> torch.Tensor:
+                return pipe.waveform(outs, ctx, length, istft=demucs_ispec)  # torch's iSTFT: differentiable
 
             powers[fx.name] = src.compute.fp16_noise(src.prepared, tuple(args), post, projections)
         if src is prep:

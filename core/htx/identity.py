@@ -17,7 +17,7 @@ does not have. Ops of modules the source never saw stay FP16, and :func:`transfe
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,45 +63,44 @@ class Transfer:
                 "unmatched": self.unmatched, "unused_fp32_keys": len(self.unused)}
 
 
-def transfer(source_ops: Sequence[OpInfo], source_fp32_keys: Iterable[str], target_ops: Sequence[OpInfo]) -> Transfer:
-    """Apply an FP32 set given as portable keys of ``source_ops`` to ``target_ops`` (see the module docstring)."""
-    fp32_keys = set(source_fp32_keys)
+def _matches(source_ops: Sequence[OpInfo], target_ops: Sequence[OpInfo]) -> Iterator[tuple[OpInfo, str, list[str]]]:
+    """For each target compute op: how it matches (``exact``, ``by_type``, ``by_module``, ``unmatched``) and
+    the source keys that decide it, by the rule of the module docstring."""
     src = {key_of(op): op for op in source_ops if op.compute}
-    src_by_type: dict[tuple[str, str], list[str]] = defaultdict(list)
-    src_types: dict[str, set[str]] = defaultdict(set)
+    by_type: dict[tuple[str, str], list[str]] = defaultdict(list)
+    by_module: dict[str, list[str]] = defaultdict(list)
     for k, op in src.items():
-        src_by_type[(op.module, op.type)].append(k)
-        src_types[op.module].add(op.type)
+        by_type[(op.module, op.type)].append(k)
+        by_module[op.module].append(k)
     tgt_types: dict[str, set[str]] = defaultdict(set)
     for op in target_ops:
         if op.compute:
             tgt_types[op.module].add(op.type)
-    used: set[str] = set()
-    fp16: set[str] = set()
-    t = Transfer(Assignment())
     for op in target_ops:
         if not op.compute:
             continue
         k = key_of(op)
         if k in src:
-            keep = k in fp32_keys
-            used.add(k) if keep else None
-            t.exact += 1
-        elif (op.module, op.type) in src_by_type:
-            keys = [s for s in src_by_type[(op.module, op.type)] if s in fp32_keys]
-            keep = bool(keys)
-            used.update(keys)
-            t.by_type += 1
-        elif op.module in src_types:
-            split = [s for s in fp32_keys if s in src and src[s].module == op.module
-                     and src[s].type not in tgt_types[op.module]]
-            keep = bool(split)
-            used.update(split)
-            t.by_module += 1
+            yield op, "exact", [k]
+        elif (op.module, op.type) in by_type:
+            yield op, "by_type", by_type[(op.module, op.type)]
+        elif op.module in by_module:
+            yield op, "by_module", [s for s in by_module[op.module] if src[s].type not in tgt_types[op.module]]
         else:
-            keep = False
-            t.unmatched += 1
-        if not keep:
+            yield op, "unmatched", []
+
+
+def transfer(source_ops: Sequence[OpInfo], source_fp32_keys: Iterable[str], target_ops: Sequence[OpInfo]) -> Transfer:
+    """Apply an FP32 set given as portable keys of ``source_ops`` to ``target_ops`` (see the module docstring)."""
+    fp32_keys = set(source_fp32_keys)
+    used: set[str] = set()
+    fp16: set[str] = set()
+    t = Transfer(Assignment())
+    for op, kind, keys in _matches(source_ops, target_ops):
+        setattr(t, kind, getattr(t, kind) + 1)
+        deciding = [k for k in keys if k in fp32_keys]
+        used.update(deciding)
+        if not deciding:
             fp16.add(op.name)
     t.assignment = Assignment(frozenset(fp16))
     t.unused = sorted(fp32_keys - used)
@@ -118,29 +117,10 @@ def transfer_scores(
     its module whose type the target module lacks (the ops the other unit splits it into). Target ops of
     modules the source never saw are left out.
     """
-    src = {key_of(op): op for op in source_ops if op.compute}
-    score = {key_of(op): scores.get(op.name, 0.0) for op in src.values()}
-    by_type: dict[tuple[str, str], list[str]] = defaultdict(list)
-    by_module: dict[str, list[str]] = defaultdict(list)
-    for k, op in src.items():
-        by_type[(op.module, op.type)].append(k)
-        by_module[op.module].append(k)
-    tgt_types: dict[str, set[str]] = defaultdict(set)
-    for op in target_ops:
-        if op.compute:
-            tgt_types[op.module].add(op.type)
+    score = {key_of(op): scores.get(op.name, 0.0) for op in source_ops if op.compute}
     out: dict[str, tuple[str, float]] = {}
-    for op in target_ops:
-        if not op.compute:
-            continue
-        k = key_of(op)
-        if k in src:
-            cands = [k]
-        elif (op.module, op.type) in by_type:
-            cands = by_type[(op.module, op.type)]
-        else:
-            cands = [s for s in by_module.get(op.module, []) if src[s].type not in tgt_types[op.module]]
-        if cands:
-            best = max(cands, key=lambda s: score[s])
+    for op, _, keys in _matches(source_ops, target_ops):
+        if keys:
+            best = max(keys, key=lambda k: score[k])
             out[op.name] = (best, score[best])
     return out

@@ -81,10 +81,21 @@ class Pipeline:
         args, ctx = self.model_inputs(mix)
         with torch.no_grad():
             outs = self._timed(self.times.model, lambda: self.forward(*args))
-        spec_out, wave_out = self.inner.host_post(tuple(outs), ctx)
+        return self.waveform(tuple(outs), ctx, length)
+
+    def waveform(
+        self, outs: tuple[torch.Tensor, ...], ctx: Any, length: int,
+        istft: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The inner model's outputs -> stems ``[B, S, C, L]``: ``host_post``, then the spectral branch through
+        the iSTFT (the backend's, timed; or ``istft(z, length, n_fft)``) plus the time branch."""
+        spec_out, wave_out = self.inner.host_post(outs, ctx)
         wave_out = wave_out.float()
         if spec_out is None:
             return wave_out
         zout = cac_to_spec(spec_out.float())
-        x = self._timed(self.times.istft, lambda: self.stft.istft(zout, length, self.n_fft))
+        if istft is not None:
+            x = istft(zout, length, self.n_fft)
+        else:
+            x = self._timed(self.times.istft, lambda: self.stft.istft(zout, length, self.n_fft))
         return wave_out + x.to(wave_out.device)

@@ -29,7 +29,7 @@ from htx.axes import axis_names
 from htx.errors import HtxError
 from htx.leaderboard import collect
 from htx.store import Store, TrialRecord
-from htx.summary import short_labels, summarize
+from htx.summary import axis_labels, summarize
 
 FP16_COLOUR, FP32_COLOUR = "#9ecae1", "#d62728"
 PASS_COLOUR, FAIL_COLOUR = "#2ca02c", "#d62728"
@@ -58,10 +58,9 @@ def _combo_label(row: dict[str, Any], labels: dict[str, dict[str, str]], varying
     return " / ".join(labels[a][row[a]] for a in varying) or labels["precision"][row["precision"]]
 
 
-def pareto_plot(summary: list[dict[str, Any]], target: float, path: Path) -> int:
+def pareto_plot(summary: list[dict[str, Any]], target: float, path: Path, labels: dict[str, dict[str, str]]) -> int:
     """Worst SNR against model ms per combination, one colour per compute unit; returns the points drawn."""
     plt = _plt()
-    labels = {a: short_labels(sorted({r[a] for r in summary})) for a in axis_names()}
     varying = [a for a in ("precision", "stft", "surgery") if len({r[a] for r in summary}) > 1]
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     drawn = 0
@@ -291,13 +290,13 @@ def build_report(store: Store, run_id: str, out_dir: Path, trial_id: str | None 
     sections: list[str] = []
 
     # Pareto -----------------------------------------------------------------------------------------
+    labels = axis_labels(summary)
     p = out_dir / "pareto.png"
-    rep.plotted["pareto.png"] = pareto_plot(summary, target, p)
+    rep.plotted["pareto.png"] = pareto_plot(summary, target, p, labels)
     rep.images["pareto.png"] = p
     emulated = any(r.get("emulated") for r in summary)
     sections.append("<h2>Quality vs latency</h2>" + _img(p, "Pareto plot: worst SNR over fixtures against model latency per compute unit")
                     + ('<p class="note">Hollow markers: latency measured on an emulator (emulated), not on the device.</p>' if emulated else ""))
-    labels = {a: short_labels(sorted({r[a] for r in summary})) for a in axis_names()}
     cols = [(a, a) for a in axis_names()] + [("runtime", "runtime"), ("fixtures", "fixtures"), ("status", "status"),
             ("snr_db", "worst SNR dB"), ("pass", "pass"), ("sdr_delta_db", "mean ΔSDR dB"), ("fp16_op_fraction", "FP16 share"),
             ("partitions", "partitions"), ("model_ms", "model ms" + (" (emulated rows: emulator time)" if emulated else "")),

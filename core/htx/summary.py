@@ -47,6 +47,11 @@ def short_labels(keys: list[str]) -> dict[str, str]:
     return out
 
 
+def axis_labels(rows: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """``{axis: {entry key: short label}}`` over ``rows``, options shown only where entries differ."""
+    return {a: short_labels(sorted({r[a] for r in rows})) for a in axis_names()}
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (run, axis entries, runtime), in the order the combinations first appear."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -87,7 +92,7 @@ def _num(v: Any, fmt: str) -> str:
 def summary_table(rows: list[dict[str, Any]], title: str = "htx leaderboard") -> Table:
     """The summary rows as a rich table that fits 120 columns for the main job."""
     summary = summarize(rows)
-    labels = {a: short_labels(sorted({r[a] for r in summary})) for a in axis_names()}
+    labels = axis_labels(summary)
     shown_axes = [a for a in AXES if len({r[a.name] for r in summary}) > 1 or a.name == "precision"]
     all_emu = bool(summary) and all(r.get("emulated") for r in summary)  # then said once, in the header
     table = Table(title=title, show_lines=False, pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
