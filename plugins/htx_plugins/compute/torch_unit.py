@@ -529,16 +529,17 @@ class TorchUnit(ComputeUnit):
             names = [n for n in mode.outputs if mode.outputs[n].requires_grad]
             tensors = [mode.outputs[n] for n in names]
             ref_power = float((y.detach().double() ** 2).sum())
-            acc = {n: 0.0 for n in names}
+            acc = torch.zeros(len(names), dtype=torch.float64, device=y.device)
             gen = torch.Generator(device=y.device).manual_seed(seed)
             for k in range(projections):
                 r = torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype)
                 grads = torch.autograd.grad((y * r).sum(), tensors, retain_graph=k < projections - 1, allow_unused=True)
-                for n, g in zip(names, grads):
-                    if g is not None:
-                        acc[n] += float((g.double() * mode.errors[n].double()).sum()) ** 2
+                zero = acc.new_zeros(())
+                dots = [zero if g is None else (g.double() * mode.errors[n].double()).sum() for n, g in zip(names, grads)]
+                if dots:
+                    acc += torch.stack(dots) ** 2  # one host sync per projection, not per op
         scale = 1.0 / (projections * max(ref_power, 1e-30))
-        out = {n: v * scale for n, v in acc.items()}
+        out = dict(zip(names, (acc * scale).tolist()))
         out.update({n: math.inf for n in mode.overflow})
         for op in prepared.op_list:  # ops with no path to the output (or mutated in place): no estimate, 0
             if op.compute:

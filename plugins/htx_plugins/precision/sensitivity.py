@@ -87,7 +87,6 @@ class _Node:
     ops: list[OpInfo]
     power: float = 0.0  # noise power relative to the reference when only this subtree is FP16
     snr: float | None = None
-    children: list[_Node] | None = None
 
     @property
     def leaf(self) -> bool:
@@ -237,7 +236,6 @@ class _Search:
         self.method = "first_order"
         self.method_note = (f"first order on {fo.unit}: {fo.projections} projections, {fo.seconds:.1f} s, "
                             f"calibrated by one all-FP16 evaluation")
-        self.fo_seconds = fo.seconds
 
     def rank(self, budget: float) -> tuple[list[_Node], list[_Node]]:
         """(FP32 leaves in the order taken, FP16 subtrees left heaviest first) so that the FP16 ones add up to
@@ -268,17 +266,19 @@ class _Search:
         return taken, frontier
 
     def rank_first_order(self, budget: float) -> tuple[list[_Node], list[_Node]]:
-        """Heaviest groups to FP32 until, on every fixture, the calibrated powers left in FP16 sum below ``budget``."""
+        """Heaviest groups to FP32 until, on every fixture, the calibrated powers left in FP16 sum below ``budget``
+        (a sum with an overflowing group is infinite and never below it)."""
         order = sorted(self.groups or [], key=lambda n: -n.power)
-        left = {f: sum(self.group_powers[n.path][f] for n in order) for f in next(iter(self.group_powers.values()), {})}
-        taken: list[_Node] = []
-        while order and any(math.isinf(v) or v > budget for v in left.values()):
-            n = order.pop(0)
-            taken.append(n)
-            for f in left:
-                left[f] = math.inf if any(math.isinf(self.group_powers[m.path][f]) for m in order) else \
-                    sum(self.group_powers[m.path][f] for m in order)
-        return taken, order
+        fixtures = list(next(iter(self.group_powers.values()), {}))
+
+        def over(rest: list[_Node]) -> bool:
+            sums = (sum(self.group_powers[n.path][f] for n in rest) for f in fixtures)
+            return any(math.isinf(v) or v > budget for v in sums)
+
+        k = 0
+        while k < len(order) and over(order[k:]):
+            k += 1
+        return order[:k], order[k:]
 
     # select / verify / repair / minimize ------------------------------------------------------------
 
