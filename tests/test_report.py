@@ -138,6 +138,7 @@ def test_report_cli_and_its_errors(report_run, tmp_path):
     assert "report.html" in res.output and (tmp_path / "r" / "report.html").exists()
     res = runner.invoke(app, ["report", "nope", "--db", db, "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "no run 'nope'" in res.output and "Traceback" not in res.output
+    assert res.output.lstrip().startswith("Error: ") and "[red]" not in res.output  # styled, not literal markup
     res = runner.invoke(app, ["report", "latest", "--db", db, "--trial", "zzz", "--out", str(tmp_path / "y")])
     assert res.exit_code == 1 and "no trial 'zzz'" in res.output
     res = runner.invoke(app, ["report", "--db", str(tmp_path / "none.sqlite")])

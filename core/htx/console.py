@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from htx.errors import ConfigError, HtxError
 
@@ -44,7 +45,8 @@ def handle_errors(fn: F | None = None, *, code: int = 1) -> Any:
                     e.print(f"  • {p}", markup=False, highlight=False)
                 raise typer.Exit(code) from None
             except HtxError as exc:
-                err().print(f"[red]Error:[/red] {exc}", highlight=False, markup=False)
+                # The message is plain text (it may hold [brackets]); only the prefix is styled.
+                err().print(Text.assemble(("Error:", "red"), f" {exc}"), highlight=False)
                 raise typer.Exit(code) from None
 
         return wrapper  # type: ignore[return-value]
