@@ -276,3 +276,19 @@ def test_torch_first_order_estimates_track_measured_single_op_noise(tmp_path):
     median = sorted(compute, key=lambda op: -est[op.name])[len(compute) // 2]
     alone = b.evaluate(prep, spec.stft, Assignment(frozenset([median.name])))["snr_db"]
     assert alone > measured + 10, (median.key, alone, measured)  # ranked low, measured far quieter than the top ops
+
+
+def test_first_order_frontier_over_bars():
+    """bars on the first-order path: one verified set per bar from the same ranking, larger for stricter bars."""
+    ops = _ops(20, 3)
+    oracle = FirstOrderOracle({op.name: 10 ** (-5.5 - (i % 5)) for i, op in enumerate(ops)})
+    ctx = SearchContext(ops, oracle, targets=Targets(snr_db=60.0), first_order=oracle.first_order([1.0] * len(ops)))
+    result = Sensitivity(Sensitivity.Params(criterion={"snr_db": 60.0}, bars=[40, 50, 60], cost="partitions")).search(ctx)
+    frontier = result.summary["frontier"]
+    assert result.summary["rank_method"] == "first_order"
+    assert [f["snr_db_bar"] for f in frontier] == [40, 50, 60] and all(f["passed"] for f in frontier)
+    for f in frontier:  # each set really meets its bar
+        fp16 = frozenset(op.name for op in ops if op.key not in set(f["fp32_keys"]))
+        assert oracle(Assignment(fp16))["snr_db"] >= f["snr_db_bar"]
+    sizes = [f["fp32_ops"] for f in frontier]
+    assert sizes == sorted(sizes)
