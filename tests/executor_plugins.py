@@ -71,8 +71,29 @@ class CrashDriverOnce(StaticPolicy):
         return Assignment.all_fp32()
 
 
+class GateParams(Params):
+    started: str
+    release: str
+
+
+class Gate(StaticPolicy):
+    """Writes ``started``, then waits until ``release`` exists, then behaves like ``fp32``: a trial that is
+    surely in progress when a test interrupts the run (the test waits for the file, not for time)."""
+
+    name = "gate"
+    Params = GateParams
+
+    def select(self, ops):
+        Path(self.params.started).write_text(str(os.getpid()))
+        release = Path(self.params.release)
+        while not release.exists():
+            time.sleep(0.05)
+        return Assignment.all_fp32()
+
+
 @hookimpl
 def htx_register_precision_policies(register):
     register(KillWorker)
     register(Hang)
     register(CrashDriverOnce)
+    register(Gate)
