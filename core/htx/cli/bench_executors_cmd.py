@@ -14,7 +14,6 @@ what a user gains, and how much of the workers' time went to trials.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ from htx.console import err, handle_errors, out
 from htx.errors import HtxError
 from htx.models import DEMO_KWARGS
 from htx.plugins import load_registry
+from htx.records import write_record
 from htx.run import Run
 from htx.store import Store
 from htx.workspace import Workspace
@@ -130,8 +130,7 @@ def command(
                 "load_average_before": load_before, "load_average_after": os.getloadavg(),
                 "results": {k: {kk: vv for kk, vv in v.items() if kk != "snr"} for k, v in results.items()},
             }
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(record, indent=1))
+            write_record(json_out, record)
 
     e.print(f"serial (torch threads: {torch.get_num_threads()}) ...")
     results["serial"] = _timed_run(bench_config(root, size=size, duration=duration, executor="serial"), registry, say)

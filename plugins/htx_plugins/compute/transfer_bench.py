@@ -9,7 +9,6 @@ the identity issue: both SNRs within 3 dB at a 60 dB bar on the demo model.
 
 from __future__ import annotations
 
-import json
 import platform
 import tempfile
 import time
@@ -29,6 +28,7 @@ from htx.contracts import Assignment
 from htx.grid import make_spec
 from htx.identity import transfer
 from htx.plugins import load_registry
+from htx.records import write_record
 from htx.workspace import Workspace
 
 
@@ -99,11 +99,10 @@ def command(
     if gap is not None:
         o.print(f"SNR on Core ML minus SNR on torch: {gap:+.2f} dB ({'within' if abs(gap) <= 3 else 'outside'} the 3 dB goal)", highlight=False)
     if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps({
+        write_record(out_path, {
             "benchmark": "transfer", "policy": spec_t.precision.key(), "device": dev, "host": platform.node(),
             "torch": torch.__version__, "fixtures": data["fixtures"], "model": data["model"], "search_s": search_s,
             "evaluations": found.evaluations, "transfer": moved.summary(), "snr_gap_db": gap, "rows": rows,
             "fp32_keys": keys, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }, indent=1, default=str))
+        })
         e.print(f"wrote {out_path}", highlight=False)

@@ -13,6 +13,7 @@ import typer
 
 from htx.console import err, handle_errors, out
 from htx.errors import HtxError
+from htx.records import write_record
 from htx_plugins.precision.bench import MODELS, bench_model
 
 
@@ -80,8 +81,7 @@ def bench_search(
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         for r in rows:
             r.update({"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(), "measured_at": stamp})
-        record = {"benchmark": "search", "command": "htx bench search", "rows": kept + rows}
-        out_path.write_text(json.dumps(record, indent=1, default=str))
+        write_record(out_path, {"benchmark": "search", "command": "htx bench search", "rows": kept + rows})
         e.print(f"wrote {out_path}", highlight=False)
 
 
@@ -111,7 +111,6 @@ def _noise(models: str, criterion: str, device: str, fixtures: str, compute: str
                       str(r.get("partitions", "")), _s(r["final_snr_db"]), "yes" if r["passes"] else "NO", {True: "yes", False: "no"}.get(r.get("one_minimal"), ""))
     out().print(table)
     if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps({"benchmark": "search-noise", "command": "htx bench search --mode noise",
-                                        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}, indent=1, default=str))
+        write_record(out_path, {"benchmark": "search-noise", "command": "htx bench search --mode noise",
+                                "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows})
         e.print(f"wrote {out_path}", highlight=False)

@@ -10,7 +10,6 @@ variant sees the same machine load; ratios are against ``full-hybrid``.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import platform
 import time
@@ -24,6 +23,7 @@ import typer
 
 from htx.console import err, handle_errors, out
 from htx.metrics import percentiles
+from htx.records import write_record
 
 VARIANTS = ("full-hybrid", "external-norm", "decomposed-attention", "safe-norm", "time-only")
 KEY_OPS = ("scaled_dot_product_attention", "softmax", "matmul", "layer_norm", "square", "reduce_mean", "reduce_max", "sqrt")
@@ -157,9 +157,7 @@ def bench_surgery(
 
 
 def save(result: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
-    return path
+    return write_record(path, result)
 
 
 def command(

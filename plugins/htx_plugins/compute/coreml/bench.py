@@ -14,7 +14,6 @@ On the full-size model (HTDemucs defaults, random init, one 7.8 s segment, batch
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import tempfile
@@ -27,6 +26,7 @@ import torch
 
 from htx.contracts import Assignment
 from htx.pipeline import spec_to_cac
+from htx.records import write_record
 
 GIB = 2**30
 
@@ -210,8 +210,6 @@ def run(
         say(f"{name:<52} {value:>12} {target:>8}  {'yes' if met else ('n/a' if met is None else 'NO')}")
     rec["targets_met"] = {name: met for name, _, _, met in rows}
     if out_json:
-        path = Path(out_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rec, indent=1, default=str))
+        path = write_record(out_json, rec)
         say(f"raw numbers: {path}")
     return rec
