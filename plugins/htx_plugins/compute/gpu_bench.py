@@ -9,7 +9,6 @@ excluded, timings are medians of ``repeats`` runs with CUDA synchronized around 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import platform
 import statistics
@@ -27,10 +26,15 @@ from htx.errors import AudioError
 from htx.fixtures import load_musicgen
 from htx.metrics import accuracy
 from htx.pipeline import Pipeline, spec_to_cac
+from htx.records import write_record
 from htx.separation import separate
 
 #: Dense (no sparsity) peak throughput in TFLOP/s of the SXM parts, from NVIDIA's datasheets.
 PEAKS = {"H100": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7}, "H200": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7}}
+
+
+#: Model sizes: the default demucs HTDemucs, and a small one for smoke runs (the GPU tests).
+SIZES: dict[str, dict[str, Any]] = {"full": {}, "small": {"channels": 8, "depth": 4, "t_layers": 1, "segment": 1}}
 
 
 def padded_to_batch(pipe: Any, batch: int) -> Any:
@@ -119,6 +123,7 @@ def run(
     emulator: bool = True,
     out_json: str | None = None,
     say: Callable[[str], None] = print,
+    size: str = "full",
 ) -> dict[str, Any]:
     """Run the whole benchmark and return (and optionally write) its JSON record."""
     from demucs.apply import apply_model
@@ -139,12 +144,15 @@ def run(
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
     torch.backends.mha.set_fastpath_enabled(False)
-    model = random_htdemucs(0).to(dev).eval()
+    if size not in SIZES:
+        raise SystemExit(f"unknown size {size!r}: use {' or '.join(SIZES)}")
+    model = random_htdemucs(0, **SIZES[size]).to(dev).eval()
+    rec["size"] = size
     rec["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     seg_len = int(model.segment * model.samplerate)
     clip, rec["clip"] = test_clip(seconds)
     mix = clip.to(dev)
-    say(f"{gpu}, torch {torch.__version__}; full-size HTDemucs {rec['params_m']:.1f} M params; {seconds:.0f} s clip: {rec['clip']}")
+    say(f"{gpu}, torch {torch.__version__}; {size}-size HTDemucs {rec['params_m']:.1f} M params; {seconds:.0f} s clip: {rec['clip']}")
 
     # baseline: demucs's own apply_model, FP32, same device, same segment/overlap
     with torch.no_grad():
@@ -299,8 +307,7 @@ def run(
         rec["coreml_emulator"] = _emulator(inner, stft, model, seg_len, dev, say)
 
     if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(rec, indent=1, default=str))
+        write_record(out_json, rec)
     return rec
 
 
@@ -428,6 +435,7 @@ def command(
     bisect: bool = typer.Option(True, help="also search and time the best bisect assignment"),
     emulator: bool = typer.Option(True, help="also time the Core ML emulator on CUDA"),
     out: str = typer.Option("experiments/benchmarks/gpu.json", help="where to write the raw JSON"),
+    size: str = typer.Option("full", help="full (the default HTDemucs) or small (a smoke run: 8 channels, 1 s segments)"),
 ) -> None:
-    """Full-size HTDemucs on a CUDA GPU: each precision policy vs demucs's own apply_model."""
-    run(seconds=seconds, repeats=repeats, policy_batch=batch, bisect=bisect, emulator=emulator, out_json=out)
+    """HTDemucs on a CUDA GPU (full size by default): each precision policy vs demucs's own apply_model."""
+    run(seconds=seconds, repeats=repeats, policy_batch=batch, bisect=bisect, emulator=emulator, out_json=out, size=size)

@@ -529,13 +529,16 @@ class TorchUnit(ComputeUnit):
             names = [n for n in mode.outputs if mode.outputs[n].requires_grad]
             tensors = [mode.outputs[n] for n in names]
             ref_power = float((y.detach().double() ** 2).sum())
-            acc = torch.zeros(len(names), dtype=torch.float64, device=y.device)
+            # The ops' gradients and errors live on the unit's device; `post` (the pipeline's tail) may
+            # hand back its waveform on another (the host), so the projections follow y and the sums the ops.
+            acc = torch.zeros(len(names), dtype=torch.float64, device=self.device)
             gen = torch.Generator(device=y.device).manual_seed(seed)
             for k in range(projections):
                 r = torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype)
                 grads = torch.autograd.grad((y * r).sum(), tensors, retain_graph=k < projections - 1, allow_unused=True)
                 zero = acc.new_zeros(())
-                dots = [zero if g is None else (g.double() * mode.errors[n].double()).sum() for n, g in zip(names, grads)]
+                dots = [zero if g is None else (g.double() * mode.errors[n].double()).sum().to(acc.device)
+                        for n, g in zip(names, grads)]
                 if dots:
                     acc += torch.stack(dots) ** 2  # one host sync per projection, not per op
         scale = 1.0 / (projections * max(ref_power, 1e-30))
