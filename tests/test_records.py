@@ -18,7 +18,7 @@ def test_every_committed_record_names_its_commit_device_and_versions():
     assert not {k: v for k, v in lacking.items() if v}, lacking
     for p in records:
         prov = json.loads(p.read_text())["provenance"]
-        commit = prov["commit"].split("-")[0]
+        commit = prov["commit"].split()[0].split("-")[0]
         assert len(commit) == 40 and all(c in "0123456789abcdef" for c in commit), (p.name, prov["commit"])
         assert isinstance(prov["versions"], dict) and prov["versions"].get("torch"), p.name
 
