@@ -13,7 +13,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
