@@ -292,3 +292,43 @@ def test_first_order_frontier_over_bars():
         assert oracle(Assignment(fp16))["snr_db"] >= f["snr_db_bar"]
     sizes = [f["fp32_ops"] for f in frontier]
     assert sizes == sorted(sizes)
+
+
+def test_the_answer_passes_on_sibling_rows_that_reuse_it():
+    """The grid's other STFT backends reuse one search's answer. Here a sibling row is 0.8 dB worse than the
+    search's own pipeline: the answer must meet the bar on it too (main once answered 63.0 dB on torch and
+    62.9 dB, failing, on numpy)."""
+    ops = _ops(12, 3)
+    rng = __import__("random").Random(3)
+    oracle = Oracle({op.name: 10 ** rng.uniform(-10, -5) for op in ops})
+
+    def own(a):
+        m = {**oracle(a), "max_abs_diff": 0.0}
+        return {**m, "per_fixture": {"f": m}}
+
+    def sibling(a):
+        m = oracle(a)
+        return {"f": {**m, "max_abs_diff": 0.0, "snr_db": m["snr_db"] - 0.8}}
+
+    bar = 60.0
+    ctx = SearchContext(ops, own, targets=Targets(snr_db=bar), siblings=sibling)
+    res = Sensitivity(Sensitivity.Params(criterion={"snr_db": bar})).search(ctx)
+    assert res.summary["passed"] and "1-minimal" in res.summary["status"]
+    assert sibling(res.assignment)["f"]["snr_db"] >= bar  # the worse row passes too
+    assert res.summary["final"]["rows"] == 2
+
+
+def test_sibling_stft_rows_of_a_search_all_pass(tmp_path):
+    """Through the real builder: a search on a grid with two STFT backends measures its verified sets on
+    both (``rows``), and every row of the search policy meets its bar."""
+    reg = load_registry()
+    bar = 45.0
+    data = make_config(tmp_path, fixtures=[{"sine_440": {"duration": 1.0}}, {"white_noise": {"duration": 1.0}}],
+                       stft=["torch", "numpy"], precision=[{"sensitivity": {"criterion": {"snr_db": bar}, "max_evaluations": 60}}])
+    cfg = parse_config(data, registry=reg)
+    with Store(cfg.store.path) as store:
+        run_id = Run(cfg, reg, store).execute()
+        trials = store.trials([run_id])
+    assert len(trials) == 4 and all(t.status == "ok" for t in trials), [(t.stft, t.status, t.reason) for t in trials]
+    assert all(t.metrics["snr_db"] >= bar for t in trials), [(t.stft, t.fixture, t.metrics["snr_db"]) for t in trials]
+    assert trials[0].info["search"]["final"]["rows"] == 4  # 2 fixtures x 2 STFT backends

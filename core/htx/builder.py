@@ -43,7 +43,8 @@ from htx.errors import HtxError, UnavailableError
 from htx.failures import deadline
 from htx.grid import TrialSpec
 from htx.identity import transfer_scores
-from htx.measure import Segmenting, aggregate, measure
+from htx.measure import Segmenting, measure
+from htx.metrics import aggregate, worse
 from htx.pipeline import Pipeline
 from htx.spectrogram import demucs_ispec, demucs_spec, spec_to_cac
 from htx.workspace import Cached, Workspace
@@ -198,12 +199,30 @@ class TrialBuilder:
 
     def evaluate(self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment) -> dict[str, Any]:
         """``assignment`` on every usable fixture, aggregated worst case (a search evaluation)."""
+        agg = aggregate(self._measure_fixtures(prep, stft_entry, assignment))
+        agg["fp16_op_fraction"] = assignment.fp16_fraction(prep.ops)
+        return agg
+
+    def _measure_fixtures(self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment) -> dict[str, dict[str, Any]]:
         pipe = self.pipeline(prep, self.stft(stft_entry, prep.surgery), assignment)
         items = [(fx, ref) for _, fx, ref in self.workspace.usable()]
         t = self.cfg.targets
-        agg = aggregate(measure(pipe, items, self.segmenting, t.rtol, t.atol))
-        agg["fp16_op_fraction"] = assignment.fp16_fraction(prep.ops)
-        return agg
+        return measure(pipe, items, self.segmenting, t.rtol, t.atol)
+
+    def sibling_stfts(self, spec: TrialSpec, prep: Prepared) -> list[PluginEntry]:
+        """The grid's other STFT backends: their trials reuse ``spec``'s assignment (one search per
+        combination), so a search must pass through them too. None for a surgery without an STFT."""
+        if not prep.surgery.needs_stft:
+            return []
+        return [e for e in self.cfg.stft if e.key() != spec.stft.key()]
+
+    def evaluate_siblings(self, prep: Prepared, entries: list[PluginEntry], assignment: Assignment) -> dict[str, dict[str, Any]]:
+        """Per-fixture metrics of ``assignment`` through each of ``entries``' STFT backends, the worse per fixture."""
+        per: dict[str, dict[str, Any]] = {}
+        for entry in entries:
+            for name, m in self._measure_fixtures(prep, entry, assignment).items():
+                per[name] = worse(per[name], m) if name in per else m
+        return per
 
     def record(
         self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment,
@@ -248,6 +267,7 @@ class TrialBuilder:
         return FirstOrder(powers, groups, src.compute.label, time.perf_counter() - t0, projections)
 
     def search_context(self, spec: TrialSpec, prep: Prepared) -> SearchContext:
+        siblings = self.sibling_stfts(spec, prep)
         return SearchContext(
             prep.ops,
             evaluate=lambda a: self.evaluate(prep, spec.stft, a),
@@ -255,6 +275,7 @@ class TrialBuilder:
             targets=self.cfg.targets,
             progress=self._progress(spec, prep),
             first_order=lambda k, unit: self.first_order(spec, prep, k, unit),
+            siblings=(lambda a: self.evaluate_siblings(prep, siblings, a)) if siblings else None,
         )
 
     def _progress(self, spec: TrialSpec, prep: Prepared) -> Any:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from htx.errors import ModelError, UnavailableError
+from htx.metrics import worst_case
 from htx.spectrogram import cac_to_spec, demucs_ispec, demucs_spec, spec_shape, spec_to_cac
 
 __all__ = [
@@ -301,9 +302,11 @@ class SearchContext:
         targets: Any = None,
         progress: Callable[[int, Assignment, dict[str, Any], SearchContext], None] | None = None,
         first_order: Callable[[int, Any], FirstOrder] | None = None,
+        siblings: Callable[[Assignment], dict[str, dict[str, Any]]] | None = None,
     ) -> None:
         self.ops = ops
         self._evaluate = evaluate
+        self._siblings = siblings
         self._record = record
         self._first_order = first_order
         self.targets = targets
@@ -332,8 +335,16 @@ class SearchContext:
         self.best = (n_fp32, snr_db, cost)
 
     def evaluate(self, assignment: Assignment) -> dict[str, Any]:
+        """Metrics of ``assignment``, worst case over every row that will use the answer.
+
+        The search's own pipeline runs first; an assignment that passes the declared criterion (or any, when
+        the policy declared none) is then also measured on the sibling rows (``siblings``: the grid's other
+        STFT backends, which reuse the answer), and the metrics become the worst case over all of them, so
+        an answer verified here passes on every row of the grid. ``rows`` says how many rows were measured."""
         self.evaluations += 1
         metrics = self._evaluate(assignment)
+        if self._siblings is not None and (self.passes is None or self.passes(metrics)):
+            metrics = worst_case(metrics, self._siblings(assignment))
         if self.progress is not None:
             self.progress(self.evaluations, assignment, metrics, self)
         return metrics

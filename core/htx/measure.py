@@ -1,8 +1,8 @@
 """Measurement: one function that runs a pipeline over fixtures and computes metrics.
 
 :func:`measure` is what a trial records and what a search policy's ``evaluate`` gets, so a search judges
-an assignment by exactly the numbers the leaderboard then shows for it. :func:`aggregate` is the worst case
-over fixtures that search policies see.
+an assignment by exactly the numbers the leaderboard then shows for it. :func:`htx.metrics.aggregate` is the worst
+case over fixtures that search policies see.
 """
 
 from __future__ import annotations
@@ -127,20 +127,3 @@ def measure(
                 m["stft_parity"] = parity
         per[fixture.name] = m
     return per
-
-
-def aggregate(per_fixture: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Worst case over fixtures: min SNR, max diffs, summed NaN/Inf, within_tol only if all are."""
-    snrs = [m["snr_db"] for m in per_fixture.values() if m.get("snr_db") is not None]
-    model_ms = [m["model_ms"] for m in per_fixture.values() if m.get("model_ms") is not None]
-    return {
-        "model_ms": sum(model_ms) / len(model_ms) if model_ms else None,
-        "snr_db": min(snrs) if snrs else None,
-        "max_abs_diff": max((m["max_abs_diff"] for m in per_fixture.values()), default=0.0),
-        "nan_count": sum(m["nan_count"] for m in per_fixture.values()),
-        "inf_count": sum(m["inf_count"] for m in per_fixture.values()),
-        "within_tol": all(m["within_tol"] for m in per_fixture.values()),
-        "finite": all(m["nan_count"] == 0 and m["inf_count"] == 0 for m in per_fixture.values()),
-        "sdr_delta_db": min((m["sdr_delta_db"] for m in per_fixture.values() if m.get("sdr_delta_db") is not None), default=None),
-        "per_fixture": per_fixture,
-    }

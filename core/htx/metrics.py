@@ -83,3 +83,55 @@ def passes(metrics: dict[str, Any], snr_db: float) -> bool:
         return True
     snr = metrics.get("snr_db")
     return snr is not None and snr >= snr_db
+
+
+#: How two measurements of one fixture combine into the worse of the two (sibling rows of one assignment).
+_WORSE_LOW = ("snr_db", "sdr_db", "sdr_delta_db")
+_WORSE_HIGH = ("max_abs_diff", "mean_abs_diff", "rel_l1", "nan_count", "inf_count")
+
+
+def worse(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two measurements of one fixture as one: the worse value of each accuracy metric, ``a``'s others."""
+    out = dict(a)
+    for k in _WORSE_LOW:
+        vals = [v for v in (a.get(k), b.get(k)) if v is not None]
+        if vals:
+            out[k] = min(vals)
+    for k in _WORSE_HIGH:
+        vals = [v for v in (a.get(k), b.get(k)) if v is not None]
+        if vals:
+            out[k] = max(vals)
+    if "within_tol" in a or "within_tol" in b:
+        out["within_tol"] = bool(a.get("within_tol", True)) and bool(b.get("within_tol", True))
+    return out
+
+
+def worst_case(metrics: dict[str, Any], *others: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``metrics`` (an :func:`aggregate`) made the worst case over more rows of the same fixtures: ``others``
+    are per-fixture measurements of the same assignment through other pipelines (the grid's other STFT
+    backends). Accuracy takes the worse value per fixture; latency stays ``metrics``' own."""
+    per = dict(metrics["per_fixture"])
+    for other in others:
+        for name, m in other.items():
+            per[name] = worse(per[name], m) if name in per else m
+    out = {**metrics, **aggregate(per)}
+    out["model_ms"] = metrics.get("model_ms")
+    out["rows"] = metrics.get("rows", len(metrics["per_fixture"])) + sum(len(o) for o in others)
+    return out
+
+
+def aggregate(per_fixture: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Worst case over fixtures: min SNR, max diffs, summed NaN/Inf, within_tol only if all are."""
+    snrs = [m["snr_db"] for m in per_fixture.values() if m.get("snr_db") is not None]
+    model_ms = [m["model_ms"] for m in per_fixture.values() if m.get("model_ms") is not None]
+    return {
+        "model_ms": sum(model_ms) / len(model_ms) if model_ms else None,
+        "snr_db": min(snrs) if snrs else None,
+        "max_abs_diff": max((m["max_abs_diff"] for m in per_fixture.values()), default=0.0),
+        "nan_count": sum(m["nan_count"] for m in per_fixture.values()),
+        "inf_count": sum(m["inf_count"] for m in per_fixture.values()),
+        "within_tol": all(m["within_tol"] for m in per_fixture.values()),
+        "finite": all(m["nan_count"] == 0 and m["inf_count"] == 0 for m in per_fixture.values()),
+        "sdr_delta_db": min((m["sdr_delta_db"] for m in per_fixture.values() if m.get("sdr_delta_db") is not None), default=None),
+        "per_fixture": per_fixture,
+    }

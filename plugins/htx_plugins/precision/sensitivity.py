@@ -399,7 +399,7 @@ class Sensitivity(SearchPolicy):
             "evaluations": s.evaluations, "rank_evaluations": rank_evals, "rank_s": rank_s,
             "rank_method": s.method, "rank_note": s.method_note, "selected_fp32": s.selected,
             "first_verified": s.first_verified,
-            "final": {k: m.get(k) for k in ("snr_db", "finite", "within_tol", "model_ms") if k in m},
+            "final": {k: m.get(k) for k in ("snr_db", "finite", "within_tol", "model_ms", "rows") if k in m},
             "frontier": frontier, "ranking": ranking[:200],
         }
         return SearchResult(Assignment(fp16), log=s.log, evaluations=s.evaluations, summary=summary)
