@@ -332,3 +332,41 @@ def test_sibling_stft_rows_of_a_search_all_pass(tmp_path):
     assert len(trials) == 4 and all(t.status == "ok" for t in trials), [(t.stft, t.status, t.reason) for t in trials]
     assert all(t.metrics["snr_db"] >= bar for t in trials), [(t.stft, t.fixture, t.metrics["snr_db"]) for t in trials]
     assert trials[0].info["search"]["final"]["rows"] == 4  # 2 fixtures x 2 STFT backends
+
+
+def _chain(n: int) -> list[OpInfo]:
+    return [OpInfo(f"op_{i}", "conv", module="m", ordinal=i) for i in range(n)]
+
+
+def test_partition_merging_finds_the_known_minimum_partition_answer():
+    """60 ops in execution order; six heavy ops, three near each end, each too loud for the bar alone. The
+    1-minimal set is those six: 13 partitions. Filling the short FP16 gaps around them (at most 8 ops per
+    partition removed) gives the known answer: ops 0-6 and 50-59 FP32, 3 partitions; the 43-op middle stays FP16."""
+    ops = _chain(60)
+    heavy = {2, 4, 6, 50, 53, 57}
+    powers = {op.name: (1e-5 if i in heavy else 1e-10) for i, op in enumerate(ops)}
+    plain = _search(ops, Oracle(powers), criterion={"snr_db": 60.0})
+    assert plain.summary["partitions"] == 13 and sorted(plain.summary["fp32_ops"]) == sorted(f"op_{i}" for i in heavy)
+    res = _search(ops, Oracle(powers), criterion={"snr_db": 60.0}, cost="partitions")
+    expected = {f"op_{i}" for i in [*range(0, 7), *range(50, 60)]}
+    assert set(res.summary["fp32_ops"]) == expected and res.summary["partitions"] == 3
+    assert res.summary["passed"] and res.summary["merged"] == {"gaps": 6, "partitions_before": 13, "partitions_after": 3,
+                                                               "fp32_ops_added": 11}
+    assert not res.summary["one_minimal"] and "1-minimal before merging" in res.summary["status"]
+    tight = _search(ops, Oracle(powers), criterion={"snr_db": 60.0}, cost="partitions", hop_ops=1.0)
+    assert tight.summary["partitions"] == 7  # only the 1-op gaps and 2-op edges (1 op per partition removed) filled
+
+
+def test_merge_gaps_prices_edges_and_interior_runs():
+    from htx_plugins.precision.sensitivity import merge_gaps
+
+    order = [f"op_{i}" for i in range(10)]
+    fp32 = {"op_3", "op_6"}
+    fp16 = frozenset(order) - fp32
+    # runs: 0-2 (edge, 3 ops / 1), 4-5 (interior, 2 ops / 2 = 1), 7-9 (edge, 3 / 1)
+    assert merge_gaps(order, fp16, 0.5) == (fp16, 0, 0)
+    low, filled, gaps = merge_gaps(order, fp16, 1.0)
+    assert (filled, gaps) == (2, 1) and set(order) - low == {"op_3", "op_4", "op_5", "op_6"}
+    low, filled, gaps = merge_gaps(order, fp16, 3.0)
+    assert low == frozenset() and (filled, gaps) == (8, 3)
+    assert merge_gaps(order, frozenset(order), 100.0) == (frozenset(order), 0, 0)  # no FP32 island: nothing to merge

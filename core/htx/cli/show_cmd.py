@@ -59,7 +59,8 @@ def show(
             for f in search["frontier"]:
                 snr = "" if f.get("snr_db") is None else f"{f['snr_db']:.1f} dB"
                 o.print(f"    snr >= {f['snr_db_bar']:g} dB: {'passed' if f['passed'] else 'not reached'}, "
-                        f"{f['fp32_ops']} FP32 ops, cost {f['cost']:g}, {snr} ({f['status']})", highlight=False, markup=False)
+                        f"{f['fp32_ops']} FP32 ops, {f.get('partitions', '?')} partitions, cost {f['cost']:g}, {snr} "
+                        f"({f['status']})", highlight=False, markup=False)
     o.print(rich_table(rows, title=f"run {run_id}"))
 
 

@@ -41,6 +41,16 @@ execution order (the placement audit: each FP32 island is a Neural Engine <-> CP
 model time the verification evaluations measured. The removal pass tries the members whose removal lowers
 the cost most first, among members of equal rank; the answer reports its cost.
 
+**Partition merging** (``cost: partitions`` or ``latency``). FP32 ops cluster: a 1-minimal set scatters
+them over many small islands, each a hop. After the removal pass the FP16 runs of the execution order that
+separate FP32 islands are filled (set FP32), cheapest first by ops per partition removed (a run between two
+islands removes two partitions, one at either end of the program one), while that price is at most
+``hop_ops`` (default 8: one hop is worth 8 FP32 ops). Filling only adds FP32 ops, so the merged set is
+verified by one evaluation (worst case over every row) and kept if it passes; with ``latency`` also only
+if its measured model time is lower. Guarantee: the set before merging is 1-minimal; the answer has no FP16
+run left whose fill costs ``hop_ops`` or less per partition, and it passed verification. The summary's
+``merged`` says what merging did; ``one_minimal`` is then false, since filled ops are not needed for quality.
+
 **Frontier.** ``bars: [40, 50, 60, 70]`` returns, from the same probes, the verified set for each SNR bar
 (the criterion's own answer is the one minimized); the trial stores them (``htx show`` prints the frontier).
 """
@@ -65,6 +75,9 @@ class SensitivityParams(Params):
     cost: Literal["fp32_ops", "partitions", "latency"] = "fp32_ops"
     bars: list[float] = Field(default_factory=list, description="also return the verified set for each SNR bar (a frontier)")
     minimize: bool = Field(True, description="drop members the criterion does not need (1-minimality)")
+    hop_ops: float = Field(
+        8.0, ge=0, description="cost partitions | latency: fill an FP16 gap between FP32 islands when it costs at most "
+        "this many FP32 ops per partition it removes (0: no merging)")
     margin_db: float = Field(1.0, ge=0, description="rank until the predicted SNR clears the bar by this much")
     rank: Literal["auto", "first_order", "probe"] = Field(
         "auto", description="first_order: gradients (no evaluations); probe: subtree evaluations; auto: first_order where gradients exist")
@@ -134,6 +147,7 @@ class _Search:
         self.method_note = ""
         self.groups: list[_Node] | None = None  # first-order: op groups with calibrated per-fixture powers
         self.group_powers: dict[str, dict[str, float]] = {}
+        self.merged: dict[str, int] | None = None  # what partition merging did to the answer
 
     @property
     def evaluations(self) -> int:
@@ -311,11 +325,60 @@ class _Search:
                 if self.passes(all_names - trial, "minimize"):
                     fp32 = trial
             status += ", 1-minimal"
-        return all_names - fp32, True, status
+        return self.merge(all_names - fp32, status)
+
+    def merge(self, fp16: frozenset[str], status: str) -> tuple[frozenset[str], bool, str]:
+        """``cost: partitions | latency``: fill short FP16 gaps between FP32 islands (fewer Neural Engine <-> CPU
+        hops, fewer dtype boundaries), verify the merged set, and keep it if it passes (and, for latency, if
+        its measured model time is lower). Filling only adds FP32 ops, so the merged set rarely fails."""
+        if self.p.cost == "fp32_ops" or self.p.hop_ops <= 0 or not fp16:
+            return fp16, True, status
+        merged, filled, gaps = merge_gaps([op.name for op in self.ctx.ops if op.compute], fp16, self.p.hop_ops)
+        if not filled:
+            return fp16, True, status
+        before, after = self.cost_partitions(fp16), self.cost_partitions(merged)
+        what = f"{gaps} FP16 gaps filled: partitions {before} -> {after}, +{filled} FP32 ops"
+        if not self.passes(merged, "merge"):
+            return fp16, True, status + f"; merging ({what}) failed verification, kept unmerged"
+        if self.p.cost == "latency":
+            t0, t1 = (self.cache[x].get("model_ms") for x in (fp16, merged))
+            if t0 is not None and t1 is not None and t1 >= t0:
+                return fp16, True, status + f"; merging ({what}) measured no faster ({t1:.2f} vs {t0:.2f} ms), kept unmerged"
+        self.merged = {"gaps": gaps, "partitions_before": before, "partitions_after": after, "fp32_ops_added": filled}
+        return merged, True, status.replace(", 1-minimal", ", 1-minimal before merging") + f"; then {what} (verified)"
+
+    def cost_partitions(self, fp16: frozenset[str]) -> int:
+        return placement_runs(self.ctx.ops, Assignment(fp16))["partitions"]
 
     def _cost_drop(self, fp32: set[str], name: str) -> float:
         all_names = frozenset(op.name for op in self.ops)
         return self.cost(all_names - fp32) - self.cost(all_names - (fp32 - {name}))
+
+
+def merge_gaps(order: list[str], fp16: frozenset[str], hop_ops: float) -> tuple[frozenset[str], int, int]:
+    """Fill FP16 runs (in execution ``order``) that separate FP32 islands, cheapest per partition removed first,
+    while a fill costs at most ``hop_ops`` ops per partition it removes: a run between two FP32 islands removes
+    two partitions, one at either end of the program removes one. Returns (FP16 set, ops filled, runs filled)."""
+    low = set(fp16)
+    filled = gaps = 0
+    while True:
+        runs: list[tuple[bool, list[str]]] = []
+        for name in order:
+            is_low = name in low
+            if runs and runs[-1][0] == is_low:
+                runs[-1][1].append(name)
+            else:
+                runs.append((is_low, [name]))
+        best: tuple[float, list[str]] | None = None
+        for i, (is_low, names) in enumerate(runs):
+            saved = (i > 0) + (i < len(runs) - 1)  # FP32 neighbours: partitions this fill removes
+            if is_low and saved and (best is None or len(names) / saved < best[0]):
+                best = (len(names) / saved, names)
+        if best is None or best[0] > hop_ops:
+            return frozenset(low), filled, gaps
+        low -= set(best[1])
+        filled += len(best[1])
+        gaps += 1
 
 
 def _budget(criterion: Any, targets: Any, margin_db: float) -> float:
@@ -363,7 +426,8 @@ class Sensitivity(SearchPolicy):
             ranking += [{"subtree": n.path, "fp32": False, "power": n.power, "snr_db": n.snr, "n_ops": len(n.ops)} for n in rest]
             fp16, ok, status = s.answer(taken, rest, p.minimize)
             for bar in sorted(p.bars):
-                sub = Sensitivity(self.Params(**{**p.model_dump(), "criterion": {"snr_db": bar}, "bars": [], "minimize": False}))
+                sub = Sensitivity(self.Params(**{**p.model_dump(), "criterion": {"snr_db": bar}, "bars": [], "minimize": False,
+                                                              "hop_ops": 0}))
                 sub_s = _Search(ctx, sub.params)
                 sub_s.cache, sub_s.start = s.cache, s.start
                 sub_s.groups, sub_s.group_powers = s.groups, s.group_powers
@@ -371,6 +435,7 @@ class Sensitivity(SearchPolicy):
                 b_fp16, b_ok, b_status = sub_s.answer(b_taken, b_rest, False)
                 m = s.cache.get(b_fp16, {})
                 frontier.append({"snr_db_bar": bar, "passed": b_ok, "status": b_status, "fp32_ops": len(s.ops) - len(b_fp16),
+                                 "partitions": s.cost_partitions(b_fp16),
                                  "cost": sub_s.cost(b_fp16, m), "snr_db": m.get("snr_db"),
                                  "fp32_keys": [o.key for o in s.ops if o.name not in b_fp16]})
         except _Stop as stop:
@@ -392,7 +457,7 @@ class Sensitivity(SearchPolicy):
         fp32_ops = [op for op in s.ops if op.name not in fp16]
         summary = {
             "criterion": describe(p.criterion), "cost_kind": p.cost, "status": status, "passed": bool(ok),
-            "one_minimal": "1-minimal" in status, "interrupted": interrupted,
+            "one_minimal": "1-minimal" in status and s.merged is None, "merged": s.merged, "interrupted": interrupted,
             "n_ops": len(s.ops), "fp32_ops": [op.name for op in fp32_ops], "fp32_keys": [op.key for op in fp32_ops],
             "fp32_types": dict(Counter(op.type for op in fp32_ops)), "cost": s.cost(fp16, m),
             "partitions": placement_runs(ctx.ops, Assignment(fp16))["partitions"],
