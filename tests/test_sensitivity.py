@@ -138,8 +138,32 @@ def test_sensitivity_on_the_demo_model(tmp_path):
     assert 0 < len(search["fp32_keys"]) < search["n_ops"] and search["evaluations"] <= 40
     assert s.metrics["evaluations"] == search["evaluations"] and s.info["assignment"]["fp32_keys"] == search["fp32_keys"]
     assert search["ranking"] and "partitions" in search
-    # Core ML gives no gradients: the ranking came from the torch unit through the portable keys
-    assert search["rank_method"] == "first_order" and "torch" in search["rank_note"], search["rank_note"]
+    # the emulator gives gradients itself: ranked on Core ML's own MIL ops, not carried from torch
+    assert search["rank_method"] == "first_order" and "on coreml" in search["rank_note"], search["rank_note"]
+
+
+def test_a_unit_without_gradients_is_ranked_on_rank_unit_by_key(tmp_path):
+    """A unit whose runtime gives no gradients (as native Core ML) is ranked on ``rank_unit`` (torch) and
+    the estimates carried over by portable key; verification runs on the unit itself."""
+    from htx_plugins.compute.coreml.unit import CoreMLUnit
+
+    class NoGradients(CoreMLUnit):
+        name = "coreml-nograd"
+
+        def fp16_noise(self, *args, **kwargs):
+            raise NotImplementedError("this runtime gives no gradients")
+
+    plugin = module_plugin("nograd", htx_register_compute_units=lambda register: register(NoGradients))
+    reg = build_registry(get_plugin_manager(extra_plugins=(plugin,)))
+    data = make_config(tmp_path, compute=[{"coreml-nograd": {"runtime": "emulated", "device": "cpu"}}],
+                       precision=[{"sensitivity": {"criterion": {"snr_db": 60}, "max_evaluations": 40}}])
+    cfg = parse_config(data, registry=reg)
+    with Store(cfg.store.path) as store:
+        run_id = Run(cfg, reg, store).execute()
+        (t,) = store.trials([run_id])
+    search = t.info["search"]
+    assert t.status == "ok" and search["passed"], (t.reason, search.get("status"))
+    assert search["rank_method"] == "first_order" and "on torch" in search["rank_note"], search["rank_note"]
 
 
 def test_ctrl_c_keeps_the_best_verified_set(tmp_path):
@@ -253,19 +277,26 @@ def test_first_order_finds_overflowing_ops_with_no_probing():
     assert result.evaluations <= 4 and result.summary["ranking"][0]["power"] == math.inf
 
 
-def test_torch_first_order_estimates_track_measured_single_op_noise(tmp_path):
-    """The gradient estimate of each heavy op's FP16 noise, against evaluating that op alone in FP16."""
+@pytest.mark.parametrize("compute", [
+    {"torch": {"device": "cpu"}},
+    {"coreml": {"runtime": "emulated", "device": "cpu"}},
+    {"coreml": {"runtime": "emulated", "device": "cpu", "accumulate": "fp16"}},
+])
+def test_first_order_estimates_track_measured_single_op_noise(tmp_path, compute):
+    """The gradient estimate of each heavy op's FP16 noise, against evaluating that op alone in FP16: on the
+    torch unit, and on the Core ML emulator itself (MIL ops, each accumulation mode)."""
     from htx.builder import TrialBuilder
     from htx.grid import make_spec
     from htx.workspace import Workspace
 
     reg = load_registry()
-    cfg = parse_config(make_config(tmp_path, fixtures=[{"sine_440": {"duration": 1.0}}]), registry=reg)
+    cfg = parse_config(make_config(tmp_path, fixtures=[{"sine_440": {"duration": 1.0}}], compute=[compute]), registry=reg)
     b = TrialBuilder(Workspace(cfg, reg, lambda m: None), reg)
     b.workspace.load()
     spec = make_spec({a: cfg.entries(a)[0] for a in ("surgery", "precision", "stft", "compute")}, 0, 0, cfg.fixtures[0])
     prep = b.prepared(spec)
     fo = b.first_order(spec, prep, 16)
+    assert fo.unit == prep.compute.label  # ranked on the unit itself, not carried from another
     (est,) = fo.powers.values()
     compute = [op for op in prep.ops if op.compute]
     assert set(est) == {op.name for op in compute} and all(v >= 0 for v in est.values())

@@ -22,6 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, Params
+from htx.noise import project_noise
 from htx.opmap import (
     is_compute,
     mil_type_for_aten,
@@ -526,23 +527,7 @@ class TorchUnit(ComputeUnit):
             with mode:
                 outs = prepared.inner(*(t.to(self.device) for t in inputs))
             y = post(tuple(outs))
-            names = [n for n in mode.outputs if mode.outputs[n].requires_grad]
-            tensors = [mode.outputs[n] for n in names]
-            ref_power = float((y.detach().double() ** 2).sum())
-            # The ops' gradients and errors live on the unit's device; `post` (the pipeline's tail) may
-            # hand back its waveform on another (the host), so the projections follow y and the sums the ops.
-            acc = torch.zeros(len(names), dtype=torch.float64, device=self.device)
-            gen = torch.Generator(device=y.device).manual_seed(seed)
-            for k in range(projections):
-                r = torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype)
-                grads = torch.autograd.grad((y * r).sum(), tensors, retain_graph=k < projections - 1, allow_unused=True)
-                zero = acc.new_zeros(())
-                dots = [zero if g is None else (g.double() * mode.errors[n].double()).sum().to(acc.device)
-                        for n, g in zip(names, grads)]
-                if dots:
-                    acc += torch.stack(dots) ** 2  # one host sync per projection, not per op
-        scale = 1.0 / (projections * max(ref_power, 1e-30))
-        out = dict(zip(names, (acc * scale).tolist()))
+            out = project_noise(y, mode.outputs, mode.errors, self.device, projections, seed)
         out.update({n: math.inf for n in mode.overflow})
         for op in prepared.op_list:  # ops with no path to the output (or mutated in place): no estimate, 0
             if op.compute:

@@ -16,7 +16,11 @@ FP16 error rather than an assumed one. The estimates (per fixture, on its first 
 one all-FP16 evaluation (scaled so they sum to its measured noise), so the ranking costs **one**
 evaluation. An op whose FP16 output overflows or turns NaN has infinite power and ranks first.
 
-**Black-box units** (the Core ML emulator, a native runtime): the same estimates are computed on
+**On the target unit.** Units that give gradients rank on their own ops: the torch unit, and the Core ML
+emulator, whose ``fp16_noise`` runs the converted MIL program (a decomposed group norm's
+``reduce_mean``/``square``/``sqrt`` included) with the configured ``accumulate``.
+
+**Black-box units** (a native runtime): the same estimates are computed on
 ``rank_unit`` (default ``torch``, same surgery) and carried onto the unit's ops by portable key
 (:func:`htx.identity.transfer_scores`: the MIL ops of one torch op share its estimate and rank together),
 then calibrated, verified, repaired and minimized **on the target unit**. Where no gradients are to be had

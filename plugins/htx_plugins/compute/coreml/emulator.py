@@ -116,8 +116,12 @@ class Emulator:
 
     # planning ----------------------------------------------------------------------------------------
 
-    def plan(self, fp16: frozenset[str] | set[str] = frozenset()) -> Plan:
-        """Plan the program with the op names in ``fp16`` running in FP16 (FP16ComputePrecision semantics)."""
+    def plan(self, fp16: frozenset[str] | set[str] = frozenset(), isolated: bool = False) -> Plan:
+        """Plan the program with the op names in ``fp16`` running in FP16 (FP16ComputePrecision semantics).
+
+        ``isolated``: each op in ``fp16`` is planned as if it alone ran in FP16 (every value stays stored in
+        its declared dtype, so its inputs reach it as they would from FP32 producers): the plan
+        :meth:`noise_pass` runs each op's FP16 twin from."""
         fp16 = frozenset(fp16)
         g = self.graph
         slot: dict[str, int] = {}
@@ -169,7 +173,7 @@ class Emulator:
                 s = len(slot)
                 slot[o.name] = s
                 to16 = _is_float(o.dtype) and (o.dtype == "fp16" or low)
-                store[o.name] = "fp16" if to16 else o.dtype
+                store[o.name] = "fp16" if to16 and not (isolated and o.dtype != "fp16") else o.dtype
                 outs.append(s)
                 out16.append(to16)
                 shapes.append(o.shape)
@@ -266,6 +270,52 @@ class Emulator:
             for s in st.free:
                 slots[s] = None
         return [slots[s].float() if slots[s].is_floating_point() else slots[s] for s in plan.output_slots]
+
+
+    def noise_pass(
+        self, inputs: Sequence[torch.Tensor], names: frozenset[str],
+    ) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]], set[str]]:
+        """One differentiable FP32 pass that also runs each op in ``names`` in FP16 from the same inputs, as if
+        it alone ran in FP16 (castable inputs rounded, FP16 constants, the configured accumulation, output
+        stored in FP16). Returns the program outputs, each op's FP32 outputs (in the autograd graph), its local
+        errors (FP16 twin minus FP32), and the ops whose FP16 twin overflowed where FP32 was finite."""
+        p32, p16 = self.plan(frozenset()), self.plan(names, isolated=True)
+        outputs: dict[str, list[torch.Tensor]] = {}
+        errors: dict[str, list[torch.Tensor]] = {}
+        overflow: set[str] = set()
+        with tf32_allowed(self.device, False):
+            slots: list[Any] = [None] * p32.n_slots
+            for s, t, v in zip(p32.input_slots, inputs, self.graph.inputs, strict=True):
+                t = t.to(self.device, TORCH_DTYPES.get(v.dtype, torch.float32)).detach()
+                slots[s] = t.requires_grad_(True) if t.is_floating_point() else t
+            for st, twin in zip(p32.steps, p16.steps, strict=True):
+                out = st.run({p: g(slots) for p, g in st.args})
+                out = out if isinstance(out, tuple) else (out,)
+                floats = [o for o in out if isinstance(o, torch.Tensor) and o.is_floating_point()]
+                if twin.low and floats and not any(o.requires_grad for o in floats):
+                    # Built from constants alone (positional tables): a leaf, or its error gets no gradient.
+                    out = tuple(o.detach().requires_grad_(True) if any(o is f for f in floats) else o for o in out)
+                for s, o in zip(st.outs, out, strict=True):
+                    slots[s] = o
+                if not twin.low:
+                    continue
+                with torch.no_grad():
+                    low = twin.run({p: g(slots) for p, g in twin.args})
+                low = low if isinstance(low, tuple) else (low,)
+                hi_l, err_l = [], []
+                for o, lo, to16 in zip(out, low, twin.out16, strict=True):
+                    if not (isinstance(o, torch.Tensor) and o.is_floating_point() and o.shape == lo.shape):
+                        continue
+                    lo32 = (lo.half() if to16 else lo).float()
+                    if not bool(torch.isfinite(lo32).all()) and bool(torch.isfinite(o.detach()).all()):
+                        overflow.add(st.node.name)
+                        break
+                    hi_l.append(o)
+                    err_l.append(lo32 - o.detach())
+                else:
+                    if hi_l:
+                        outputs[st.node.name], errors[st.node.name] = hi_l, err_l
+        return [slots[s] for s in p32.output_slots], outputs, errors, overflow
 
 
 def _all_fp16_inputs(node: Node, low: bool) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections import OrderedDict
@@ -13,6 +14,7 @@ import torch
 
 from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, Params
 from htx.errors import UnavailableError
+from htx.noise import project_noise
 from htx.opmap import is_compute, model_prefix, number_ops, placement_runs, portable_module
 from htx_plugins.compute.coreml import native
 from htx_plugins.compute.coreml.convert import (
@@ -178,6 +180,29 @@ class CoreMLUnit(ComputeUnit):
             return tuple(None if i in sig.none_outputs else next(outs) for i in range(sig.n_outputs))
 
         return forward
+
+    def fp16_noise(
+        self, prepared: CoreMLPrepared, inputs: tuple[torch.Tensor, ...], post: Any, projections: int = 8, seed: int = 0,
+    ) -> dict[str, float]:
+        """First-order FP16 noise per MIL op, from the emulated program itself (see
+        :meth:`htx.contracts.ComputeUnit.fp16_noise`): one differentiable FP32 pass in which each compute op
+        also runs alone in FP16 from the same inputs, with the configured ``accumulate``, then ``projections``
+        backward passes. Core ML's own ops are ranked (a decomposed group norm's ``reduce_mean``/``sqrt``
+        included), not a torch op's estimate carried by key. The native runtime gives no gradients."""
+        emulator = prepared.emulator
+        if emulator is None:
+            raise NotImplementedError("native Core ML gives no gradients: rank through rank_unit")
+        names = frozenset(op.name for op in prepared.op_list if op.compute)
+        tensors = [t for i, t in enumerate(inputs) if i not in prepared.sig.none_inputs]
+        with torch.enable_grad():
+            outs, outputs, errors, overflow = emulator.noise_pass(tensors, names)
+            it = iter(outs)
+            y = post(tuple(None if i in prepared.sig.none_outputs else next(it) for i in range(prepared.sig.n_outputs)))
+            out = project_noise(y, outputs, errors, emulator.device, projections, seed)
+        out.update({n: math.inf for n in overflow})
+        for n in names:  # ops whose output does not reach the stems (or that stay FP32 whatever): 0
+            out.setdefault(n, 0.0)
+        return out
 
     def record(self, prepared: CoreMLPrepared, assignment: Assignment, inputs: tuple[torch.Tensor, ...]) -> dict[str, OpStats]:
         """Per-op statistics of one emulated pass (max |x|, NaN/Inf counts, input magnitude, reduction size)."""
