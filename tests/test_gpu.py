@@ -79,9 +79,14 @@ def test_fp16_noise_on_cuda(setup):
     compute = [o.name for o in unit.ops(prepared) if o.compute]
     assert set(noise) == set(compute)
     assert all(v >= 0 and not math.isnan(v) for v in noise.values())
-    assert sum(v > 0 for v in noise.values()) > len(compute) // 2
     on_device = unit.fp16_noise(prepared, inputs, lambda outs: outs[1].float())
     assert set(on_device) == set(noise)
+    # The same estimate as on the CPU: CUDA's FP16 kernels round differently, so each of the loudest ops (by
+    # the CPU estimate) agrees within 10 dB, not bit for bit.
+    cpu = TorchUnit(TorchUnit.Params(device="cpu"))
+    on_cpu = cpu.fp16_noise(cpu.prepare(inner, inputs), inputs, lambda outs: outs[1].float())
+    for name in sorted(on_cpu, key=lambda n: -on_cpu[n])[:8]:
+        assert noise[name] > 0 and abs(10 * math.log10(noise[name] / on_cpu[name])) < 10, (name, noise[name], on_cpu[name])
 
 
 @pytest.mark.parametrize("policy", [

@@ -25,14 +25,14 @@ PACKAGES = ("torch", "numpy", "demucs", "coremltools", "onnx", "onnxruntime", "c
 def git_commit(cwd: Path | None = None) -> str:
     """``HEAD``'s hash, with ``-dirty`` when tracked files differ from it; ``unknown (...)`` outside a checkout.
 
-    A copied tree with no ``.git`` (a GPU machine's copy of the working tree) names its commit in
-    ``HTX_COMMIT``; it is used only outside a checkout."""
+    ``HTX_COMMIT``, when set, names it instead: a copied tree (a GPU machine's copy of the working tree) may
+    carry no ``.git``, or a stale one that is not the commit being measured."""
+    if os.environ.get("HTX_COMMIT"):
+        return os.environ["HTX_COMMIT"] + " (HTX_COMMIT)"
     where = cwd or Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
-            if os.environ.get("HTX_COMMIT"):
-                return os.environ["HTX_COMMIT"] + " (HTX_COMMIT: measured outside a git checkout)"
             return f"unknown (not a git checkout: {head.stderr.strip() or head.returncode})"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
                                capture_output=True, text=True, timeout=10).stdout.strip()

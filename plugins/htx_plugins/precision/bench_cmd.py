@@ -85,6 +85,14 @@ def bench_search(
         e.print(f"wrote {out_path}", highlight=False)
 
 
+def _minimal(row: dict) -> str:
+    """'yes' (1-minimal), 'merged A->B' (1-minimal, then partitions merged), 'no' or ''."""
+    merged = row.get("merged")
+    if merged:
+        return f"merged {merged['partitions_before']}->{merged['partitions_after']}"
+    return {True: "yes", False: "no"}.get(row.get("one_minimal"), "")
+
+
 def _noise(models: str, criterion: str, device: str, fixtures: str, compute: str | None, max_seconds: float,
            policies: str, out_path: Path | None) -> None:
     import yaml
@@ -108,7 +116,7 @@ def _noise(models: str, criterion: str, device: str, fixtures: str, compute: str
     for r in rows:
         table.add_row(r["model"], r["unit"], r["policy"], str(r["n_ops"]), _s(r["all_fp16_snr_db"]), str(r["evaluations"]),
                       _s(r["search_s"]), str(r.get("rank_method") or ""), str(r.get("rank_evaluations") or ""), _s(r.get("rank_s")), str(r["fp32_ops"]),
-                      str(r.get("partitions", "")), _s(r["final_snr_db"]), "yes" if r["passes"] else "NO", {True: "yes", False: "no"}.get(r.get("one_minimal"), ""))
+                      str(r.get("partitions", "")), _s(r["final_snr_db"]), "yes" if r["passes"] else "NO", _minimal(r))
     out().print(table)
     if out_path is not None:
         write_record(out_path, {"benchmark": "search-noise", "command": "htx bench search --mode noise",
