@@ -339,13 +339,13 @@ def test_the_answer_passes_on_sibling_rows_that_reuse_it():
 
     def sibling(a):
         m = oracle(a)
-        return {"f": {**m, "max_abs_diff": 0.0, "snr_db": m["snr_db"] - 0.8}}
+        return [{"f": {**m, "max_abs_diff": 0.0, "snr_db": m["snr_db"] - 0.8}}]
 
     bar = 60.0
     ctx = SearchContext(ops, own, targets=Targets(snr_db=bar), siblings=sibling)
     res = Sensitivity(Sensitivity.Params(criterion={"snr_db": bar})).search(ctx)
     assert res.summary["passed"] and "1-minimal" in res.summary["status"]
-    assert sibling(res.assignment)["f"]["snr_db"] >= bar  # the worse row passes too
+    assert sibling(res.assignment)[0]["f"]["snr_db"] >= bar  # the worse row passes too
     assert res.summary["final"]["rows"] == 2
 
 

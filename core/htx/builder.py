@@ -44,7 +44,7 @@ from htx.failures import deadline
 from htx.grid import TrialSpec
 from htx.identity import transfer_scores
 from htx.measure import Segmenting, measure
-from htx.metrics import aggregate, worse
+from htx.metrics import aggregate
 from htx.pipeline import Pipeline
 from htx.spectrogram import demucs_ispec, demucs_spec, spec_to_cac
 from htx.workspace import Cached, Workspace
@@ -216,13 +216,9 @@ class TrialBuilder:
             return []
         return [e for e in self.cfg.stft if e.key() != spec.stft.key()]
 
-    def evaluate_siblings(self, prep: Prepared, entries: list[PluginEntry], assignment: Assignment) -> dict[str, dict[str, Any]]:
-        """Per-fixture metrics of ``assignment`` through each of ``entries``' STFT backends, the worse per fixture."""
-        per: dict[str, dict[str, Any]] = {}
-        for entry in entries:
-            for name, m in self._measure_fixtures(prep, entry, assignment).items():
-                per[name] = worse(per[name], m) if name in per else m
-        return per
+    def evaluate_siblings(self, prep: Prepared, entries: list[PluginEntry], assignment: Assignment) -> list[dict[str, dict[str, Any]]]:
+        """Per-fixture metrics of ``assignment`` through each of ``entries``' STFT backends (one dict per backend)."""
+        return [self._measure_fixtures(prep, entry, assignment) for entry in entries]
 
     def record(
         self, prep: Prepared, stft_entry: PluginEntry, assignment: Assignment,

@@ -302,7 +302,7 @@ class SearchContext:
         targets: Any = None,
         progress: Callable[[int, Assignment, dict[str, Any], SearchContext], None] | None = None,
         first_order: Callable[[int, Any], FirstOrder] | None = None,
-        siblings: Callable[[Assignment], dict[str, dict[str, Any]]] | None = None,
+        siblings: Callable[[Assignment], list[dict[str, dict[str, Any]]]] | None = None,
     ) -> None:
         self.ops = ops
         self._evaluate = evaluate
@@ -344,7 +344,7 @@ class SearchContext:
         self.evaluations += 1
         metrics = self._evaluate(assignment)
         if self._siblings is not None and (self.passes is None or self.passes(metrics)):
-            metrics = worst_case(metrics, self._siblings(assignment))
+            metrics = worst_case(metrics, *self._siblings(assignment))
         if self.progress is not None:
             self.progress(self.evaluations, assignment, metrics, self)
         return metrics
