@@ -383,7 +383,7 @@ def test_partition_merging_finds_the_known_minimum_partition_answer():
     assert set(res.summary["fp32_ops"]) == expected and res.summary["partitions"] == 3
     assert res.summary["passed"] and res.summary["merged"] == {"gaps": 6, "partitions_before": 13, "partitions_after": 3,
                                                                "fp32_ops_added": 11}
-    assert not res.summary["one_minimal"] and "1-minimal before merging" in res.summary["status"]
+    assert not res.summary["one_minimal"] and "1-minimal (checked) before merging" in res.summary["status"]
     tight = _search(ops, Oracle(powers), criterion={"snr_db": 60.0}, cost="partitions", hop_ops=1.0)
     assert tight.summary["partitions"] == 7  # only the 1-op gaps and 2-op edges (1 op per partition removed) filled
 
@@ -401,3 +401,33 @@ def test_merge_gaps_prices_edges_and_interior_runs():
     low, filled, gaps = merge_gaps(order, fp16, 3.0)
     assert low == frozenset() and (filled, gaps) == (8, 3)
     assert merge_gaps(order, frozenset(order), 100.0) == (frozenset(order), 0, 0)  # no FP32 island: nothing to merge
+
+
+def test_minimizing_on_the_estimate_costs_fewer_evaluations_and_says_what_it_kept():
+    """A large FP32 set: the calibrated estimates remove the unneeded members in one evaluation and keep,
+    untried, those whose removal they predict misses the bar by > 6 dB; with exact estimates every kept member
+    is indeed needed, and the answer says how many were kept on the estimate alone."""
+    import random
+
+    rng = random.Random(5)
+    ops = _ops(60, 5)
+    log_powers = [rng.uniform(-12.0, -8.0) for _ in ops]
+    for i in rng.sample(range(len(ops)), 40):
+        log_powers[i] = rng.uniform(-7.0, -4.0)
+    powers = {op.name: 10 ** lp for op, lp in zip(ops, log_powers)}
+
+    def run(**params):
+        oracle = FirstOrderOracle(powers, 0.0)
+        ctx = SearchContext(ops, oracle, targets=Targets(snr_db=60.0), first_order=oracle.first_order([1.0] * len(ops)))
+        return Sensitivity(Sensitivity.Params(criterion={"snr_db": 70.0}, **params)).search(ctx), oracle
+
+    checked, _ = run()
+    trusted, oracle = run(trust_estimate_db=6.0)
+    assert checked.summary["one_minimal"] and "1-minimal (checked)" in checked.summary["status"]
+    s = trusted.summary
+    assert s["passed"] and not s["one_minimal"] and "kept on the estimate alone" in s["status"], s["status"]
+    assert trusted.evaluations < checked.evaluations, (trusted.evaluations, checked.evaluations)
+    crit = Sensitivity.Params(criterion={"snr_db": 70.0}).criterion
+    assert criterion_passes(crit, oracle(trusted.assignment), None)
+    for name in [op.name for op in ops if op.name not in trusted.assignment.fp16]:  # exact estimates: all needed
+        assert not criterion_passes(crit, oracle(Assignment(trusted.assignment.fp16 | {name})), None), name

@@ -154,6 +154,7 @@ def compare_policies(
     model_key: str, criterion: Any, device: str, fixtures: list[str], compute: dict[str, Any] | None = None,
     max_seconds: float = 900.0, policies: tuple[str, ...] = ("bisect", "sensitivity"),
     cache_dir: str = "experiments/cache", say: Callable[[str], None] = lambda m: None,
+    sensitivity_params: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """``bisect`` and ``sensitivity`` on the same trial (the real model, full-hybrid: accumulated rounding noise,
     the common case), side by side: evaluations, wall time, FP32 ops, partitions, final SNR, time to rank."""
@@ -185,7 +186,7 @@ def compare_policies(
             if base == "bisect":
                 params["max_evaluations"] = 100000
             else:
-                params.update({"cost": "partitions", **({"rank": rank} if rank else {})})
+                params.update({"cost": "partitions", **({"rank": rank} if rank else {}), **(sensitivity_params or {})})
             policy = cls(cls.Params(**params))
             ctx = SearchContext(prep.ops, lambda a: builder.evaluate(prep, spec.stft, a), targets=cfg.targets,
                                 first_order=lambda k, u: builder.first_order(spec, prep, k, u))
@@ -199,6 +200,7 @@ def compare_policies(
                 "n_ops": n, "all_fp16_snr_db": all16.get("snr_db"), "evaluations": result.evaluations, "search_s": wall,
                 "rank_evaluations": result.summary.get("rank_evaluations"), "rank_s": result.summary.get("rank_s"),
                 "rank_method": result.summary.get("rank_method"), "rank_note": result.summary.get("rank_note"),
+                "params": {k: v for k, v in params.items() if k != "criterion"},
                 "one_minimal": result.summary.get("one_minimal"), "merged": result.summary.get("merged"),
                 "first_verified": result.summary.get("first_verified"),
                 "fixtures": fixtures, "cpus": os.cpu_count(),

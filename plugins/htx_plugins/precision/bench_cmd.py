@@ -34,10 +34,11 @@ def bench_search(
     fixtures: str = typer.Option("sine_440,white_noise", "--fixtures", help="--mode noise: comma-separated fixtures"),
     compute: str = typer.Option(None, "--compute", help="--mode noise: a compute entry (YAML), e.g. '{coreml: {runtime: emulated}}' (default: torch on --device)"),
     policies: str = typer.Option("bisect,sensitivity", "--policies", help="--mode noise: which searches, comma-separated (sensitivity:probe ranks by evaluations instead of gradients)"),
+    sensitivity_params: str = typer.Option(None, "--sensitivity-params", help="--mode noise: more sensitivity options (YAML), e.g. '{trust_estimate_db: 6, hop_ops: 16}'"),
 ) -> None:
     """planted: one bisect search vs a linear scan; noise: bisect vs sensitivity on the same trial, side by side."""
     if mode == "noise":
-        _noise(models, criterion, device, fixtures, compute, max_seconds, policies, out_path)
+        _noise(models, criterion, device, fixtures, compute, max_seconds, policies, out_path, sensitivity_params)
         return
     if mode != "planted":
         raise HtxError(f"--mode {mode!r}: use planted or noise")
@@ -94,7 +95,7 @@ def _minimal(row: dict) -> str:
 
 
 def _noise(models: str, criterion: str, device: str, fixtures: str, compute: str | None, max_seconds: float,
-           policies: str, out_path: Path | None) -> None:
+           policies: str, out_path: Path | None, sensitivity_params: str | None = None) -> None:
     import yaml
     from rich.table import Table
 
@@ -108,7 +109,8 @@ def _noise(models: str, criterion: str, device: str, fixtures: str, compute: str
             raise HtxError(f"unknown model {key!r}: use {', '.join(MODELS)}")
         rows += compare_policies(key, crit, device, [f.strip() for f in fixtures.split(",")],
                                  yaml.safe_load(compute) if compute else None, max_seconds,
-                                 tuple(p.strip() for p in policies.split(",")), say=lambda m: e.print(m, markup=False, highlight=False))
+                                 tuple(p.strip() for p in policies.split(",")), say=lambda m: e.print(m, markup=False, highlight=False),
+                                 sensitivity_params=yaml.safe_load(sensitivity_params) if sensitivity_params else None)
     table = Table(title=f"bisect vs sensitivity on the same trial (criterion {criterion})")
     for col in ("model", "unit", "policy", "ops n", "all-FP16 dB", "evaluations", "wall s", "rank", "rank evals", "rank s",
                 "FP32 ops", "partitions", "final SNR dB", "passes", "1-min"):

@@ -88,6 +88,10 @@ class SensitivityParams(Params):
     projections: int = Field(8, ge=1, description="random output projections (backward passes) of the first-order ranking")
     rank_unit: str | dict[str, Any] | None = Field(
         "torch", description="compute entry that gives gradients when the trial's unit gives none (null: probe instead)")
+    trust_estimate_db: float | None = Field(
+        None, ge=0, description="minimize on the calibrated estimates: remove the members they say are unneeded in one "
+        "evaluation, and keep without trying those whose removal they predict misses the bar by more than this many dB "
+        "(null: try every member, 1-minimal checked)")
     max_evaluations: int = Field(400, ge=2)
     max_seconds: float | None = Field(None, gt=0)
 
@@ -152,6 +156,7 @@ class _Search:
         self.groups: list[_Node] | None = None  # first-order: op groups with calibrated per-fixture powers
         self.group_powers: dict[str, dict[str, float]] = {}
         self.merged: dict[str, int] | None = None  # what partition merging did to the answer
+        self.removed_in_group = 0  # members the minimize pass removed in one evaluation (trust_estimate_db)
 
     @property
     def evaluations(self) -> int:
@@ -324,12 +329,55 @@ class _Search:
         if minimize:
             weight = {op.name: n.power for n in taken + rest for op in n.ops}
             order = sorted(fp32, key=lambda name: (weight.get(name, 0.0), -self._cost_drop(fp32, name)))
+            bar = self._bar_power()
+            trust = self.p.trust_estimate_db if self.groups is not None and bar is not None else None
+            kept = 0
+            if trust is not None:  # remove, in one evaluation, the lightest members the estimates say are unneeded
+                fp32, order = self._remove_group(all_names, fp32, order, weight, bar, trust)
             for name in order:  # lightest first; each try is one evaluation
+                if trust is not None and self._noise(all_names - fp32) + weight.get(name, 0.0) > bar * 10 ** (trust / 10):
+                    kept += 1  # its removal is predicted to miss the bar by more than `trust` dB: not tried
+                    continue
                 trial = fp32 - {name}
                 if self.passes(all_names - trial, "minimize"):
                     fp32 = trial
-            status += ", 1-minimal"
+            if kept:
+                status += (f", minimal on the estimate: {kept} of {len(fp32)} members kept on the estimate alone "
+                           f"(removal predicted to miss the bar by > {trust:g} dB), the rest checked")
+            else:
+                status += ", 1-minimal (checked)"
         return self.merge(all_names - fp32, status)
+
+    def _bar_power(self) -> float | None:
+        """The criterion's bar as a noise power relative to the reference (None for finite / within_tol)."""
+        crit = self.p.criterion
+        if isinstance(crit, SnrCriterion):
+            return 10 ** (-crit.snr_db / 10)
+        if crit == "targets" and getattr(self.ctx.targets, "snr_db", None) is not None:
+            return 10 ** (-float(self.ctx.targets.snr_db) / 10)
+        return None
+
+    def _noise(self, fp16: frozenset[str]) -> float:
+        """Measured worst-fixture noise power of a set already evaluated."""
+        snr = self.cache[fp16].get("snr_db")
+        return 0.0 if snr is None else (math.inf if not math.isfinite(snr) and snr < 0 else 10 ** (-snr / 10))
+
+    def _remove_group(self, all_names: frozenset[str], fp32: set[str], order: list[str], weight: dict[str, float],
+                      bar: float, trust: float) -> tuple[set[str], list[str]]:
+        """One evaluation for the lightest members whose summed estimate keeps the predicted noise ``trust`` dB
+        under the bar; if that set passes they all go, else nothing does (each is then tried alone)."""
+        room = (bar - self._noise(all_names - fp32)) * 10 ** (-trust / 10)
+        group: list[str] = []
+        total = 0.0
+        for name in order:
+            if total + weight.get(name, 0.0) > room:
+                break
+            group.append(name)
+            total += weight.get(name, 0.0)
+        if len(group) >= 2 and self.passes(all_names - (fp32 - set(group)), "minimize-group"):
+            self.removed_in_group = len(group)
+            return fp32 - set(group), [n for n in order if n not in group]
+        return fp32, order
 
     def merge(self, fp16: frozenset[str], status: str) -> tuple[frozenset[str], bool, str]:
         """``cost: partitions | latency``: fill short FP16 gaps between FP32 islands (fewer Neural Engine <-> CPU
@@ -349,7 +397,7 @@ class _Search:
             if t0 is not None and t1 is not None and t1 >= t0:
                 return fp16, True, status + f"; merging ({what}) measured no faster ({t1:.2f} vs {t0:.2f} ms), kept unmerged"
         self.merged = {"gaps": gaps, "partitions_before": before, "partitions_after": after, "fp32_ops_added": filled}
-        return merged, True, status.replace(", 1-minimal", ", 1-minimal before merging") + f"; then {what} (verified)"
+        return merged, True, status.replace(", 1-minimal (checked)", ", 1-minimal (checked) before merging") + f"; then {what} (verified)"
 
     def cost_partitions(self, fp16: frozenset[str]) -> int:
         return placement_runs(self.ctx.ops, Assignment(fp16))["partitions"]
@@ -462,6 +510,7 @@ class Sensitivity(SearchPolicy):
         summary = {
             "criterion": describe(p.criterion), "cost_kind": p.cost, "status": status, "passed": bool(ok),
             "one_minimal": "1-minimal" in status and s.merged is None, "merged": s.merged, "interrupted": interrupted,
+            "removed_in_group": s.removed_in_group,
             "n_ops": len(s.ops), "fp32_ops": [op.name for op in fp32_ops], "fp32_keys": [op.key for op in fp32_ops],
             "fp32_types": dict(Counter(op.type for op in fp32_ops)), "cost": s.cost(fp16, m),
             "partitions": placement_runs(ctx.ops, Assignment(fp16))["partitions"],
