@@ -157,6 +157,7 @@ class _Search:
         self.group_powers: dict[str, dict[str, float]] = {}
         self.merged: dict[str, int] | None = None  # what partition merging did to the answer
         self.removed_in_group = 0  # members the minimize pass removed in one evaluation (trust_estimate_db)
+        self.estimate_scale: float | None = None  # measured / predicted noise of the set minimized (trust_estimate_db)
 
     @property
     def evaluations(self) -> int:
@@ -332,7 +333,15 @@ class _Search:
             bar = self._bar_power()
             trust = self.p.trust_estimate_db if self.groups is not None and bar is not None else None
             kept = 0
-            if trust is not None:  # remove, in one evaluation, the lightest members the estimates say are unneeded
+            if trust is not None:
+                # Recalibrate at the set being minimized: noise is not quite additive, so the all-FP16 calibration
+                # can be off by several dB near a high bar; the measured noise of this set scales the estimates.
+                fp16_now = all_names - fp32
+                predicted = sum(n.power for n in taken + rest if all(op.name in fp16_now for op in n.ops))
+                if predicted > 0 and math.isfinite(predicted) and self._noise(fp16_now) > 0:
+                    self.estimate_scale = self._noise(fp16_now) / predicted
+                    weight = {k: v * self.estimate_scale for k, v in weight.items()}
+                # remove, in one evaluation, the lightest members the estimates say are unneeded
                 fp32, order = self._remove_group(all_names, fp32, order, weight, bar, trust)
             for name in order:  # lightest first; each try is one evaluation
                 if trust is not None and self._noise(all_names - fp32) + weight.get(name, 0.0) > bar * 10 ** (trust / 10):
@@ -510,7 +519,7 @@ class Sensitivity(SearchPolicy):
         summary = {
             "criterion": describe(p.criterion), "cost_kind": p.cost, "status": status, "passed": bool(ok),
             "one_minimal": "1-minimal" in status and s.merged is None, "merged": s.merged, "interrupted": interrupted,
-            "removed_in_group": s.removed_in_group,
+            "removed_in_group": s.removed_in_group, "estimate_scale": s.estimate_scale,
             "n_ops": len(s.ops), "fp32_ops": [op.name for op in fp32_ops], "fp32_keys": [op.key for op in fp32_ops],
             "fp32_types": dict(Counter(op.type for op in fp32_ops)), "cost": s.cost(fp16, m),
             "partitions": placement_runs(ctx.ops, Assignment(fp16))["partitions"],
