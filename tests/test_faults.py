@@ -204,6 +204,27 @@ def test_sigint_then_resume(tmp_path, executor):
         assert len(trials) == 4 and all(t.status == "ok" for t in trials) and store.get_run(run_id)["status"] == "finished"
 
 
+def test_sigterm_is_an_interruption_that_says_how_to_resume(tmp_path):
+    """`kill PID` of the driver (SIGTERM) while a trial is held: the run is stored interrupted, the user is told
+    how to resume, exit 143, no traceback (main left the run `running` and printed nothing)."""
+    started, release = tmp_path / "gate-started", tmp_path / "gate-release"
+    cfg = write_config(tmp_path, fixtures=FX, precision=["fp32", {"gate": {"started": str(started), "release": str(release)}}],
+                       executor="serial")
+    db = tmp_path / "htx.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", CLI_WITH_TEST_PLUGINS, "run", str(cfg), "--no-progress"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 600  # a bound for a broken run, not a timing assertion
+    while not started.exists():
+        assert proc.poll() is None and time.time() < deadline, "the gate trial never started"
+        time.sleep(0.1)
+    proc.terminate()  # the driver alone, as `kill PID` does
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out[-2000:]
+    assert "Interrupted by SIGTERM." in out and "htx run --resume" in out and "Traceback" not in out, out[-2000:]
+    with Store(db) as store:
+        assert store.get_run(store.latest_run_id())["status"] == "interrupted"
+
+
 def test_sigkill_of_a_serial_driver_then_resume(tmp_path):
     marker = tmp_path / "crashed"
     data = make_config(tmp_path, fixtures=FX, precision=["fp32", {"crash-driver-once": {"marker": str(marker)}}],

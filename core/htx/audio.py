@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,12 +39,10 @@ class Audio:
 def read_audio(path: str | Path) -> Audio:
     """Read a WAV/FLAC/OGG file as float32 ``[C, L]``; empty, corrupt or non-finite audio is an error."""
     path = Path(path)
-    if not path.exists():
-        raise AudioError(f"audio file not found: {path}")
-    if path.is_dir():
-        raise AudioError(f"{path} is a directory; pass an audio file (WAV or FLAC)")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path} is empty (0 bytes); use a non-empty recording")
+    problem = not_a_file(path) or ("" if path.stat().st_size else f"{path} is empty (0 bytes); use a non-empty recording")
+    problem = problem or wav_data_shortfall(path)
+    if problem:
+        raise AudioError(problem)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
@@ -65,12 +65,14 @@ def audio_file_problem(path: str | Path, channels: int | None = None) -> str | N
     a channel count other than mono or ``channels``.
     """
     path = Path(path)
-    if not path.exists():
-        return f"audio file not found: {path}"
-    if path.is_dir():
-        return f"{path} is a directory; pass an audio file (WAV or FLAC)"
+    kind = not_a_file(path)
+    if kind:
+        return kind
     if path.stat().st_size == 0:
         return f"{path} is empty (0 bytes); use a non-empty recording"
+    lie = wav_data_shortfall(path)
+    if lie:
+        return lie
     try:
         info = sf.info(str(path))
     except Exception as exc:
@@ -93,6 +95,52 @@ def audio_file_problem(path: str | Path, channels: int | None = None) -> str | N
     if bad:
         return f"{path} has {bad} non-finite samples (NaN/Inf); fix or re-export the audio"
     return None
+
+
+def not_a_file(path: Path) -> str | None:
+    """What ``path`` is when it is no regular file (missing, a folder, a FIFO, a device, a symlink loop), or None."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return f"{path} is a symbolic link loop; point it at an audio file"
+        except OSError:
+            return f"{path} is a broken symbolic link (its target does not exist)"
+    if not path.exists():
+        return f"audio file not found: {path}"
+    if path.is_dir():
+        return f"{path} is a directory; pass an audio file (WAV or FLAC)"
+    mode = path.stat().st_mode
+    for test, what in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return f"{path} is {what}, not an audio file; pass a WAV or FLAC file"
+    return None
+
+
+def wav_data_shortfall(path: Path) -> str | None:
+    """A WAV whose ``data`` chunk declares more bytes than the file holds (a cut-off download, a lying header):
+    libsndfile reads what is there without a word, so the header is checked here."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = path.stat().st_size
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, n = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"data":
+                    held = size - f.tell()
+                    if n not in (0, 0xFFFFFFFF) and n > held:
+                        return (f"{path} is truncated: its WAV header declares {n} bytes of samples, the file holds "
+                                f"{held}; re-export or download it again")
+                    return None
+                f.seek(n + (n & 1), 1)
+    except OSError:
+        return None
 
 
 def check_finite(data: np.ndarray, what: str) -> None:

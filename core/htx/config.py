@@ -414,7 +414,12 @@ def load_config(path: str | Path, registry: Any = None, override: Override | Non
     if not path.exists():
         raise ConfigError([f"file not found: {path}. Pass the path of a YAML config, e.g. configs/quickstart.yaml"])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"the file is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); "
+                           "a config is a YAML text file: check the path, or save it as UTF-8"], str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path} is a folder; pass the path of a YAML config file"], str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

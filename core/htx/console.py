@@ -41,7 +41,7 @@ def handle_errors(fn: F | None = None, *, code: int = 1) -> Any:
             except ConfigError as exc:
                 e = err()
                 e.print(f"[red]Error:[/red] invalid config{' ' + exc.source if exc.source else ''}", highlight=False)
-                for p in exc.problems:
+                for p in exc.shown:
                     e.print(f"  • {p}", markup=False, highlight=False)
                 raise typer.Exit(code) from None
             except HtxError as exc:

@@ -13,6 +13,10 @@ class HtxError(Exception):
     """An error whose message says what went wrong and how to fix it."""
 
 
+#: How many config problems an error message lists before it summarises the rest.
+SHOWN_PROBLEMS = 20
+
+
 class ConfigError(HtxError):
     """The experiment config is invalid. ``problems`` holds one line per field path."""
 
@@ -20,7 +24,11 @@ class ConfigError(HtxError):
         self.problems = problems
         self.source = source
         head = f"Invalid config {source}" if source else "Invalid config"
-        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
+        more = len(problems) - SHOWN_PROBLEMS
+        #: what a message shows: the first problems, then a count of the rest
+        self.shown = problems[:SHOWN_PROBLEMS] + (
+            [f"... and {more} more problem{'s' if more != 1 else ''} (fix these first, then run again)"] if more > 0 else [])
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.shown))
 
 
 class PluginError(HtxError):

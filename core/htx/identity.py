@@ -11,7 +11,9 @@ as the portable keys of its FP32 ops (plus the unit's own names) and applied on 
 a target op takes the decision of the source op with the same key; failing that, of the source's ops of
 its type in its module (FP32 if any is); failing that, a module's decision covers the ops the other unit
 splits it into: the target op is FP32 when an FP32 source op of that module has a type the target module
-does not have. Ops of modules the source never saw stay FP16, and :func:`transfer` reports how many.
+does not have; where the source module has no such type (every source type is in the target module too, as
+a Core ML ``sub`` under a torch module whose ops are ``mul`` and ``add``), it is FP32 when any source op of
+that module is. Ops of modules the source never saw stay FP16, and :func:`transfer` reports how many.
 """
 
 from __future__ import annotations
@@ -85,7 +87,10 @@ def _matches(source_ops: Sequence[OpInfo], target_ops: Sequence[OpInfo]) -> Iter
         elif (op.module, op.type) in by_type:
             yield op, "by_type", by_type[(op.module, op.type)]
         elif op.module in by_module:
-            yield op, "by_module", [s for s in by_module[op.module] if src[s].type not in tgt_types[op.module]]
+            # the source ops this one was split from (types the target module lacks); where there are none,
+            # the module's own decision: all its source ops (an FP32 module stays FP32 whatever the split)
+            split = [s for s in by_module[op.module] if src[s].type not in tgt_types[op.module]]
+            yield op, "by_module", split or by_module[op.module]
         else:
             yield op, "unmatched", []
 

@@ -104,6 +104,33 @@ def compile_where(expr: str) -> Any:
     except SyntaxError as exc:
         raise HtxError(f"--where {expr!r}: {exc.msg}. Example: --where 'snr_db > 40 and stft == \"torch\"'") from None
 
+    def check(node: ast.AST) -> None:
+        """Refuse anything but comparisons of columns and constants joined by and/or/not, before any row is
+        read (evaluation stops early at a false `and`, so it alone would miss a bad tail)."""
+        if isinstance(node, ast.Expression):
+            check(node.body)
+        elif isinstance(node, ast.BoolOp):
+            for v in node.values:
+                check(v)
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
+            check(node.operand)
+        elif isinstance(node, ast.Compare):
+            for op in node.ops:
+                if type(op) not in _OPS:
+                    raise HtxError(f"--where: operator {type(op).__name__} is not supported")
+            for v in [node.left, *node.comparators]:
+                check(v)
+        elif isinstance(node, ast.Name):
+            if node.id not in ("True", "False", "None") and node.id not in columns():
+                raise HtxError(f"--where: unknown column {node.id!r}. Columns: {', '.join(columns())}")
+        elif isinstance(node, (ast.List, ast.Tuple)):
+            for v in node.elts:
+                check(v)
+        elif not isinstance(node, ast.Constant):
+            raise HtxError(f"--where: unsupported expression {ast.dump(node)[:60]}; use comparisons joined by and/or")
+
+    check(tree)
+
     def ev(node: ast.AST, row: dict[str, Any]) -> Any:
         if isinstance(node, ast.Expression):
             return ev(node.body, row)

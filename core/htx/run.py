@@ -164,7 +164,10 @@ class Run:
             self.store.update_run(self.run_id, status="interrupted", finished_at=time.time(), current_trial=None)
             raise
         except BaseException:
-            self.store.update_run(self.run_id, status="failed", finished_at=time.time(), current_trial=None)
+            try:  # best effort: the failure may be the store itself (a full disk)
+                self.store.update_run(self.run_id, status="failed", finished_at=time.time(), current_trial=None)
+            except HtxError:
+                pass
             raise
         self.store.update_run(self.run_id, status="finished", finished_at=time.time())
         return self.run_id

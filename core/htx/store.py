@@ -109,6 +109,10 @@ def _encode(value: Any) -> float | None:
     return v
 
 
+class StoreWriteError(HtxError):
+    """A write to the store failed (disk full, file-size limit, I/O error); nothing committed before is lost."""
+
+
 class Store:
     """A SQLite results store. Opening creates the schema or checks its version.
 
@@ -222,7 +226,10 @@ class Store:
         except sqlite3.OperationalError as exc:
             if "readonly" in str(exc).replace(" ", "").lower():
                 raise HtxError(f"the results database {self.path} is read-only ({exc}); pass a writable --db") from None
-            raise
+            raise StoreWriteError(
+                f"cannot write to the results database {self.path}: {exc} (a full disk, a file-size limit, or an I/O "
+                "error). What was stored before is kept (each trial is its own transaction); free space, then "
+                "continue the run with `htx run --resume`") from None
 
     # runs -------------------------------------------------------------------------------------------
 

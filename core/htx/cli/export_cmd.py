@@ -8,6 +8,7 @@ export says so.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +26,17 @@ from htx.plugins import load_registry
 from htx.separator import parse_entry
 
 
+def check_out_path(out_path: Path) -> None:
+    """Refuse an --out that cannot be written, naming the path and why, before any model is built."""
+    parent = out_path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise HtxError(f"cannot write {out_path}: {parent} is a file, not a folder; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HtxError(f"cannot write {out_path}: {parent} is read-only; choose another --out")
+
+
 @handle_errors
 def export(
     ref: str = typer.Argument(..., help="RUN_ID/TRIAL_ID of a stored trial (trial ids: `htx leaderboard --format csv`)"),
@@ -36,6 +48,7 @@ def export(
     """Write the deployable model of a stored trial: its surgery and its stored precision assignment."""
     if out_path.exists() and not force:
         raise HtxError(f"{out_path} exists; pass --force to overwrite it or choose another --out")
+    check_out_path(out_path)
     e = err()
     builder, spec, record, run_id, trial_id = open_trial(db, ref, load_registry(),
                                                          lambda m: e.print(m, markup=False, highlight=False))
@@ -73,6 +86,8 @@ def export(
         path = target.compute.export(target.prepared, assignment, out_path)
     except UnavailableError as exc:
         raise HtxError(f"{exc}; pass --compute UNIT to export the stored assignment through a unit that can") from None
+    except OSError as exc:
+        raise HtxError(f"cannot write {out_path}: {exc.strerror or exc}; choose another --out") from None
     o = out()
     n_fp16 = len(assignment.fp16)
     n = sum(op.compute for op in target.ops)

@@ -7,11 +7,13 @@ trial misses the targets); 2 for a usage error (bad config, flags or paths: noth
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from htx.config import DEFAULT_DB, EXECUTOR_KINDS, executor_override, load_config, parse_config
 from htx.console import err, handle_errors, out
@@ -20,8 +22,12 @@ from htx.leaderboard import collect, misses
 from htx.plugins import load_registry
 from htx.report import build_report
 from htx.run import Run
-from htx.store import Store
+from htx.store import Store, StoreWriteError
 from htx.summary import summary_table
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")
 
 
 @handle_errors(code=2)
@@ -67,12 +73,21 @@ def run(
             (progress.console if not no_progress else e).print(msg, highlight=False, markup=False)
 
         run_ = Run(cfg, registry, store, str(config) if config else None, on_progress, on_message)
+        previous = signal.signal(signal.SIGTERM, _sigterm)  # a `kill` is an interruption, as Ctrl-C is
         try:
             with progress:
                 run_id = run_.execute(resume=resume, retry_failed=retry_failed)
-        except KeyboardInterrupt:
-            e.print(f"\n[yellow]Interrupted.[/yellow] Finished trials are saved. Continue with: htx run --resume {run_.run_id} --db {store_path}")
-            raise typer.Exit(130) from None
+        except StoreWriteError as exc:  # not a usage error: the run failed, and can be resumed
+            e.print(Text.assemble(("Error:", "red"), f" {exc}: htx run --resume {run_.run_id} --db {store_path}"),
+                    highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as exc:
+            by = " by SIGTERM" if str(exc) == "SIGTERM" else ""
+            e.print(f"\n[yellow]Interrupted{by}.[/yellow] Finished trials are saved. Continue with: "
+                    f"htx run --resume {run_.run_id} --db {store_path}")
+            raise typer.Exit(143 if by else 130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         rows = collect(store, run=run_id)
         o = out()
         o.print(summary_table(rows, title=f"htx leaderboard: {cfg.name} (run {run_id})"))
