@@ -39,8 +39,7 @@ class Audio:
 def read_audio(path: str | Path) -> Audio:
     """Read a WAV/FLAC/OGG file as float32 ``[C, L]``; empty, corrupt or non-finite audio is an error."""
     path = Path(path)
-    problem = not_a_file(path) or ("" if path.stat().st_size else f"{path} is empty (0 bytes); use a non-empty recording")
-    problem = problem or wav_data_shortfall(path)
+    problem = file_problem(path)
     if problem:
         raise AudioError(problem)
     try:
@@ -65,14 +64,9 @@ def audio_file_problem(path: str | Path, channels: int | None = None) -> str | N
     a channel count other than mono or ``channels``.
     """
     path = Path(path)
-    kind = not_a_file(path)
-    if kind:
-        return kind
-    if path.stat().st_size == 0:
-        return f"{path} is empty (0 bytes); use a non-empty recording"
-    lie = wav_data_shortfall(path)
-    if lie:
-        return lie
+    problem = file_problem(path)
+    if problem:
+        return problem
     try:
         info = sf.info(str(path))
     except Exception as exc:
@@ -95,6 +89,17 @@ def audio_file_problem(path: str | Path, channels: int | None = None) -> str | N
     if bad:
         return f"{path} has {bad} non-finite samples (NaN/Inf); fix or re-export the audio"
     return None
+
+
+def file_problem(path: Path) -> str | None:
+    """What is wrong with ``path`` before any sample is decoded: not a regular file, empty, or a WAV whose
+    header declares more samples than it holds; None when none of these."""
+    kind = not_a_file(path)
+    if kind:
+        return kind
+    if path.stat().st_size == 0:
+        return f"{path} is empty (0 bytes); use a non-empty recording"
+    return wav_data_shortfall(path)
 
 
 def not_a_file(path: Path) -> str | None:

@@ -61,13 +61,19 @@ def device_name() -> str:
     return f"CPU: {cpu}, {os.cpu_count()} cores"
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in PACKAGES:
+def package_versions(dists: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions by distribution name, from package metadata ("not installed" where absent)."""
+    out = {}
+    for dist in dists:
         try:  # metadata, not an import: importing coremltools on Linux prints warnings
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
             out[dist] = "not installed"
+    return out
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), **package_versions(PACKAGES)}
     try:
         import torch
 

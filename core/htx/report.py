@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib.metadata as md
 import json
 import math
 import platform
@@ -28,6 +27,7 @@ from htx import __version__
 from htx.axes import axis_names
 from htx.errors import HtxError
 from htx.leaderboard import collect
+from htx.records import package_versions
 from htx.store import Store, TrialRecord
 from htx.summary import axis_labels, summarize
 
@@ -230,11 +230,7 @@ def choose_map_trial(trials: list[TrialRecord], rows: dict[str, dict[str, Any]])
 def _environment(run: dict[str, Any]) -> dict[str, str]:
     env = {"htx (run)": str(run.get("htx_version")), "host (run)": str(run.get("host")), "htx (report)": __version__,
            "python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("torch", "coremltools", "numpy", "demucs", "matplotlib"):
-        try:  # package metadata, not an import: importing coremltools on Linux prints warnings
-            env[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            env[dist] = "not installed"
+    env.update(package_versions(("torch", "coremltools", "numpy", "demucs", "matplotlib")))
     try:
         import torch
 

@@ -237,16 +237,21 @@ class Emulator:
         with tf32_allowed(self.device, False):
             return self._run(plan, inputs, stats)
 
-    def _run(self, plan: Plan, inputs: Sequence[torch.Tensor], stats: dict[str, OpStats] | None) -> list[torch.Tensor]:
+    def _input_slots(self, plan: Plan, inputs: Sequence[torch.Tensor], grad: bool = False) -> list[Any]:
+        """The value slots of ``plan`` with the program inputs in place, in their declared dtypes and shapes
+        (``grad``: float inputs are fresh autograd leaves)."""
         if len(inputs) != len(plan.input_slots):
             raise EmulatorError(f"the program takes {len(plan.input_slots)} inputs, got {len(inputs)}")
         slots: list[Any] = [None] * plan.n_slots
         for s, t, v in zip(plan.input_slots, inputs, self.graph.inputs, strict=True):
-            dtype = TORCH_DTYPES.get(v.dtype, torch.float32)
-            t = t.to(self.device, dtype)
+            t = t.to(self.device, TORCH_DTYPES.get(v.dtype, torch.float32))
             if tuple(t.shape) != v.shape:
                 raise EmulatorError(f"input {v.name!r} has shape {tuple(t.shape)}, the program was converted for {v.shape}")
-            slots[s] = t
+            slots[s] = t.detach().requires_grad_(True) if grad and t.is_floating_point() else t
+        return slots
+
+    def _run(self, plan: Plan, inputs: Sequence[torch.Tensor], stats: dict[str, OpStats] | None) -> list[torch.Tensor]:
+        slots = self._input_slots(plan, inputs)
         for st in plan.steps:
             a = {p: g(slots) for p, g in st.args}
             try:
@@ -271,7 +276,6 @@ class Emulator:
                 slots[s] = None
         return [slots[s].float() if slots[s].is_floating_point() else slots[s] for s in plan.output_slots]
 
-
     def noise_pass(
         self, inputs: Sequence[torch.Tensor], names: frozenset[str],
     ) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]], set[str]]:
@@ -284,10 +288,7 @@ class Emulator:
         errors: dict[str, list[torch.Tensor]] = {}
         overflow: set[str] = set()
         with tf32_allowed(self.device, False):
-            slots: list[Any] = [None] * p32.n_slots
-            for s, t, v in zip(p32.input_slots, inputs, self.graph.inputs, strict=True):
-                t = t.to(self.device, TORCH_DTYPES.get(v.dtype, torch.float32)).detach()
-                slots[s] = t.requires_grad_(True) if t.is_floating_point() else t
+            slots = self._input_slots(p32, inputs, grad=True)
             for st, twin in zip(p32.steps, p16.steps, strict=True):
                 out = st.run({p: g(slots) for p, g in st.args})
                 out = out if isinstance(out, tuple) else (out,)
