@@ -38,6 +38,20 @@ def make_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
+def tiny_inner(batch: int = 1):
+    """The tiny HTDemucs's full-hybrid inner model and example inputs ``(spec_cac, mix)`` of ``batch`` 1 s segments."""
+    import torch
+
+    from htx.models import random_htdemucs
+    from htx.pipeline import spec_to_cac
+    from htx_plugins.stft.torch_stft import TorchSTFT
+    from htx_plugins.surgery.full_hybrid import FullHybrid
+
+    model = random_htdemucs(0, channels=8, depth=4, t_layers=1, segment=1)
+    mix = 0.1 * torch.randn(batch, 2, 44100, generator=torch.Generator().manual_seed(0))
+    return FullHybrid().build(model), (spec_to_cac(TorchSTFT().stft(mix)), mix)
+
+
 def write_config(tmp_path: Path, name: str = "cfg.yaml", **overrides: Any) -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(make_config(tmp_path, **overrides), sort_keys=False))

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_config
+from conftest import make_config, tiny_inner
 from htx.config import parse_config
 from htx.contracts import Assignment
 from htx.models import random_htdemucs
@@ -32,11 +32,7 @@ CUDA_TORCH = {"torch": {"device": "cuda"}}
 
 @pytest.fixture(scope="module")
 def setup():
-    model = random_htdemucs(0, channels=8, depth=4, t_layers=1, segment=1)
-    inner = FullHybrid().build(model)
-    mix = 0.1 * torch.randn(2, 2, 44100, generator=torch.Generator().manual_seed(0))
-    spec = spec_to_cac(TorchSTFT().stft(mix))
-    return inner, (spec, mix)
+    return tiny_inner(batch=2)
 
 
 def _snr(ref: torch.Tensor, out: torch.Tensor) -> float:

@@ -7,22 +7,15 @@ import random
 import pytest
 import torch
 
+from conftest import tiny_inner
 from htx.contracts import Assignment
-from htx.models import random_htdemucs
-from htx.pipeline import spec_to_cac
 from htx_plugins.compute.torch_unit import TorchUnit
 from htx_plugins.precision.static import CuratedFP32
-from htx_plugins.stft.torch_stft import TorchSTFT
-from htx_plugins.surgery.full_hybrid import FullHybrid
 
 
 @pytest.fixture(scope="module")
 def setup():
-    model = random_htdemucs(0, channels=8, depth=4, t_layers=1, segment=1)
-    inner = FullHybrid().build(model)
-    mix = 0.1 * torch.randn(1, 2, 44100, generator=torch.Generator().manual_seed(0))
-    spec = spec_to_cac(TorchSTFT().stft(mix))
-    return inner, (spec, mix)
+    return tiny_inner(batch=1)
 
 
 def _unit(**kw):
