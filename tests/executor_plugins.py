@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from htx.contracts import Assignment, Params, StaticPolicy
+from htx.api import Assignment, Params, StaticPolicy
 from htx.hookspecs import hookimpl
 
 

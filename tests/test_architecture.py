@@ -22,10 +22,7 @@ from typer.testing import CliRunner
 
 from conftest import make_config
 from htx import hookspecs
-from htx.axes import AXES, Axis, add_axis, axis_names
-from htx.cli import app
-from htx.config import parse_config
-from htx.contracts import (
+from htx.api import (
     Assignment,
     OpInfo,
     Params,
@@ -37,6 +34,9 @@ from htx.contracts import (
     demucs_ispec,
     demucs_spec,
 )
+from htx.axes import AXES, Axis, add_axis, axis_names
+from htx.cli import app
+from htx.config import parse_config
 from htx.errors import ConfigError, PluginError
 from htx.grid import expand_grid
 from htx.leaderboard import collect, columns
@@ -346,7 +346,7 @@ def test_stft_shape_is_checked_and_parity_is_recorded_and_marked(tmp_path):
 def test_search_log_names_are_the_same_in_every_process(tmp_path):
     code = (
         "from conftest import make_config\n"
-        "from htx.builder import search_log_name\nfrom htx.config import parse_config\nfrom htx.grid import expand_grid\n"
+        "from htx.search_session import search_log_name\nfrom htx.config import parse_config\nfrom htx.grid import expand_grid\n"
         "from htx.plugins import load_registry\nfrom pathlib import Path\n"
         "reg = load_registry()\n"
         "cfg = parse_config(make_config(Path('/tmp'), precision=[{'bisect': {'criterion': 'finite'}}]), registry=reg, check_model=False)\n"

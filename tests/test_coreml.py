@@ -18,9 +18,9 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import TINY_MODEL, make_config
+from htx.api import Assignment
 from htx.cli import app
 from htx.config import ModelConfig, parse_config
-from htx.contracts import Assignment
 from htx.models import load_model
 from htx.pipeline import spec_to_cac
 from htx.plugins import load_registry

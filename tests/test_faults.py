@@ -25,9 +25,9 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from conftest import make_config, write_config
+from htx.api import Assignment, StaticPolicy
 from htx.cli import app
 from htx.config import parse_config
-from htx.contracts import Assignment, StaticPolicy
 from htx.errors import ConfigError, HtxError
 from htx.plugins import build_registry, get_plugin_manager, load_registry, module_plugin
 from htx.run import DIED, Run

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import make_config, tiny_inner
+from htx.api import Assignment
 from htx.config import parse_config
-from htx.contracts import Assignment
 from htx.models import random_htdemucs
 from htx.pipeline import spec_to_cac
 from htx.plugins import load_registry

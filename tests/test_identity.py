@@ -10,9 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_config
+from htx.api import Assignment, OpInfo
 from htx.cli import app
 from htx.config import ModelConfig, parse_config
-from htx.contracts import Assignment, OpInfo
 from htx.identity import stored_assignment, transfer
 from htx.models import load_model
 from htx.opmap import placement_runs

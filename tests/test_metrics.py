@@ -5,7 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from htx.metrics import accuracy, passes, percentiles, separation_quality
+from htx.criteria import Criterion
+from htx.metrics import accuracy, percentiles, separation_quality
+
+
+def passes(metrics, snr_db) -> bool:  # the leaderboard's pass mark
+    return Criterion.targets().passes(metrics, snr_db)
 
 
 def test_accuracy_hand_computed():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from htx.contracts import Assignment
+from htx.api import Assignment
 from htx.models import random_htdemucs
 from htx.pipeline import Pipeline
 from htx_plugins.compute.torch_unit import TorchUnit

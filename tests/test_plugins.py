@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from htx.api import Assignment, SearchPolicy, StaticPolicy, Surgery
 from htx.cli import app
-from htx.contracts import Assignment, SearchPolicy, StaticPolicy, Surgery
 from htx.errors import PluginError
 from htx.plugins import build_registry, get_plugin_manager, module_plugin
 

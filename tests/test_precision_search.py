@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import make_config
+from htx.api import Assignment, OpInfo, OpStats, SearchContext
 from htx.config import load_config, parse_config
-from htx.contracts import Assignment, OpInfo, OpStats, SearchContext
+from htx.criteria import Criterion
 from htx.errors import ConfigError
 from htx.grid import expand_grid
 from htx.leaderboard import collect, rich_table
@@ -30,9 +31,12 @@ from htx.plugins import build_registry, get_plugin_manager
 from htx.run import Run
 from htx.store import Store
 from htx_plugins.precision.bisect import Bisect, BisectParams, bound, minimal_units
-from htx_plugins.precision.criteria import SnrCriterion, criterion_passes, describe
 from htx_plugins.precision.magnitude import Magnitude, keep_reason
 from htx_plugins.precision.planted import planted_ops, planted_plugin
+
+
+def _passes(criterion, metrics, targets=None) -> bool:
+    return Criterion.parse(criterion).passes(metrics, targets)
 
 # --------------------------------------------------------------------------------------------------
 # synthetic oracles: the search algorithm without a model
@@ -78,8 +82,8 @@ def test_bisect_finds_random_planted_sets_within_bound(data):
     assert result.summary["status"] == "found" and result.summary["passed"]
     assert result.summary["fp32_ops"] == sorted(culprits, key=lambda s: int(s.split("_")[1]))
     # every evaluation is logged with its assignment and outcome; the last one verified the final set
-    assert all({"fp32", "passed", "phase", "snr_db"} <= set(e) for e in result.log)
-    assert result.log[result.summary["verified_step"]]["fp32"] == result.summary["fp32_ops"]
+    assert all({"fp32", "passed", "phase", "snr_db"} <= set(e.stored()) for e in result.log)
+    assert list(result.log[result.summary["verified_step"]].fp32) == result.summary["fp32_ops"]
 
 
 @settings(max_examples=60, deadline=None)
@@ -168,7 +172,7 @@ def test_minimal_units_contract():
     ("SNR_DB >= 1e2 dB", "snr_db >= 100"),
 ])
 def test_criterion_parsing(raw, expected):
-    assert describe(BisectParams(criterion=raw).criterion) == expected
+    assert str(BisectParams(criterion=raw).criterion) == expected
 
 
 @pytest.mark.parametrize(("raw", "message"), [
@@ -184,14 +188,14 @@ def test_criterion_errors_in_config(tmp_path, raw, message):
 
 def test_criterion_semantics():
     ok = {"finite": True, "nan_count": 0, "inf_count": 0, "within_tol": False, "snr_db": 61.0}
-    assert criterion_passes("finite", ok) and not criterion_passes("within_tol", ok)
-    assert criterion_passes(SnrCriterion(snr_db=60), ok) and not criterion_passes(SnrCriterion(snr_db=62), ok)
-    assert criterion_passes("targets", ok) and not criterion_passes("targets", ok, targets=type("T", (), {"snr_db": 70})())
+    assert _passes("finite", ok) and not _passes("within_tol", ok)
+    assert _passes(Criterion.snr(60), ok) and not _passes(Criterion.snr(62), ok)
+    assert _passes("targets", ok) and not _passes("targets", ok, targets=type("T", (), {"snr_db": 70})())
     nan = {**ok, "finite": False, "nan_count": 3, "snr_db": 90.0}
-    assert not any(criterion_passes(c, nan) for c in ("finite", "within_tol", "targets", SnrCriterion(snr_db=0)))
+    assert not any(_passes(c, nan) for c in ("finite", "within_tol", "targets", Criterion.snr(0)))
     silent = {"finite": True, "nan_count": 0, "inf_count": 0, "snr_db": None}  # every reference silent
-    assert criterion_passes(SnrCriterion(snr_db=60), {**silent, "within_tol": True})
-    assert not criterion_passes(SnrCriterion(snr_db=60), {**silent, "within_tol": False})
+    assert _passes(Criterion.snr(60), {**silent, "within_tol": True})
+    assert not _passes(Criterion.snr(60), {**silent, "within_tol": False})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,14 +283,14 @@ def test_planted_model_is_exact_in_fp32_and_fails_in_fp16(planted_run):
     r = planted_run
     runner, prep, spec = r["runner"], r["prep"], r["spec"]
     culprits = r["planted"]["culprits"]
-    fp32 = runner.builder.evaluate(prep, spec.stft, Assignment.all_fp32())
+    fp32 = runner.builder.session(spec, prep).evaluate(Assignment.all_fp32())
     assert fp32["snr_db"] > 120  # the gain stages are exact powers of two
     for t in (r["trials"][("all-fp16", f)] for f in (SINE, NOISE)):
         assert t.status == "failed" and t.reason.startswith("non-finite output")
     # the construction: exactly the planted ops are needed (each one missing breaks it)
-    assert runner.builder.evaluate(prep, spec.stft, Assignment.keep_fp32(prep.ops, culprits))["finite"]
+    assert runner.builder.session(spec, prep).evaluate(Assignment.keep_fp32(prep.ops, culprits))["finite"]
     for c in culprits[:2]:
-        assert not runner.builder.evaluate(prep, spec.stft, Assignment.keep_fp32(prep.ops, set(culprits) - {c}))["finite"]
+        assert not runner.builder.session(spec, prep).evaluate(Assignment.keep_fp32(prep.ops, set(culprits) - {c}))["finite"]
 
 
 def test_bisect_returns_exactly_the_planted_set(planted_run):
@@ -312,7 +316,7 @@ def test_sensitivity_first_order_finds_the_planted_set_in_fewer_evaluations_than
 
     r = planted_run
     runner, prep, spec = r["runner"], r["prep"], r["spec"]
-    result = Sensitivity(Sensitivity.Params(criterion="finite")).search(runner.builder.search_context(spec, prep))
+    result = Sensitivity(Sensitivity.Params(criterion="finite")).search(runner.builder.session(spec, prep).context())
     assert result.summary["rank_method"] == "first_order" and result.summary["passed"]
     assert sorted(result.summary["fp32_ops"]) == sorted(r["planted"]["culprits"])
     bisect_evals = int(r["trials"][(BISECT, SINE)].metrics["evaluations"])
@@ -352,7 +356,7 @@ def test_nan_sources_names_the_planted_ops(planted_run):
 
     def sources(keep):
         a = Assignment.keep_fp32(prep.ops, keep)
-        stats = runner.builder.record(prep, spec.stft, a)
+        stats = runner.builder.session(spec, prep).record(a)
         return [s.name for s in find_nan_sources(stats, prep.ops, a)], stats
 
     names, stats = sources([])
@@ -410,7 +414,7 @@ def test_magnitude_policy_uses_record(planted_run):
 
     def record(a):
         calls.append(a)
-        return runner.builder.record(prep, spec.stft, a)
+        return runner.builder.session(spec, prep).record(a)
 
     ctx = SearchContext(prep.ops, evaluate=lambda a: pytest.fail("magnitude must not evaluate"), record=record)
     result = Magnitude().search(ctx)
@@ -446,7 +450,7 @@ def test_search_policies_on_the_coreml_emulator(tmp_path):
             kept = set(trials["magnitude"].info["search"]["fp32_ops"])
             assert set(planted["culprits"]) <= kept and not set(planted["harmless"]) & kept
             a = Assignment.all_fp16(prep.ops)
-            stats = runner.builder.record(prep, spec.stft, a)
+            stats = runner.builder.session(spec, prep).record(a)
             assert [s.name for s in find_nan_sources(stats, prep.ops, a)] == planted["first_overflow"]
     finally:
         torch.set_num_threads(threads)
@@ -466,7 +470,7 @@ def test_search_progress_shows_the_policys_criterion_best_verified_set_and_budge
         for policy in (Bisect(Bisect.Params(criterion="finite", max_evaluations=3, max_seconds=900)),
                        Sensitivity(Sensitivity.Params(criterion="finite", max_evaluations=500))):
             lines.clear()
-            ctx = builder.search_context(spec, prep)
+            ctx = builder.session(spec, prep).context()
             result = policy.search(ctx)
             first = lines[0]
             budget = 2 if policy.name == "bisect" else 499
@@ -475,7 +479,7 @@ def test_search_progress_shows_the_policys_criterion_best_verified_set_and_budge
                 assert 800 < int(re.search(r"evaluations, (\d+) s", first).group(1)) <= 900, first
                 continue
             n32 = sum(op.compute for op in prep.ops) - len(result.assignment.fp16)
-            assert ctx.best is not None and ctx.best[0] == n32 == 4  # what the progress line reports as best
+            assert ctx.best is not None and ctx.n_fp32(ctx.best[0]) == n32 == 4  # what the progress line reports as best
             assert any("best verified: 4 FP32 ops" in line for line in lines) or len(lines) == 1, lines
     finally:
         builder.say = say

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import make_config
+from htx.api import Assignment, ComputeUnit, StaticPolicy
 from htx.config import parse_config
-from htx.contracts import Assignment, ComputeUnit, StaticPolicy
 from htx.plugins import build_registry, get_plugin_manager, module_plugin
 from htx.run import Run
 from htx.store import Store

@@ -11,13 +11,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_config
+from htx.api import Assignment, FirstOrder, OpInfo, SearchContext, Session, run_search
 from htx.config import Targets, parse_config
-from htx.contracts import Assignment, FirstOrder, OpInfo, SearchContext
+from htx.criteria import Criterion
 from htx.plugins import build_registry, get_plugin_manager, load_registry, module_plugin
 from htx.run import Run
 from htx.store import Store
-from htx_plugins.precision.criteria import criterion_passes
 from htx_plugins.precision.sensitivity import Sensitivity
+
+
+def _passes(criterion, metrics, targets=None) -> bool:
+    return Criterion.parse(criterion).passes(metrics, targets)
 
 
 def _ops(n_modules: int, per_module: int) -> list[OpInfo]:
@@ -52,7 +56,7 @@ class Oracle:
 
 def _search(ops, oracle, **params):
     ctx = SearchContext(ops, oracle, targets=Targets(snr_db=60.0))
-    return Sensitivity(Sensitivity.Params(**params)).search(ctx)
+    return run_search(Sensitivity(Sensitivity.Params(**params)), ctx)
 
 
 powers_strategy = st.lists(st.floats(min_value=-12.0, max_value=-4.0), min_size=36, max_size=36)
@@ -66,13 +70,13 @@ def test_the_answer_passes_is_1_minimal_and_stays_in_its_evaluation_bound(log_po
     oracle = Oracle(powers, gamma)
     result = _search(ops, oracle, criterion={"snr_db": bar})
     crit = Sensitivity.Params(criterion={"snr_db": bar}).criterion
-    all_fp32_passes = criterion_passes(crit, oracle(Assignment.all_fp32()), None)
+    all_fp32_passes = _passes(crit, oracle(Assignment.all_fp32()), None)
     assert all_fp32_passes
     m = oracle(result.assignment)
-    assert criterion_passes(crit, m, None), (result.summary["status"], m)  # verified
+    assert _passes(crit, m, None), (result.summary["status"], m)  # verified
     fp32 = [op.name for op in ops if op.name not in result.assignment.fp16]
     for name in fp32:  # 1-minimal: no single member can go back to FP16
-        assert not criterion_passes(crit, oracle(Assignment(result.assignment.fp16 | {name})), None), name
+        assert not _passes(crit, oracle(Assignment(result.assignment.fp16 | {name})), None), name
     # the bound: the module tree has 12 + 4 + 1 internal nodes; each opened node costs at most its children,
     # plus verification, repair (log2) and one evaluation per member for minimality
     n = len(ops)
@@ -259,10 +263,10 @@ def test_first_order_ranking_answers_verified_1_minimal_within_its_bound(seed, h
     result = Sensitivity(Sensitivity.Params(criterion={"snr_db": bar})).search(ctx)
     crit = Sensitivity.Params(criterion={"snr_db": bar}).criterion
     assert result.summary["rank_method"] == "first_order" and result.summary["rank_evaluations"] == 1
-    assert criterion_passes(crit, oracle(result.assignment), None), result.summary["status"]
+    assert _passes(crit, oracle(result.assignment), None), result.summary["status"]
     fp32 = [op.name for op in ops if op.name not in result.assignment.fp16]
     for name in fp32:
-        assert not criterion_passes(crit, oracle(Assignment(result.assignment.fp16 | {name})), None), name
+        assert not _passes(crit, oracle(Assignment(result.assignment.fp16 | {name})), None), name
     bound = 5 + math.ceil(math.log2(len(ops) + 1)) + result.summary["selected_fp32"]
     assert result.evaluations <= bound, (result.evaluations, bound)
     assert result.summary["one_minimal"] and result.summary["passed"]
@@ -285,27 +289,24 @@ def test_first_order_finds_overflowing_ops_with_no_probing():
 def test_first_order_estimates_track_measured_single_op_noise(tmp_path, compute):
     """The gradient estimate of each heavy op's FP16 noise, against evaluating that op alone in FP16: on the
     torch unit, and on the Core ML emulator itself (MIL ops, each accumulation mode)."""
-    from htx.builder import TrialBuilder
-    from htx.grid import make_spec
-    from htx.workspace import Workspace
-
     reg = load_registry()
     cfg = parse_config(make_config(tmp_path, fixtures=[{"sine_440": {"duration": 1.0}}], compute=[compute]), registry=reg)
-    b = TrialBuilder(Workspace(cfg, reg, lambda m: None), reg)
-    b.workspace.load()
-    spec = make_spec({a: cfg.entries(a)[0] for a in ("surgery", "precision", "stft", "compute")}, 0, 0, cfg.fixtures[0])
+    session = Session(cfg, reg)
+    session.load()
+    b = session.builder
+    spec = session.spec()
     prep = b.prepared(spec)
-    fo = b.first_order(spec, prep, 16)
+    fo = b.session(spec, prep).first_order(16)
     assert fo.unit == prep.compute.label  # ranked on the unit itself, not carried from another
     (est,) = fo.powers.values()
     compute = [op for op in prep.ops if op.compute]
     assert set(est) == {op.name for op in compute} and all(v >= 0 for v in est.values())
     top = sorted(compute, key=lambda op: -est[op.name])[:4]
     for op in top:
-        measured = b.evaluate(prep, spec.stft, Assignment(frozenset([op.name])))["snr_db"]
+        measured = b.session(spec, prep).evaluate(Assignment(frozenset([op.name])))["snr_db"]
         assert abs(-10 * math.log10(est[op.name]) - measured) < 6.0, (op.key, est[op.name], measured)
     median = sorted(compute, key=lambda op: -est[op.name])[len(compute) // 2]
-    alone = b.evaluate(prep, spec.stft, Assignment(frozenset([median.name])))["snr_db"]
+    alone = b.session(spec, prep).evaluate(Assignment(frozenset([median.name])))["snr_db"]
     assert alone > measured + 10, (median.key, alone, measured)  # ranked low, measured far quieter than the top ops
 
 
@@ -428,6 +429,6 @@ def test_minimizing_on_the_estimate_costs_fewer_evaluations_and_says_what_it_kep
     assert s["passed"] and not s["one_minimal"] and "kept on the estimate alone" in s["status"], s["status"]
     assert trusted.evaluations < checked.evaluations, (trusted.evaluations, checked.evaluations)
     crit = Sensitivity.Params(criterion={"snr_db": 70.0}).criterion
-    assert criterion_passes(crit, oracle(trusted.assignment), None)
+    assert _passes(crit, oracle(trusted.assignment), None)
     for name in [op.name for op in ops if op.name not in trusted.assignment.fp16]:  # exact estimates: all needed
-        assert not criterion_passes(crit, oracle(Assignment(trusted.assignment.fp16 | {name})), None), name
+        assert not _passes(crit, oracle(Assignment(trusted.assignment.fp16 | {name})), None), name

@@ -15,9 +15,9 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import make_config
+from htx.api import STFTBackend
 from htx.cli import app
 from htx.config import load_config, parse_config
-from htx.contracts import STFTBackend
 from htx.leaderboard import collect
 from htx.plugins import build_registry, get_plugin_manager, module_plugin
 from htx.run import Run

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from conftest import make_config
+from htx.api import Assignment
 from htx.config import ModelConfig, parse_config
-from htx.contracts import Assignment
 from htx.errors import ConfigError, ModelError
 from htx.models import load_model, model_skeleton, random_htdemucs, save_checkpoint
 from htx.pipeline import Pipeline, spec_to_cac

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_inner
-from htx.contracts import Assignment
+from htx.api import Assignment
 from htx_plugins.compute.torch_unit import TorchUnit
 from htx_plugins.precision.static import CuratedFP32
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 
-from htx.contracts import ComputeUnit, Plugin, PrecisionPolicy, STFTBackend, Surgery
+from htx.interfaces import ComputeUnit, Plugin, PrecisionPolicy, STFTBackend, Surgery
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from pydantic import (
 
 from htx.applicability import config_surgery_problems
 from htx.axes import AXES, axis_names
+from htx.criteria import DEFAULT_SNR_DB
 from htx.errors import ConfigError, format_validation_error
 from htx.fixtures import FixtureEntry, check_fixture_entry
 from htx.models import check_random_kwargs, model_skeleton
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
 #: Where results go unless the config's ``store.path`` or ``--db`` says otherwise.
 DEFAULT_DB = "experiments/htx.sqlite"
-#: The end-to-end SNR bar a trial must reach (``targets.snr_db``) unless the config sets another.
-DEFAULT_SNR_DB = 60.0
 
 
 class Strict(BaseModel):

@@ -1,7 +1,7 @@
 """pluggy hook specifications: one registration hook per plugin kind, plus one for CLI commands.
 
 Every registration hook receives a ``register`` callback. A plugin calls ``register(SomeClass)`` once per
-class it provides; the class must subclass the kind's base class in :mod:`htx.contracts`, implement its
+class it provides; the class must subclass the kind's base class in :mod:`htx.api`, implement its
 abstract methods, have a unique ``name`` within its kind, a strict pydantic ``Params`` model for its
 options and a docstring with a complete example (a meta-test checks the built-ins). Registration hooks are
 called once per registry, when :func:`htx.plugins.build_registry` builds it; keyword arguments may be added
@@ -26,7 +26,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def htx_register_surgeries(register: Callable[[type], None]) -> None:
-    """Register model-surgery classes (subclasses of :class:`htx.contracts.Surgery`).
+    """Register model-surgery classes (subclasses of :class:`htx.api.Surgery`).
 
     A surgery implements ``build(model) -> InnerModel``: an ``nn.Module`` whose ``forward(spec_cac, mix)``
     returns ``(spec_out, wave_out)`` with no complex tensors and no STFT, plus optional
@@ -36,8 +36,8 @@ def htx_register_surgeries(register: Callable[[type], None]) -> None:
 
 @hookspec
 def htx_register_precision_policies(register: Callable[[type], None]) -> None:
-    """Register precision-policy classes: subclasses of :class:`htx.contracts.StaticPolicy` or
-    :class:`htx.contracts.SearchPolicy`.
+    """Register precision-policy classes: subclasses of :class:`htx.api.StaticPolicy` or
+    :class:`htx.api.SearchPolicy`.
 
     A static policy implements ``select(ops: list[OpInfo]) -> Assignment``. A search policy implements
     ``search(ctx: SearchContext) -> SearchResult``; ``ctx.evaluate(assignment)`` runs the trial pipeline on
@@ -48,17 +48,17 @@ def htx_register_precision_policies(register: Callable[[type], None]) -> None:
 
 @hookspec
 def htx_register_stft_backends(register: Callable[[type], None]) -> None:
-    """Register STFT backends (subclasses of :class:`htx.contracts.STFTBackend`).
+    """Register STFT backends (subclasses of :class:`htx.api.STFTBackend`).
 
     ``stft(x, n_fft) -> z`` maps real audio ``[..., L]`` to complex ``[..., n_fft // 2, ceil(L / hop)]`` in
     Demucs's exact conventions; ``istft(z, length, n_fft)`` inverts it. The full padding, cropping and
-    DC/Nyquist rules are in the :class:`~htx.contracts.STFTBackend` docstring.
+    DC/Nyquist rules are in the :class:`~htx.api.STFTBackend` docstring.
     """
 
 
 @hookspec
 def htx_register_compute_units(register: Callable[[type], None]) -> None:
-    """Register compute units (subclasses of :class:`htx.contracts.ComputeUnit`).
+    """Register compute units (subclasses of :class:`htx.api.ComputeUnit`).
 
     A unit implements ``prepare(inner, example_inputs, cache_dir) -> prepared`` (once per model, surgery
     and shape), ``ops(prepared) -> list[OpInfo]`` and ``compile(prepared, assignment) -> callable``;

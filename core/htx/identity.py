@@ -1,6 +1,6 @@
 """Portable op identity: assignments as (module path, MIL type, ordinal) keys that mean one op on every unit.
 
-Every :class:`~htx.contracts.OpInfo` carries its PyTorch module path (relative to the demucs model:
+Every :class:`~htx.types.OpInfo` carries its PyTorch module path (relative to the demucs model:
 ``encoder.2.dconv.layers.0``), its Core ML MIL type and its ordinal among the ops of that type in that
 module; ``"module|type|ordinal"`` is its portable key. An assignment found on one compute unit is stored
 as the portable keys of its FP32 ops (plus the unit's own names) and applied on another unit by
@@ -23,27 +23,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from htx.contracts import Assignment, OpInfo
-from htx.opmap import placement_runs
+from htx.types import Assignment, OpInfo
 
-__all__ = ["Transfer", "key_of", "parse_key", "placement_runs", "stored_assignment", "transfer", "transfer_scores"]
-
-
-def key_of(op: OpInfo) -> str:
-    """``"module|type|ordinal"``, e.g. ``"encoder.2.dconv.layers.0|conv|1"`` (module ``""``: the model's own forward)."""
-    return op.key
-
-
-def parse_key(key: str) -> tuple[str, str, int]:
-    module, type_, ordinal = key.rsplit("|", 2)
-    return module, type_, int(ordinal)
+__all__ = ["KeyCheck", "Transfer", "check_unit_keys", "key_mismatches", "stored_assignment", "transfer", "transfer_scores"]
 
 
 def stored_assignment(assignment: Assignment, ops: Sequence[OpInfo]) -> dict[str, Any]:
     """What a trial stores: the FP32 compute ops as portable keys and as the unit's own names."""
     fp32 = [op for op in ops if op.compute and op.name not in assignment.fp16]
     return {
-        "fp32_keys": [key_of(op) for op in fp32],
+        "fp32_keys": [op.key for op in fp32],
         "fp32_names": [op.name for op in fp32],
         "n_compute": sum(op.compute for op in ops),
     }
@@ -68,7 +57,7 @@ class Transfer:
 def _matches(source_ops: Sequence[OpInfo], target_ops: Sequence[OpInfo]) -> Iterator[tuple[OpInfo, str, list[str]]]:
     """For each target compute op: how it matches (``exact``, ``by_type``, ``by_module``, ``unmatched``) and
     the source keys that decide it, by the rule of the module docstring."""
-    src = {key_of(op): op for op in source_ops if op.compute}
+    src = {op.key: op for op in source_ops if op.compute}
     by_type: dict[tuple[str, str], list[str]] = defaultdict(list)
     by_module: dict[str, list[str]] = defaultdict(list)
     for k, op in src.items():
@@ -81,7 +70,7 @@ def _matches(source_ops: Sequence[OpInfo], target_ops: Sequence[OpInfo]) -> Iter
     for op in target_ops:
         if not op.compute:
             continue
-        k = key_of(op)
+        k = op.key
         if k in src:
             yield op, "exact", [k]
         elif (op.module, op.type) in by_type:
@@ -122,10 +111,84 @@ def transfer_scores(
     its module whose type the target module lacks (the ops the other unit splits it into). Target ops of
     modules the source never saw are left out.
     """
-    score = {key_of(op): scores.get(op.name, 0.0) for op in source_ops if op.compute}
+    score = {op.key: scores.get(op.name, 0.0) for op in source_ops if op.compute}
     out: dict[str, tuple[str, float]] = {}
     for op, _, keys in _matches(source_ops, target_ops):
         if keys:
             best = max(keys, key=lambda k: score[k])
             out[op.name] = (best, score[best])
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the check a unit author runs: do my portable keys match the torch unit's?
+
+
+@dataclass
+class KeyCheck:
+    """How a unit's compute-op keys compare with a reference unit's on the same model and surgery.
+
+    ``only_unit`` / ``only_reference``: keys one side has and the other lacks; ``by_rule``: those of
+    ``only_unit`` that the transfer rule still maps (the unit splits an op the reference runs whole, as Core ML's
+    group norm); ``unmapped``: unit ops whose module the reference never saw (an assignment cannot reach them).
+    A unit is consistent when ``unmapped`` is empty and every reference key decides some unit op.
+    """
+
+    unit: str
+    reference: str
+    unit_ops: int
+    reference_ops: int
+    exact: int
+    only_unit: list[str]
+    only_reference: list[str]
+    by_rule: list[str]
+    unmapped: list[str]
+    undecided_reference: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.unmapped and not self.undecided_reference
+
+    def lines(self, limit: int = 40) -> list[str]:
+        """A report a person reads: the counts, then every mismatch (up to ``limit`` per list)."""
+        out = [f"{self.unit}: {self.unit_ops} compute ops; {self.reference}: {self.reference_ops}; "
+               f"{self.exact} keys on both", ]
+        for title, items in (("keys only on " + self.unit + ", mapped by the transfer rule", self.by_rule),
+                             ("keys only on " + self.unit + ", in modules " + self.reference + " never runs (unreachable)", self.unmapped),
+                             ("keys of " + self.reference + " that decide no op of " + self.unit, self.undecided_reference)):
+            if items:
+                out.append(f"{title} ({len(items)}):")
+                out += [f"  {k}" for k in items[:limit]]
+                if len(items) > limit:
+                    out.append(f"  ... and {len(items) - limit} more")
+        out.append("consistent: every op maps both ways" if self.ok else "NOT consistent: fix the unit's module paths or MIL types")
+        return out
+
+
+def key_mismatches(reference_ops: Sequence[OpInfo], unit_ops: Sequence[OpInfo], unit: str = "unit",
+                   reference: str = "torch") -> KeyCheck:
+    """Compare ``unit_ops``' portable keys with ``reference_ops``' (compute ops only) and list every mismatch."""
+    ref = [op for op in reference_ops if op.compute]
+    mine = [op for op in unit_ops if op.compute]
+    ref_keys, my_keys = {op.key for op in ref}, {op.key for op in mine}
+    how = {op.name: kind for op, kind, _ in _matches(ref, mine)}
+    only_unit = [op.key for op in mine if op.key not in ref_keys]
+    unmapped = [op.key for op in mine if how.get(op.name) == "unmatched"]
+    by_rule = [k for k in only_unit if k not in set(unmapped)]
+    deciding: set[str] = set()
+    for _, _, keys in _matches(ref, mine):
+        deciding.update(keys)
+    return KeyCheck(
+        unit=unit, reference=reference, unit_ops=len(mine), reference_ops=len(ref), exact=len(ref_keys & my_keys),
+        only_unit=only_unit, only_reference=[op.key for op in ref if op.key not in my_keys], by_rule=by_rule,
+        unmapped=unmapped, undecided_reference=[op.key for op in ref if op.key not in deciding],
+    )
+
+
+def check_unit_keys(session: Any, unit: Any, reference: Any = "torch", surgery: Any = None) -> KeyCheck:
+    """Prepare ``surgery`` (the session config's first by default) on compute entry ``unit`` and on ``reference``
+    and compare their portable keys (:func:`key_mismatches`). ``session`` is an :class:`htx.session.Session`."""
+    extra = {} if surgery is None else {"surgery": surgery}
+    mine = session.prepared(session.spec(compute=unit, **extra))
+    ref = session.prepared(session.spec(compute=reference, **extra))
+    return key_mismatches(ref.ops, mine.ops, mine.compute.label, ref.compute.label)

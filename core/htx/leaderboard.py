@@ -11,9 +11,8 @@ import operator
 from typing import Any
 
 from htx.axes import AXES, axis_names
-from htx.config import DEFAULT_SNR_DB
+from htx.criteria import DEFAULT_SNR_DB, Criterion
 from htx.errors import HtxError
-from htx.metrics import passes
 from htx.store import Store, TrialRecord, clean_float
 
 NUMERIC = {"snr_db", "max_abs_diff", "sdr_db", "sdr_delta_db", "fp16_op_fraction", "evaluations", "model_ms", "stft_ms",
@@ -51,7 +50,7 @@ def _row(rec: TrialRecord, targets: tuple[float, float]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "run": rec.run_id, "trial": rec.trial_id, **{a: rec.axes.get(a, "") for a in axis_names()},
         "fixture": rec.fixture, "runtime": rec.runtime or "", "status": rec.status,
-        "pass": rec.status == "ok" and passes({**m, "within_tol": bool(m.get("within_tol"))}, snr_target),
+        "pass": rec.status == "ok" and Criterion.targets().passes(m, snr_target),
         "pareto": False, "reason": rec.reason or "",
         "emulated": bool(rec.info.get("emulated")),
         "stft_emulated": bool(rec.info.get("stft_emulated")),

@@ -75,16 +75,6 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def passes(metrics: dict[str, Any], snr_db: float) -> bool:
-    """Whether a trial meets the targets: finite, within tolerance or SNR above the target."""
-    if metrics.get("nan_count") or metrics.get("inf_count"):
-        return False
-    if metrics.get("within_tol"):
-        return True
-    snr = metrics.get("snr_db")
-    return snr is not None and snr >= snr_db
-
-
 #: How two measurements of one fixture combine into the worse of the two (sibling rows of one assignment).
 _WORSE_LOW = ("snr_db", "sdr_db", "sdr_delta_db")
 _WORSE_HIGH = ("max_abs_diff", "mean_abs_diff", "rel_l1", "nan_count", "inf_count")

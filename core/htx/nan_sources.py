@@ -1,6 +1,6 @@
 """NaN/Inf source localization: which ops are the first to produce non-finite values.
 
-One recorded pass (:meth:`htx.contracts.ComputeUnit.record`) gives per-op :class:`OpStats`. A *source* is an
+One recorded pass (:meth:`htx.api.ComputeUnit.record`) gives per-op :class:`OpStats`. A *source* is an
 op whose output holds NaN or Inf while every input it received was finite: the place where a non-finite
 value is born (an FP16 overflow, a division by zero, ``sqrt`` of a negative), as opposed to the ops that
 merely propagate it. :func:`find_nan_sources` is shared by ``htx nan-sources`` and the tests;
@@ -17,12 +17,13 @@ from typing import Any
 
 from htx.builder import TrialBuilder
 from htx.config import parse_config
-from htx.contracts import Assignment, OpInfo, OpStats, SearchPolicy
 from htx.errors import HtxError
 from htx.grid import TrialSpec, expand_grid
+from htx.interfaces import SearchPolicy
 from htx.separation import chunk_offsets
+from htx.session import Session
 from htx.store import Store
-from htx.workspace import Workspace
+from htx.types import Assignment, OpInfo, OpStats
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def rebuild_trial(store: Any, run_id: str, trial_id: str, registry: Any,
         known = ", ".join(list(specs)[:6])
         raise HtxError(f"run {run_id} has no trial {trial_id!r}; its trials: {known}{' ...' if len(specs) > 6 else ''}")
     records = {t.trial_id: t for t in store.trials([run_id])}
-    builder = TrialBuilder(Workspace(cfg, registry, on_message), registry, run_id)
+    builder = Session(cfg, registry, on_message, run_id).builder
     return builder, specs[trial_id], records.get(trial_id)
 
 
@@ -143,7 +144,7 @@ def record_segments(builder: TrialBuilder, spec: TrialSpec, assignment: Assignme
     records: list[SegmentRecord] = []
     for k in todo:
         try:
-            stats = builder.record(prep, spec.stft, assignment, fixture_index=spec.fixture_index, offset=offsets[k])
+            stats = builder.session(spec, prep).record(assignment, fixture_index=spec.fixture_index, offset=offsets[k])
         except NotImplementedError as exc:
             raise HtxError(f"{exc}; per-op recording needs a compute unit that can record (e.g. torch)") from None
         records.append(SegmentRecord(fixture.name, k, len(offsets), offsets[k], stats))

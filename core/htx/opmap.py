@@ -7,6 +7,8 @@ listed but are not "compute" ops (they do not count in ``fp16_op_fraction`` and 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 #: MIL types that only move or reinterpret data.
@@ -115,6 +117,36 @@ def portable_module(qualname: str, prefix: str) -> str:
     if prefix and (qualname + ".").startswith(prefix):
         return qualname[len(prefix):]
     return qualname
+
+
+@contextlib.contextmanager
+def module_stack(inner: Any) -> Iterator[list[str]]:
+    """The module-path lister: while the block runs, the yielded list's last item is the portable path of the
+    module running now (``stack[-1]``; empty in the inner model's own forward). Forward pre/post hooks on every
+    submodule keep it, with ``ModuleList`` entries named whole (``encoder.2.dconv.layers.0``) and paths
+    relative to the demucs model (:func:`portable_module`). A unit that lists ops from a dispatch pass
+    reads it per op; one that converts maps its program's scopes through :func:`portable_module`."""
+    prefix = model_prefix(inner)
+    stack: list[str] = []
+    handles = []
+
+    def enter(path: str) -> Any:
+        def hook(module: Any, args: Any) -> None:  # a pre-hook returning a value would replace the inputs
+            stack.append(path)
+        return hook
+
+    def leave(module: Any, args: Any, output: Any) -> None:  # ... and a forward hook, the output
+        stack.pop()
+
+    for qualname, module in inner.named_modules():
+        if qualname:
+            handles.append(module.register_forward_pre_hook(enter(portable_module(qualname, prefix))))
+            handles.append(module.register_forward_hook(leave))
+    try:
+        yield stack
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def number_ops(modules: list[str], types: list[str]) -> list[int]:

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from htx.contracts import InnerModel, STFTBackend
 from htx.errors import HtxError
+from htx.interfaces.stft import STFTBackend
+from htx.interfaces.surgery import InnerModel
 from htx.spectrogram import cac_to_spec, spec_shape, spec_to_cac
 
 __all__ = ["Pipeline", "StageTimes", "cac_to_spec", "spec_to_cac"]
@@ -71,7 +72,7 @@ class Pipeline:
                 raise HtxError(
                     f"stft backend {self.stft.label!r} returned a spectrogram shaped {tuple(z.shape)} for audio "
                     f"{tuple(mix.shape)}; the contract is [..., n_fft // 2, ceil(L / hop)] = {want} (n_fft={self.n_fft}, "
-                    "hop=n_fft // 4; see htx.contracts.STFTBackend)"
+                    "hop=n_fft // 4; see htx.api.STFTBackend)"
                 )
             spec_cac = spec_to_cac(z.to(self.device))
         return self.inner.host_pre(spec_cac, mix)

@@ -22,8 +22,8 @@ import pluggy
 
 from htx import __version__, hookspecs
 from htx.axes import AXES, axis_names
-from htx.contracts import Params, Plugin, SearchPolicy, StaticPolicy
 from htx.errors import ConfigError, PluginError
+from htx.interfaces import Params, Plugin, SearchPolicy, StaticPolicy
 
 ENTRY_POINT_GROUP = "htx"
 DISABLE_ENV = "HTX_DISABLE_PLUGIN_AUTOLOAD"
@@ -158,7 +158,7 @@ def contract_problems(cls: type[Plugin], kind: str) -> list[str]:
     if not cls.name:
         problems.append("has no `name`")
     if not (isinstance(cls.Params, type) and issubclass(cls.Params, Params)):
-        problems.append("its `Params` is not a subclass of htx.contracts.Params")
+        problems.append("its `Params` is not a subclass of htx.api.Params")
     if kind == "precision" and not issubclass(cls, (StaticPolicy, SearchPolicy)):
         problems.append("subclasses neither StaticPolicy (select) nor SearchPolicy (search)")
     if inspect.isabstract(cls):
@@ -185,7 +185,7 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
                 if problems:
                     raise PluginError(
                         f"plugin {_plugin!r} registered {cls.__module__}.{cls.__qualname__} as a {_kind}, but it "
-                        + "; ".join(problems) + f". See the {_base.__name__} docstring in htx.contracts."
+                        + "; ".join(problems) + f". See the {_base.__name__} docstring in htx.api."
                     )
                 existing = registry.by_kind[_kind].get(cls.name)
                 if existing is not None and existing.cls is not cls:

@@ -28,6 +28,7 @@ from htx.axes import axis_names
 from htx.errors import HtxError
 from htx.leaderboard import collect
 from htx.records import package_versions
+from htx.results import stored_search, stored_steps
 from htx.store import Store, TrialRecord
 from htx.summary import axis_labels, summarize
 
@@ -323,23 +324,24 @@ def build_report(store: Store, run_id: str, out_dir: Path, trial_id: str | None 
     seen: set[str] = set()
     traces = []
     for t in trials:
-        log_path = (t.info.get("search") or {}).get("log")
-        if not log_path or log_path in seen or not Path(log_path).exists():
+        search = stored_search(t.info.get("search"))
+        if search is None or not search.log_path or search.log_path in seen or not Path(search.log_path).exists():
             continue
-        seen.add(log_path)
-        data = json.loads(Path(log_path).read_text())
-        log = data.get("log") or []
+        seen.add(search.log_path)
+        try:
+            data = json.loads(Path(search.log_path).read_text())
+        except (OSError, ValueError) as exc:
+            rep.notes.append(f"search log {search.log_path} unreadable: {exc}")
+            continue
+        log = stored_steps(data.get("log") if isinstance(data, dict) else None)
         if not log:
             continue
-        s = t.info["search"]
-        crit = s.get("criterion")
-        bar = None
-        if isinstance(crit, str) and crit.startswith("snr_db >="):
-            bar = float(crit.split(">=")[1])
+        bar = search.criterion.bar_db(target) if search.criterion is not None else None
         name = f"search-{len(traces) + 1}.png"
         p = out_dir / name
-        title = (f"{t.precision} on {t.compute}: {s.get('evaluations')} evaluations, {len(s.get('fp32_ops', []))} FP32 ops; "
-                 f"{s.get('status')}")
+        evals = "?" if search.evaluations is None else search.evaluations
+        n32 = "?" if search.n_fp32 is None else search.n_fp32
+        title = f"{t.precision} on {t.compute}: {evals} evaluations, {n32} FP32 ops; {search.status}"
         rep.plotted[name] = search_trace(log, title, bar if bar is not None else target, p)
         rep.images[name] = p
         traces.append(_img(p, f"Search trace: {t.precision} on {t.compute}"))

@@ -1,9 +1,9 @@
 """Demucs's spectrogram convention, exactly: the reference every STFT backend is held to.
 
 :func:`demucs_spec` and :func:`demucs_ispec` are ``HTDemucs._spec`` and ``HTDemucs._ispec`` (demucs
-4.1.0), with the DC bin's imaginary part dropped before the inverse (see :class:`htx.contracts.STFTBackend`
+4.1.0), with the DC bin's imaginary part dropped before the inverse (see :class:`htx.api.STFTBackend`
 for the full contract). The core uses them for example inputs and for each trial's STFT parity; plugins
-reach them through :mod:`htx.contracts`.
+reach them through :mod:`htx.api`.
 """
 
 from __future__ import annotations

@@ -14,11 +14,13 @@ import traceback
 import torch
 
 from htx.builder import TrialBuilder
+from htx.calls import call_plugin
 from htx.errors import UnavailableError
 from htx.failures import deadline, describe_failure
 from htx.grid import TrialSpec
 from htx.identity import stored_assignment
 from htx.measure import measure
+from htx.results import check_placement
 from htx.store import TrialRecord
 
 
@@ -88,12 +90,11 @@ def _run(builder: TrialBuilder, spec: TrialSpec, rec: TrialRecord) -> None:
     if ainfo.search:  # search policies show their count, 0 included (magnitude: a record pass only)
         m["evaluations"] = ainfo.evaluations
         m["search_s"] = ainfo.seconds
-    placement = dict(prep.compute.placement(prep.prepared, assignment))
-    label = placement.pop("placement", None)
-    m.update(placement)
+    placement = call_plugin(prep.compute, "placement", prep.prepared, assignment, check=check_placement)
+    m.update(placement.metrics())
     rec.metrics = m
-    if label:
-        rec.info["placement"] = label  # "emulated" (from the typed program) or "device plan"
+    if placement.source:
+        rec.info["placement"] = placement.source  # "emulated" (from the typed program) or "device plan"
     rec.info.update(builder.assignment_info(prep, assignment))
     rec.info["assignment"] = stored_assignment(assignment, prep.ops)
     rec.info["ops_file"] = str(builder.ops_file(spec, prep))

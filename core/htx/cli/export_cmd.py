@@ -17,13 +17,13 @@ import typer
 
 from htx.config import DEFAULT_DB
 from htx.console import err, handle_errors, out
-from htx.contracts import Assignment
 from htx.errors import HtxError, UnavailableError
 from htx.grid import make_spec
 from htx.identity import transfer
 from htx.nan_sources import open_trial
 from htx.plugins import load_registry
 from htx.separator import parse_entry
+from htx.types import Assignment
 
 
 def check_out_path(out_path: Path) -> None:

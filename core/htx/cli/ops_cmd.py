@@ -16,12 +16,12 @@ from rich.table import Table
 
 from htx.config import DEFAULT_DB
 from htx.console import err, handle_errors, out
-from htx.contracts import OpStats
 from htx.errors import HtxError
 from htx.nan_sources import find_nan_sources, non_finite_ops, rebuild_trial, trial_assignment
 from htx.plugins import load_registry
 from htx.store import Store
 from htx.trial import trial_label
+from htx.types import OpStats
 
 
 @handle_errors
@@ -66,7 +66,7 @@ def ops(
         fx = builder.workspace.fixtures.get(spec.fixture_index)
         usable = fx is not None and fx.ok
         # record on the trial's own fixture (the first usable one when it has none)
-        stats = builder.record(prep, spec.stft, assignment, fixture_index=spec.fixture_index if usable else None)
+        stats = builder.session(spec, prep).record(assignment, fixture_index=spec.fixture_index if usable else None)
     rows = []
     for op in prep.ops:
         st: OpStats | None = stats.get(op.name)

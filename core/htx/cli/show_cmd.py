@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -13,15 +14,18 @@ from htx.config import DEFAULT_DB
 from htx.console import handle_errors, out
 from htx.errors import HtxError
 from htx.leaderboard import collect, rich_table
-from htx.store import Store
+from htx.results import stored_search
+from htx.store import Store, TrialRecord
+from htx.trial import trial_label
 
 
 @handle_errors
 def show(
     run_id: str = typer.Argument(..., help="run id (see `htx leaderboard --all`), or 'latest'"),
     db: Path = typer.Option(Path(DEFAULT_DB), "--db", help="results database"),
+    trial: str = typer.Option(None, "--trial", help="show this trial in full: its metrics, info and, if it failed, the stored traceback"),
 ) -> None:
-    """Show one run: its config, model, status counts, failure reasons and leaderboard."""
+    """Show one run: its config, model, status counts, failure reasons, searches and leaderboard (or one trial)."""
     if not db.exists():
         raise HtxError(f"No results in {db}. Run `htx run CONFIG` first.")
     o = out()
@@ -45,21 +49,27 @@ def show(
         if r["status"] != "ok":
             combo = " x ".join(str(r[a]) for a in (*axis_names(), "fixture"))
             o.print(f"  [red]{r['status']}[/red] {r['trial']} {combo}: {r['reason']}", highlight=False)
-    seen: set[str] = set()
-    for t in trials.values():
-        search = t.info.get("search")
-        if not search or t.precision in seen:
+    if trial is not None:
+        show_trial(o, run_id, trials, trial)
+        return
+    seen: set[tuple[str, ...]] = set()
+    for t in sorted(trials.values(), key=lambda t: t.idx):  # every search: one per combination, not per label
+        search = stored_search(t.info.get("search"))
+        key = (t.surgery, t.precision, t.compute, search.log_path or t.stft) if search is not None else ()
+        if search is None or key in seen:
             continue
-        seen.add(t.precision)
-        summary = {k: search.get(k) for k in ("status", "criterion", "evaluations", "rank_method", "cost_kind", "cost", "partitions") if k in search}
-        n_fp32 = len(search.get("fp32_ops", []))
-        o.print(f"  search {t.precision} on {t.compute}: {n_fp32} FP32 ops; {summary}", highlight=False, markup=False)
-        if search.get("frontier"):
+        seen.add(key)
+        facts = "; ".join([f"criterion {search.criterion or '?'}", f"{_n(search.evaluations)} evaluations",
+                           *(f"{k} {v}" for k, v in search.facts.items())])
+        o.print(f"  search {t.precision} on {t.compute} ({t.surgery}): {_n(search.n_fp32)} FP32 ops; {search.status}; {facts}",
+                highlight=False, markup=False)
+        if search.frontier:
             o.print("  frontier (quality bar -> cheapest verified set):", highlight=False)
-            for f in search["frontier"]:
-                snr = "" if f.get("snr_db") is None else f"{f['snr_db']:.1f} dB"
+            for f in search.frontier:
+                snr = "" if f["snr_db"] is None else f"{f['snr_db']:.1f} dB"
+                cost = "" if f["cost"] is None else f", cost {f['cost']:g}"
                 o.print(f"    snr >= {f['snr_db_bar']:g} dB: {'passed' if f['passed'] else 'not reached'}, "
-                        f"{f['fp32_ops']} FP32 ops, {f.get('partitions', '?')} partitions, cost {f['cost']:g}, {snr} "
+                        f"{_n(f['fp32_ops'])} FP32 ops, {_n(f['partitions'])} partitions{cost}, {snr} "
                         f"({f['status']})", highlight=False, markup=False)
     o.print(rich_table(rows, title=f"run {run_id}"))
 
@@ -68,3 +78,29 @@ def _entry(e: dict) -> str:
     if not e.get("params"):
         return e["name"]
     return f"{e['name']}{e['params']}"
+
+
+def _n(v: Any) -> str:
+    return "?" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def show_trial(o: Any, run_id: str, trials: dict[str, TrialRecord], trial_id: str) -> None:
+    """One trial in full; a failed trial's stored traceback (what a plugin raised) is printed last."""
+    t = trials.get(trial_id)
+    if t is None:
+        known = ", ".join(sorted(trials)[:6])
+        raise HtxError(f"run {run_id} has no trial {trial_id!r}; its trials: {known}{' ...' if len(trials) > 6 else ''}")
+    o.print(f"trial {t.trial_id}: {trial_label(t)}", highlight=False, markup=False)
+    o.print(f"status {t.status}" + (f": {t.reason}" if t.reason else ""), highlight=False, markup=False)
+    for k, v in sorted(t.metrics.items()):
+        o.print(f"  {k} = {v}", highlight=False, markup=False)
+    info = {k: v for k, v in t.info.items() if k not in ("traceback", "search")}
+    for k, v in sorted(info.items()):
+        text = json.dumps(v, default=str)
+        o.print(f"  info.{k} = {text if len(text) <= 200 else text[:199] + '…'}", highlight=False, markup=False)
+    tb = t.info.get("traceback")
+    if isinstance(tb, str) and tb:
+        o.print("stored traceback (where the trial failed):", highlight=False)
+        o.print(tb.rstrip(), highlight=False, markup=False)
+    elif t.status == "failed":
+        o.print("no traceback stored for this trial", highlight=False)

@@ -1,6 +1,6 @@
 """Built-in compute units, and their commands (``htx convert``, ``htx bench gpu|coreml|transfer``)."""
 
-from htx.hookspecs import hookimpl
+from htx.api import hookimpl
 from htx_plugins.compute import gpu_bench, transfer_bench
 from htx_plugins.compute.coreml import CoreMLUnit, commands
 from htx_plugins.compute.torch_unit import TorchUnit

@@ -21,13 +21,16 @@ import numpy as np
 import torch
 import typer
 
-from htx.contracts import Assignment
-from htx.errors import AudioError
-from htx.fixtures import load_musicgen
-from htx.metrics import accuracy
-from htx.pipeline import Pipeline, spec_to_cac
-from htx.records import write_record
-from htx.separation import separate
+from htx.api import (
+    Assignment,
+    AudioError,
+    Pipeline,
+    accuracy,
+    load_musicgen,
+    separate,
+    spec_to_cac,
+    write_record,
+)
 
 #: Dense (no sparsity) peak throughput in TFLOP/s of the SXM parts, from NVIDIA's datasheets.
 PEAKS = {"H100": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7}, "H200": {"fp16": 989.4, "bf16": 989.4, "tf32": 494.7}}
@@ -91,8 +94,7 @@ def cpu_reference(cpu_model: Any, clip: torch.Tensor) -> np.ndarray:
     Not on the GPU: cuDNN would use TF32, and torch's CUDA inverse FFT uses the imaginary part of the DC
     bin that the CPU ignores (31.5 dB apart on the trained demo model; docs/stft.md).
     """
-    from htx.models import LoadedModel
-    from htx.reference import compute_reference
+    from htx.api import LoadedModel, compute_reference
 
     return compute_reference(LoadedModel(cpu_model, "benchmark model", ""), clip.cpu().numpy(), 0.25, 1.0)
 
@@ -128,7 +130,7 @@ def run(
     """Run the whole benchmark and return (and optionally write) its JSON record."""
     from demucs.apply import apply_model
 
-    from htx.models import random_htdemucs
+    from htx.api import random_htdemucs
     from htx_plugins.compute.torch_unit import TorchUnit
     from htx_plugins.stft.torch_stft import TorchSTFT
     from htx_plugins.surgery.full_hybrid import FullHybrid
@@ -313,8 +315,7 @@ def run(
 
 def _bisect(prepared_by_low, ops, inner, stft, model, cpu_model, mix, ref_np, seg_len, batch, pipeline_run, base_s, seconds, say):
     """Find the bisect FP32 set (criterion SNR >= 60 dB on the first 10 s) and time it on the full clip."""
-    from htx.contracts import SearchContext
-    from htx.plugins import load_registry
+    from htx.api import SearchContext, load_registry
 
     reg = load_registry()
     policy = reg.create("precision", "bisect", {"criterion": {"snr_db": 60}, "granularity": "type-then-instance", "max_seconds": 150})
@@ -383,18 +384,17 @@ def _profile(unit_prepared, choose, inner, stft, model, mix, seg_len, batch) -> 
 def _overhead(trial_s: float) -> dict[str, Any]:
     import tempfile
 
-    from htx.config import parse_config
-    from htx.grid import expand_grid
-    from htx.store import Store, TrialRecord
+    from htx.api import Session, Store, TrialRecord, parse_config
 
     cfg = parse_config({"name": "o", "fixtures": ["sine_440", "white_noise", "silence"],
                         "precision": ["fp32", "all-fp16", "curated-fp32"]})
     with tempfile.TemporaryDirectory() as d, Store(Path(d) / "o.sqlite") as store:
         run_id = store.create_run("o", {}, None, "x", "h")
+        session = Session(cfg)
         t0 = time.perf_counter()
         n = 20
         for i in range(n):
-            specs = expand_grid(cfg)
+            specs = session.specs()
             store.write_trial(TrialRecord(run_id, f"t{i}", i, "f", "ok", axes={"surgery": "s", "precision": "p", "stft": "b", "compute": "c"},
                                           metrics={f"m{k}": float(k) for k in range(40)}, info={"x": list(range(50))}))
         per = (time.perf_counter() - t0) / n
@@ -404,7 +404,7 @@ def _overhead(trial_s: float) -> dict[str, Any]:
 
 def _emulator(inner, stft, model, seg_len, dev, say) -> dict[str, Any]:
     try:
-        from htx.plugins import load_registry
+        from htx.api import load_registry
 
         reg = load_registry()
         if "coreml" not in reg.names("compute"):

@@ -21,15 +21,20 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, Params
-from htx.noise import project_noise
-from htx.opmap import (
+from htx.api import (
+    Assignment,
+    ComputeUnit,
+    InnerModel,
+    OpInfo,
+    OpStats,
+    Params,
+    Placement,
     is_compute,
     mil_type_for_aten,
-    model_prefix,
+    module_stack,
     number_ops,
     placement_runs,
-    portable_module,
+    project_noise,
     squares_input,
 )
 
@@ -42,32 +47,6 @@ def resolve_device(device: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(device)
-
-
-@contextlib.contextmanager
-def _module_stack(inner: torch.nn.Module) -> Iterator[list[str]]:
-    """The portable path of the module running now, kept by forward pre/post hooks on every submodule."""
-    prefix = model_prefix(inner)
-    stack: list[str] = []
-    handles = []
-
-    def enter(path: str) -> Any:
-        def hook(module: Any, args: Any) -> None:  # a pre-hook returning a value would replace the inputs
-            stack.append(path)
-        return hook
-
-    def leave(module: Any, args: Any, output: Any) -> None:  # ... and a forward hook, the output
-        stack.pop()
-
-    for qualname, module in inner.named_modules():
-        if qualname:
-            handles.append(module.register_forward_pre_hook(enter(portable_module(qualname, prefix))))
-            handles.append(module.register_forward_hook(leave))
-    try:
-        yield stack
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _op_name(counter: Counter[str], func: Any, args: tuple) -> tuple[str | None, str]:
@@ -463,23 +442,22 @@ class TorchUnit(ComputeUnit):
         inner = inner.to(self.device).eval()
         inputs = tuple(t.to(self.device) for t in example_inputs)
         listing: list[OpInfo] = []
-        with torch.no_grad(), _module_stack(inner) as stack, _OpMode(listing=listing, module_stack=stack):
+        with torch.no_grad(), module_stack(inner) as stack, _OpMode(listing=listing, module_stack=stack):
             inner(*inputs)
         ordinals = number_ops([op.module for op in listing], [op.type for op in listing])
         listing = [dataclasses.replace(op, ordinal=k) for op, k in zip(listing, ordinals)]
         return Prepared(inner, inputs, listing)
 
-    def placement(self, prepared: Prepared, assignment: Assignment) -> dict[str, Any]:
+    def placement(self, prepared: Prepared, assignment: Assignment) -> Placement:
         """Precision segments in execution order, and the dtype casts one forward pass executes."""
-        out: dict[str, Any] = placement_runs(prepared.op_list, assignment)
+        runs = placement_runs(prepared.op_list, assignment)
         counter: Counter[str] = Counter()
         lazy = self.params.casts == "lazy"
         mode = _OpMode(fp16=frozenset(assignment.fp16), low_dtype=self.low_dtype, lazy=lazy, cast_counter=counter)
         fn_mode = _LazyCompositeMode(mode) if lazy and assignment.fp16 else contextlib.nullcontext()
         with tf32_allowed(self.device, self.params.tf32), torch.no_grad(), fn_mode, mode:
             prepared.inner(*prepared.example_inputs)
-        out["casts"] = counter["casts"]
-        return {"partitions": out["partitions"], "casts": out["casts"]}
+        return Placement(partitions=runs["partitions"], casts=counter["casts"])
 
     def ops(self, prepared: Prepared) -> list[OpInfo]:
         return list(prepared.op_list)

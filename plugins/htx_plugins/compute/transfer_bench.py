@@ -21,15 +21,17 @@ import typer
 import yaml
 from rich.table import Table
 
-from htx.builder import TrialBuilder
-from htx.config import parse_config
-from htx.console import err, handle_errors, out
-from htx.contracts import Assignment
-from htx.grid import make_spec
-from htx.identity import transfer
-from htx.plugins import load_registry
-from htx.records import write_record
-from htx.workspace import Workspace
+from htx.api import (
+    Assignment,
+    Session,
+    err,
+    handle_errors,
+    load_registry,
+    out,
+    parse_config,
+    transfer,
+    write_record,
+)
 
 
 def _types(ops: list[Any], assignment: Assignment) -> dict[str, int]:
@@ -58,20 +60,18 @@ def command(
         "trial_timeout_s": 1e6,
     }
     cfg = parse_config(data, "bench transfer", reg)
-    builder = TrialBuilder(Workspace(cfg, reg, say), reg)
-    builder.workspace.load()
-    fx = cfg.fixtures[0]
-    base = {"surgery": cfg.surgery[0], "precision": cfg.precision[0], "stft": cfg.stft[0]}
-    spec_t = make_spec({**base, "compute": cfg.compute[0]}, 0, 0, fx)
-    spec_c = make_spec({**base, "compute": cfg.compute[1]}, 1, 0, fx)
+    session = Session(cfg, reg, say)
+    session.load()
+    spec_t = session.spec(compute=cfg.compute[0])
+    spec_c = session.spec(compute=cfg.compute[1])
     t0 = time.perf_counter()
-    prep_t = builder.prepared(spec_t)
+    prep_t = session.prepared(spec_t)
     say(f"searching with {spec_t.precision.key()} on {prep_t.compute.label} ({sum(o.compute for o in prep_t.ops)} compute ops) ...")
-    found = builder.assignment(spec_t)
+    found = session.assignment(spec_t)
     search_s = time.perf_counter() - t0
     keys = [op.key for op in prep_t.ops if op.compute and op.name not in found.assignment.fp16]
-    on_torch = builder.evaluate(prep_t, spec_t.stft, found.assignment)
-    prep_c = builder.prepared(spec_c)
+    on_torch = session.evaluate(spec_t, found.assignment)
+    prep_c = session.prepared(spec_c)
     moved = transfer(prep_t.ops, keys, prep_c.ops)
     rows: dict[str, dict[str, Any]] = {}
     for label, prep, a in [
@@ -80,9 +80,9 @@ def command(
         ("coreml (emu): all-fp16", prep_c, Assignment.all_fp16(prep_c.ops)),
         ("coreml (emu): fp32", prep_c, Assignment.all_fp32()),
     ]:
-        m = on_torch if prep is prep_t else builder.evaluate(prep, spec_c.stft, a)
+        m = on_torch if prep is prep_t else session.evaluate(spec_c, a)
         rows[label] = {"snr_db": m["snr_db"], "finite": m["finite"], "fp32_ops": sum(o.compute for o in prep.ops) - len(a.fp16),
-                       "fp32_types": _types(prep.ops, a), **{k: v for k, v in prep.compute.placement(prep.prepared, a).items()}}
+                       "fp32_types": _types(prep.ops, a), **prep.compute.placement(prep.prepared, a).metrics()}
     gap = None
     if rows["torch: search answer"]["snr_db"] is not None and rows["coreml (emu): transferred answer"]["snr_db"] is not None:
         gap = rows["coreml (emu): transferred answer"]["snr_db"] - rows["torch: search answer"]["snr_db"]

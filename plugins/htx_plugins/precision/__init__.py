@@ -1,6 +1,6 @@
 """Built-in precision policies, and ``htx bench search``."""
 
-from htx.hookspecs import hookimpl
+from htx.api import hookimpl
 from htx_plugins.precision import bench_cmd
 from htx_plugins.precision.bisect import Bisect
 from htx_plugins.precision.magnitude import Magnitude

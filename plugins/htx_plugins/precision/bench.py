@@ -25,13 +25,17 @@ from typing import Any
 
 import torch
 
-from htx.builder import TrialBuilder
-from htx.config import parse_config
-from htx.contracts import Assignment, SearchContext
-from htx.grid import expand_grid
-from htx.plugins import build_registry, get_plugin_manager, load_registry
-from htx.store import Store
-from htx.workspace import Workspace
+from htx.api import (
+    Assignment,
+    SearchContext,
+    Session,
+    Store,
+    build_registry,
+    get_plugin_manager,
+    load_registry,
+    parse_config,
+    run_search,
+)
 from htx_plugins.precision.planted import planted_ops, planted_plugin
 
 MODELS: dict[str, Any] = {
@@ -87,13 +91,13 @@ def bench_model(
         }
         cfg = parse_config(raw, f"bench {model_key}", registry)
         with Store(cfg.store.path):  # the run's store, as in `htx run` (the search writes no rows)
-            builder = TrialBuilder(Workspace(cfg, registry, say), registry)
+            session = Session(cfg, registry, say)
             t0 = time.perf_counter()
-            builder.workspace.load()
+            session.load()
             load_s = time.perf_counter() - t0
-            spec = expand_grid(cfg)[0]
+            spec = session.specs()[0]
             t0 = time.perf_counter()
-            prep = builder.prepared(spec)
+            prep = session.prepared(spec)
             prepare_s = time.perf_counter() - t0
             n = sum(op.compute for op in prep.ops)
             culprits = planted_ops(prep.ops)["culprits"]
@@ -101,7 +105,7 @@ def bench_model(
 
             def evaluate(a: Assignment) -> dict[str, Any]:
                 t = time.perf_counter()
-                m = builder.evaluate(prep, spec.stft, a)
+                m = session.evaluate(spec, a)
                 times.append(time.perf_counter() - t)
                 say(f"  evaluation {len(times)}: {len(a.fp16)}/{n} ops FP16, finite={m['finite']}, {times[-1]:.1f} s")
                 return m
@@ -110,15 +114,15 @@ def bench_model(
             say(f"{model_key}: bisect over {n} compute ops (planted culprits {culprits}) ...")
             t0 = time.perf_counter()
             # bisect's own time budget: it stops before the first evaluation past max_seconds
-            result = Bisect(Bisect.Params(**params, max_seconds=max_seconds)).search(ctx)
-            finished = not result.summary["status"].startswith("stopped")
+            result = run_search(Bisect(Bisect.Params(**params, max_seconds=max_seconds)), ctx)
+            finished = not result.status.startswith("stopped")
             search_s = time.perf_counter() - t0
             say(f"{model_key}: sensitivity on the same trial ...")
-            sctx = SearchContext(prep.ops, evaluate, targets=cfg.targets, first_order=lambda k, u: builder.first_order(spec, prep, k, u))
+            sctx = SearchContext(prep.ops, evaluate, targets=cfg.targets, first_order=lambda k, u: session.search(spec).first_order(k, u))
             t0 = time.perf_counter()
-            sens = Sensitivity(Sensitivity.Params(**params, max_seconds=max_seconds)).search(sctx)
+            sens = run_search(Sensitivity(Sensitivity.Params(**params, max_seconds=max_seconds)), sctx)
             sens_s = time.perf_counter() - t0
-    model = builder.workspace.model
+    model = session.workspace.model
     median = statistics.median(times) if times else float("nan")
     oracle = _oracle_evaluations(prep.ops, culprits, params)
     row: dict[str, Any] = {
@@ -131,11 +135,11 @@ def bench_model(
         "linear_scan_evaluations": n, "linear_scan_s_estimated": n * median,
         "torch_threads": torch.get_num_threads(), "load_average_1min": [load_before, _load_average()],
         "sensitivity_evaluations": sens.evaluations, "sensitivity_s": sens_s,
-        "sensitivity_rank_method": sens.summary.get("rank_method"),
-        "sensitivity_found_planted_exactly": sorted(sens.summary["fp32_ops"]) == sorted(culprits),
+        "sensitivity_rank_method": sens.details.get("rank_method"),
+        "sensitivity_found_planted_exactly": sorted(sens.fp32_ops) == sorted(culprits),
     }
     if finished:
-        found = result.summary["fp32_ops"]
+        found = result.fp32_ops
         row.update({
             "evaluations": result.evaluations, "search_s": search_s, "found": found,
             "found_planted_exactly": sorted(found) == sorted(culprits),
@@ -159,7 +163,6 @@ def compare_policies(
     """``bisect`` and ``sensitivity`` on the same trial (the real model, full-hybrid: accumulated rounding noise,
     the common case), side by side: evaluations, wall time, FP32 ops, partitions, final SNR, time to rank."""
     from htx_plugins.precision.bisect import Bisect
-    from htx_plugins.precision.criteria import criterion_passes
     from htx_plugins.precision.sensitivity import Sensitivity
 
     registry = load_registry()
@@ -173,12 +176,12 @@ def compare_policies(
             "trial_timeout_s": 1e6,
         }
         cfg = parse_config(raw, f"bench {model_key}", registry)
-        builder = TrialBuilder(Workspace(cfg, registry, say), registry)
-        builder.workspace.load()
-        spec = expand_grid(cfg)[0]
-        prep = builder.prepared(spec)
+        session = Session(cfg, registry, say)
+        session.load()
+        spec = session.specs()[0]
+        prep = session.prepared(spec)
         n = sum(op.compute for op in prep.ops)
-        all16 = builder.evaluate(prep, spec.stft, Assignment.all_fp16(prep.ops))
+        all16 = session.evaluate(spec, Assignment.all_fp16(prep.ops))
         for name in policies:
             base, _, rank = name.partition(":")  # sensitivity:probe ranks by subtree evaluations instead of gradients
             cls = {"bisect": Bisect, "sensitivity": Sensitivity}[base]
@@ -188,13 +191,13 @@ def compare_policies(
             else:
                 params.update({"cost": "partitions", **({"rank": rank} if rank else {}), **(sensitivity_params or {})})
             policy = cls(cls.Params(**params))
-            ctx = SearchContext(prep.ops, lambda a: builder.evaluate(prep, spec.stft, a), targets=cfg.targets,
-                                first_order=lambda k, u: builder.first_order(spec, prep, k, u))
+            ctx = SearchContext(prep.ops, lambda a: session.evaluate(spec, a), targets=cfg.targets,
+                                first_order=lambda k, u: session.search(spec).first_order(k, u))
             say(f"{model_key}: {name} over {n} compute ops on {prep.compute.label} ...")
             t0 = time.perf_counter()
-            result = policy.search(ctx)
+            result = run_search(policy, ctx)
             wall = time.perf_counter() - t0
-            final = builder.evaluate(prep, spec.stft, result.assignment)
+            final = session.evaluate(spec, result.assignment)
             rows.append({
                 "model": model_key, "policy": name, "unit": prep.compute.runtime, "criterion": str(criterion),
                 "n_ops": n, "all_fp16_snr_db": all16.get("snr_db"), "evaluations": result.evaluations, "search_s": wall,
@@ -205,8 +208,8 @@ def compare_policies(
                 "first_verified": result.summary.get("first_verified"),
                 "fixtures": fixtures, "cpus": os.cpu_count(),
                 "fp32_ops": n - len(result.assignment.fp16), "status": result.summary.get("status"),
-                "final_snr_db": final.get("snr_db"), "passes": criterion_passes(policy.params.criterion, final, cfg.targets),
-                **{k: v for k, v in prep.compute.placement(prep.prepared, result.assignment).items() if k != "placement"},
+                "final_snr_db": final.get("snr_db"), "passes": policy.params.criterion.passes(final, cfg.targets),
+                **prep.compute.placement(prep.prepared, result.assignment).metrics(),
                 "fp32_keys": [op.key for op in prep.ops if op.compute and op.name not in result.assignment.fp16],
                 "host": platform.node(), "torch": torch.__version__,
             })

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import typer
 
-from htx.console import err, handle_errors, out
-from htx.errors import HtxError
-from htx.records import write_record
+from htx.api import HtxError, err, handle_errors, out, write_record
 from htx_plugins.precision.bench import MODELS, bench_model
 
 

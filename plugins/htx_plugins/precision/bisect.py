@@ -25,28 +25,30 @@ types only (everything else stays FP16).
 from __future__ import annotations
 
 import math
-import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
 
-from htx.contracts import Assignment, OpInfo, Params, SearchContext, SearchPolicy, SearchResult
-from htx_plugins.precision.criteria import Criterion, criterion_passes, describe
+from htx.api import (
+    Assignment,
+    Criterion,
+    OpInfo,
+    Params,
+    SearchContext,
+    SearchPolicy,
+    SearchResult,
+    SearchStopped,
+)
 
 
 class BisectParams(Params):
-    criterion: Criterion = Field("targets", description="finite | within_tol | targets | {snr_db: X}")
+    criterion: Criterion = Field(Criterion.targets(), description="finite | within_tol | targets | {snr_db: X}")
     granularity: Literal["instance", "type", "type-then-instance"] = "instance"
     minimize: bool = Field(True, description="drop members that are not needed (1-minimality)")
     verify: bool = Field(True, description="re-evaluate the final set unless it was the last evaluation")
     max_evaluations: int = Field(1000, ge=2, description="stop and return the smallest passing set found")
     max_seconds: float | None = Field(None, gt=0, description="the same, after this long (keep below trial_timeout_s)")
-
-
-class _Budget(Exception):
-    pass
 
 
 def bound(k: int, n: int) -> int:
@@ -112,66 +114,20 @@ def _one_minimal(found: list[int], test: Callable[[Sequence[int], str], bool]) -
 
 
 class _Evaluator:
-    """Memoized, logged evaluations of keep-FP32 sets for one search."""
+    """Keep-FP32 sets of one search judged through the context (which memoises, logs and keeps the budget)."""
 
-    def __init__(self, ctx: SearchContext, compute_ops: list[OpInfo], criterion: Any, max_evaluations: int,
-                 max_seconds: float | None = None) -> None:
+    def __init__(self, ctx: SearchContext, compute_ops: list[OpInfo]) -> None:
         self.ctx = ctx
-        self.deadline = time.perf_counter() + max_seconds if max_seconds else None
         self.ops = compute_ops
-        self.order = {op.name: i for i, op in enumerate(compute_ops)}
-        self.criterion = criterion
-        self.max_evaluations = max_evaluations
-        self.cache: dict[frozenset[str], bool] = {}
-        self.metrics: dict[frozenset[str], dict[str, Any]] = {}
-        self.log: list[dict[str, Any]] = []
-        self.hits = 0
-        self.start = ctx.evaluations
         self.last: frozenset[str] | None = None
 
-    @property
-    def evaluations(self) -> int:
-        return self.ctx.evaluations - self.start
-
     def test(self, keep: frozenset[str], phase: str, fresh: bool = False) -> bool:
-        if keep in self.cache and not fresh:
-            self.hits += 1
-            return self.cache[keep]
-        if self.evaluations >= self.max_evaluations:
-            raise _Budget(f"max_evaluations={self.max_evaluations}")
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            raise _Budget("max_seconds")
         assignment = Assignment.keep_fp32(self.ops, keep)
-        t0 = time.perf_counter()
-        metrics = self.ctx.evaluate(assignment)
-        ok = criterion_passes(self.criterion, metrics, self.ctx.targets)
-        self.cache[keep] = ok
-        self.metrics[keep] = metrics
-        if ok and (self.ctx.best is None or len(keep) < self.ctx.best[0]):
-            self.ctx.note_best(len(keep), metrics.get("snr_db"), float(len(keep)))
-        self.last = keep
-        names = sorted(keep, key=lambda n: self.order.get(n, 0))
-        self.log.append({
-            "step": len(self.log), "phase": phase, "passed": ok, "n_fp32": len(keep), "fp32": names,
-            "fp32_types": dict(Counter(self.ops[self.order[n]].type for n in names)),
-            **_scalars(metrics), "seconds": round(time.perf_counter() - t0, 4),
-        })
+        before = self.ctx.evaluations
+        ok = self.ctx.passes(self.ctx.evaluate(assignment, phase, fresh=fresh))
+        if self.ctx.evaluations != before:
+            self.last = keep
         return ok
-
-    def smallest_passing(self) -> frozenset[str] | None:
-        passing = [k for k, ok in self.cache.items() if ok]
-        return min(passing, key=len) if passing else None
-
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("snr_db", "sdr_delta_db", "max_abs_diff", "nan_count", "inf_count", "within_tol", "finite", "fp16_op_fraction")
-    out = {k: metrics.get(k) for k in keys if k in metrics}
-    per = metrics.get("per_fixture") or {}
-    out["per_fixture"] = {
-        name: {k: m.get(k) for k in ("snr_db", "nan_count", "inf_count", "within_tol", "sdr_delta_db") if k in m}
-        for name, m in per.items()
-    }
-    return out
 
 
 class Bisect(SearchPolicy):
@@ -194,11 +150,13 @@ class Bisect(SearchPolicy):
 
     def search(self, ctx: SearchContext) -> SearchResult:
         p = self.params
-        compute_ops = [op for op in ctx.ops if op.compute]
-        ev = _Evaluator(ctx, compute_ops, p.criterion, p.max_evaluations, p.max_seconds)
-        ctx.declare(describe(p.criterion), lambda m: criterion_passes(p.criterion, m, ctx.targets), p.max_evaluations, p.max_seconds)
+        compute_ops = ctx.compute_ops
+        ctx.begin(p.criterion, p.max_evaluations, p.max_seconds)
+        ev = _Evaluator(ctx, compute_ops)
         types: list[str] = list(dict.fromkeys(op.type for op in compute_ops))
         by_type = {t: [op.name for op in compute_ops if op.type == t] for t in types}
+        details: dict[str, Any] = {"granularity": p.granularity, "n_ops": len(compute_ops), "n_types": len(types),
+                                   "linear_scan_evaluations": len(compute_ops)}
         status = "found"
         keep: frozenset[str] | None
         try:
@@ -216,45 +174,23 @@ class Bisect(SearchPolicy):
                 status = "unreachable"
             elif not keep:
                 status = "all-fp16 passes"
-        except _Budget as stop:
+        except SearchStopped as stop:
             status = f"stopped at {stop}"
-            keep = ev.smallest_passing()
-        verified_step = None
-        if keep is None:
-            # Even all-FP32 fails: report it and run the trial in FP32 so its metrics show why.
-            assignment = Assignment.all_fp32()
-            final_keep: frozenset[str] = frozenset(op.name for op in compute_ops)
-            ok = False
-        else:
-            final_keep = keep
-            ok = ev.cache.get(keep, False)
-            if p.verify and ev.last != keep:
-                try:
-                    ok = ev.test(keep, "verify", fresh=True)
-                except _Budget:
-                    pass
-            if ev.last == keep:
-                verified_step = len(ev.log) - 1
-            assignment = Assignment.keep_fp32(compute_ops, keep)
-        fp32_names = [op.name for op in compute_ops if op.name in final_keep]
-        final_metrics = ev.metrics.get(final_keep, {})
-        summary = {
-            "criterion": describe(p.criterion),
-            "granularity": p.granularity,
-            "status": status,
-            "passed": bool(ok),
-            "verified_step": verified_step,
-            "n_ops": len(compute_ops),
-            "n_types": len(types),
-            "fp32_ops": fp32_names,
-            "fp32_types": dict(Counter(op.type for op in compute_ops if op.name in final_keep)),
-            "evaluations": ev.evaluations,
-            "cache_hits": ev.hits,
-            "linear_scan_evaluations": len(compute_ops),
-            "bound_for_found_k": bound(len(fp32_names), len(compute_ops)),
-            "final": {k: v for k, v in _scalars(final_metrics).items() if k != "per_fixture"},
-        }
-        return SearchResult(assignment=assignment, log=ev.log, evaluations=ev.evaluations, summary=summary)
+            best = ctx.best
+            keep = None if best is None else frozenset(op.name for op in compute_ops if op.name not in best[0].fp16)
+        if keep is None:  # nothing passes (or nothing verified yet): run the trial in FP32 so its metrics show why
+            return ctx.result(Assignment.all_fp32(), status, passed=False, details=details)
+        assignment = Assignment.keep_fp32(compute_ops, keep)
+        cached = ctx.cached(assignment)
+        ok = cached is not None and ctx.passes(cached)
+        if p.verify and ev.last != keep:
+            try:
+                ok = ev.test(keep, "verify", fresh=True)
+            except SearchStopped:
+                pass
+        details["verified_step"] = len(ctx.log) - 1 if ev.last == keep else None
+        details["bound_for_found_k"] = bound(len(keep), len(compute_ops))
+        return ctx.result(assignment, status, passed=ok, details=details)
 
     @staticmethod
     def _instances(ev: _Evaluator, names: list[str], p: BisectParams, known: bool = False) -> frozenset[str] | None:

@@ -22,7 +22,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from htx.contracts import InnerModel, OpInfo, Params, Surgery
+from htx.api import InnerModel, OpInfo, Params, Surgery
 
 #: log2 gains of up1 and up2: wave values above 2**-22 * 65504 ~ 0.016 overflow in FP16.
 GAIN_BITS = (10, 12)
@@ -91,7 +91,7 @@ class PlantedFaults(Surgery):
 
 def planted_plugin() -> ModuleType:
     """An inline plugin module registering :class:`PlantedFaults`."""
-    from htx.plugins import module_plugin
+    from htx.api import module_plugin
 
     def htx_register_surgeries(register):  # noqa: ANN001 - pluggy hook signature
         register(PlantedFaults)

@@ -63,19 +63,28 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
 
-from htx.contracts import Assignment, OpInfo, Params, SearchContext, SearchPolicy, SearchResult
-from htx.opmap import placement_runs
-from htx_plugins.precision.criteria import Criterion, SnrCriterion, criterion_passes, describe
+from htx.api import (
+    Assignment,
+    Criterion,
+    Evaluation,
+    FrontierPoint,
+    OpInfo,
+    Params,
+    SearchContext,
+    SearchPolicy,
+    SearchResult,
+    SearchStopped,
+    placement_runs,
+)
 
 
 class SensitivityParams(Params):
-    criterion: Criterion = Field("targets", description="finite | within_tol | targets | {snr_db: X}")
+    criterion: Criterion = Field(Criterion.targets(), description="finite | within_tol | targets | {snr_db: X}")
     cost: Literal["fp32_ops", "partitions", "latency"] = "fp32_ops"
     bars: list[float] = Field(default_factory=list, description="also return the verified set for each SNR bar (a frontier)")
     minimize: bool = Field(True, description="drop members the criterion does not need (1-minimality)")
@@ -94,10 +103,6 @@ class SensitivityParams(Params):
         "(null: try every member, 1-minimal checked)")
     max_evaluations: int = Field(400, ge=2)
     max_seconds: float | None = Field(None, gt=0)
-
-
-class _Stop(Exception):
-    pass
 
 
 @dataclass
@@ -141,12 +146,8 @@ def _children(node: _Node) -> list[_Node]:
 class _Search:
     def __init__(self, ctx: SearchContext, p: SensitivityParams) -> None:
         self.ctx, self.p = ctx, p
-        self.ops = [op for op in ctx.ops if op.compute]
-        self.log: list[dict[str, Any]] = []
-        self.cache: dict[frozenset[str], dict[str, Any]] = {}
+        self.ops = ctx.compute_ops
         self.start = ctx.evaluations
-        self.deadline = time.perf_counter() + p.max_seconds if p.max_seconds else None
-        self.best: tuple[frozenset[str], dict[str, Any]] | None = None  # smallest verified passing FP32 set
         self.probed: list[_Node] = []  # every subtree measured, for the log even when a budget cuts the ranking
         self.selected = 0  # FP32 set size after verify/repair, before the removal pass
         self.t0 = time.perf_counter()
@@ -163,40 +164,23 @@ class _Search:
     def evaluations(self) -> int:
         return self.ctx.evaluations - self.start
 
-    def evaluate(self, fp16: frozenset[str], phase: str) -> dict[str, Any]:
-        if fp16 in self.cache:
-            return self.cache[fp16]
-        if self.evaluations >= self.p.max_evaluations:
-            raise _Stop(f"max_evaluations={self.p.max_evaluations}")
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            raise _Stop("max_seconds")
-        m = self.ctx.evaluate(Assignment(fp16))
-        self.cache[fp16] = m
-        fp32 = [op.name for op in self.ops if op.name not in fp16]
-        passed = criterion_passes(self.p.criterion, m, self.ctx.targets)
-        if passed and self.first_verified is None and fp16:  # all-FP32 passing is no answer
+    def evaluate(self, fp16: frozenset[str], phase: str) -> Evaluation:
+        """Through the context (memo, budget, log, progress); notes when the first passing set was verified."""
+        before = self.ctx.evaluations
+        m = self.ctx.evaluate(Assignment(fp16), phase)
+        if self.ctx.evaluations != before and self.first_verified is None and fp16 and self.p.criterion.passes(m, self.ctx.targets):
             self.first_verified = {"evaluation": self.evaluations, "seconds": time.perf_counter() - self.t0,
-                                   "fp32_ops": len(fp32), "snr_db": m.get("snr_db")}
-        if passed and (self.best is None or self._rank_key(fp16, m) < self._rank_key(*self.best)):
-            self.best = (fp16, m)
-            self.ctx.note_best(len(self.ops) - len(fp16), m.get("snr_db"), self.cost(fp16, m))
-        self.log.append({"step": len(self.log), "phase": phase, "n_fp32": len(fp32), "passed": passed,
-                         "snr_db": m.get("snr_db"), "finite": m.get("finite"), "model_ms": m.get("model_ms")})
+                                   "fp32_ops": len(self.ops) - len(fp16), "snr_db": m.snr_db}  # all-FP32 is no answer
         return m
 
     def passes(self, fp16: frozenset[str], phase: str) -> bool:
-        return criterion_passes(self.p.criterion, self.evaluate(fp16, phase), self.ctx.targets)
+        return self.p.criterion.passes(self.evaluate(fp16, phase), self.ctx.targets)
 
-    def _rank_key(self, fp16: frozenset[str], metrics: dict[str, Any]) -> tuple[int, float]:
-        """Fewer FP32 ops first; the cost decides among equals (all-FP32 is one partition, never the answer)."""
-        return (len(self.ops) - len(fp16), self.cost(fp16, metrics))
+    def cached(self, fp16: frozenset[str]) -> Evaluation | None:
+        return self.ctx.cached(Assignment(fp16))
 
-    def cost(self, fp16: frozenset[str], metrics: dict[str, Any] | None = None) -> float:
-        if self.p.cost == "partitions":
-            return float(placement_runs(self.ctx.ops, Assignment(fp16))["partitions"])
-        if self.p.cost == "latency" and metrics is not None and metrics.get("model_ms") is not None:
-            return float(metrics["model_ms"])
-        return float(len(self.ops) - len(fp16))
+    def cost(self, fp16: frozenset[str], metrics: Evaluation | None = None) -> float:
+        return self.ctx.cost(Assignment(fp16), metrics)
 
     # ranking -------------------------------------------------------------------------------------------
 
@@ -359,16 +343,13 @@ class _Search:
 
     def _bar_power(self) -> float | None:
         """The criterion's bar as a noise power relative to the reference (None for finite / within_tol)."""
-        crit = self.p.criterion
-        if isinstance(crit, SnrCriterion):
-            return 10 ** (-crit.snr_db / 10)
-        if crit == "targets" and getattr(self.ctx.targets, "snr_db", None) is not None:
-            return 10 ** (-float(self.ctx.targets.snr_db) / 10)
-        return None
+        bar = self.p.criterion.bar_db(self.ctx.targets)
+        return None if bar is None else 10 ** (-bar / 10)
 
     def _noise(self, fp16: frozenset[str]) -> float:
         """Measured worst-fixture noise power of a set already evaluated."""
-        snr = self.cache[fp16].get("snr_db")
+        m = self.cached(fp16)
+        snr = None if m is None else m.snr_db
         return 0.0 if snr is None else (math.inf if not math.isfinite(snr) and snr < 0 else 10 ** (-snr / 10))
 
     def _remove_group(self, all_names: frozenset[str], fp32: set[str], order: list[str], weight: dict[str, float],
@@ -402,7 +383,7 @@ class _Search:
         if not self.passes(merged, "merge"):
             return fp16, True, status + f"; merging ({what}) failed verification, kept unmerged"
         if self.p.cost == "latency":
-            t0, t1 = (self.cache[x].get("model_ms") for x in (fp16, merged))
+            t0, t1 = ((self.cached(x) or {}).get("model_ms") for x in (fp16, merged))
             if t0 is not None and t1 is not None and t1 >= t0:
                 return fp16, True, status + f"; merging ({what}) measured no faster ({t1:.2f} vs {t0:.2f} ms), kept unmerged"
         self.merged = {"gaps": gaps, "partitions_before": before, "partitions_after": after, "fp32_ops_added": filled}
@@ -442,14 +423,11 @@ def merge_gaps(order: list[str], fp16: frozenset[str], hop_ops: float) -> tuple[
         gaps += 1
 
 
-def _budget(criterion: Any, targets: Any, margin_db: float) -> float:
-    if isinstance(criterion, SnrCriterion):
-        bar = criterion.snr_db
-    elif criterion == "finite":
+def _budget(criterion: Criterion, targets: Any, margin_db: float) -> float:
+    if criterion.kind == "finite":
         return math.inf  # only non-finite subtrees are opened
-    else:
-        bar = float(getattr(targets, "snr_db", 60.0))
-    return 10 ** (-(bar + margin_db) / 10)
+    bar = criterion.bar_db(targets)
+    return 10 ** (-((60.0 if bar is None else bar) + margin_db) / 10)
 
 
 class Sensitivity(SearchPolicy):
@@ -472,13 +450,12 @@ class Sensitivity(SearchPolicy):
 
     def search(self, ctx: SearchContext) -> SearchResult:
         p = self.params
+        ctx.begin(p.criterion, p.max_evaluations, p.max_seconds, cost=p.cost)
         s = _Search(ctx, p)
-        ctx.declare(describe(p.criterion), lambda m: criterion_passes(p.criterion, m, ctx.targets), p.max_evaluations, p.max_seconds)
         t0 = time.perf_counter()
         status, ok, fp16 = "", False, frozenset()
-        frontier: list[dict[str, Any]] = []
+        frontier: list[FrontierPoint] = []
         ranking: list[dict[str, Any]] = []
-        interrupted = False
         try:
             s.setup_first_order()
             taken, rest = s.rank(_budget(p.criterion, ctx.targets, p.margin_db))
@@ -490,43 +467,32 @@ class Sensitivity(SearchPolicy):
                 sub = Sensitivity(self.Params(**{**p.model_dump(), "criterion": {"snr_db": bar}, "bars": [], "minimize": False,
                                                               "hop_ops": 0}))
                 sub_s = _Search(ctx, sub.params)
-                sub_s.cache, sub_s.start = s.cache, s.start
+                sub_s.start = s.start
                 sub_s.groups, sub_s.group_powers = s.groups, s.group_powers
-                b_taken, b_rest = sub_s.rank(_budget(SnrCriterion(snr_db=bar), ctx.targets, p.margin_db))
+                b_taken, b_rest = sub_s.rank(_budget(Criterion.snr(bar), ctx.targets, p.margin_db))
                 b_fp16, b_ok, b_status = sub_s.answer(b_taken, b_rest, False)
-                m = s.cache.get(b_fp16, {})
-                frontier.append({"snr_db_bar": bar, "passed": b_ok, "status": b_status, "fp32_ops": len(s.ops) - len(b_fp16),
-                                 "partitions": s.cost_partitions(b_fp16),
-                                 "cost": sub_s.cost(b_fp16, m), "snr_db": m.get("snr_db"),
-                                 "fp32_keys": [o.key for o in s.ops if o.name not in b_fp16]})
-        except _Stop as stop:
+                m = s.cached(b_fp16)
+                frontier.append(FrontierPoint(
+                    snr_db_bar=bar, passed=b_ok, fp32_ops=len(s.ops) - len(b_fp16), snr_db=None if m is None else m.snr_db,
+                    partitions=s.cost_partitions(b_fp16), cost=sub_s.cost(b_fp16, m), status=b_status,
+                    fp32_keys=tuple(o.key for o in s.ops if o.name not in b_fp16)))
+        except SearchStopped as stop:
             status = f"stopped at {stop}: best verified set so far"
             rank_evals, rank_s = s.evaluations, time.perf_counter() - t0
-            if s.best is not None:
-                fp16, ok = s.best[0], True
-        except KeyboardInterrupt:
-            interrupted, status = True, "interrupted (Ctrl-C): best verified set so far"
-            rank_evals, rank_s = s.evaluations, time.perf_counter() - t0
-            if s.best is not None:
-                fp16, ok = s.best[0], True
+            if ctx.best is not None:
+                fp16, ok = ctx.best[0].fp16, True
         if not ranking:  # cut short while ranking: what was measured, heaviest first
             ranking = [{"subtree": n.path, "fp32": None, "power": n.power, "snr_db": n.snr, "n_ops": len(n.ops)}
                        for n in sorted(s.probed, key=lambda n: -n.power)]
-        if not ok and s.best is None:
+        if not ok and ctx.best is None:
             fp16 = frozenset()  # nothing verified: run the trial in FP32 so its metrics show why
-        m = s.cache.get(fp16, {})
-        fp32_ops = [op for op in s.ops if op.name not in fp16]
-        summary = {
-            "criterion": describe(p.criterion), "cost_kind": p.cost, "status": status, "passed": bool(ok),
-            "one_minimal": "1-minimal" in status and s.merged is None, "merged": s.merged, "interrupted": interrupted,
-            "removed_in_group": s.removed_in_group, "estimate_scale": s.estimate_scale,
-            "n_ops": len(s.ops), "fp32_ops": [op.name for op in fp32_ops], "fp32_keys": [op.key for op in fp32_ops],
-            "fp32_types": dict(Counter(op.type for op in fp32_ops)), "cost": s.cost(fp16, m),
+        m = s.cached(fp16)
+        details = {
+            "cost_kind": p.cost, "one_minimal": "1-minimal" in status and s.merged is None, "merged": s.merged,
+            "removed_in_group": s.removed_in_group, "estimate_scale": s.estimate_scale, "n_ops": len(s.ops),
+            "cost": s.cost(fp16, m),
             "partitions": placement_runs(ctx.ops, Assignment(fp16))["partitions"],
-            "evaluations": s.evaluations, "rank_evaluations": rank_evals, "rank_s": rank_s,
-            "rank_method": s.method, "rank_note": s.method_note, "selected_fp32": s.selected,
-            "first_verified": s.first_verified,
-            "final": {k: m.get(k) for k in ("snr_db", "finite", "within_tol", "model_ms", "rows") if k in m},
-            "frontier": frontier, "ranking": ranking[:200],
+            "rank_evaluations": rank_evals, "rank_s": rank_s, "rank_method": s.method, "rank_note": s.method_note,
+            "selected_fp32": s.selected, "first_verified": s.first_verified, "ranking": ranking[:200],
         }
-        return SearchResult(Assignment(fp16), log=s.log, evaluations=s.evaluations, summary=summary)
+        return ctx.result(Assignment(fp16), status, passed=bool(ok), details=details, frontier=frontier)

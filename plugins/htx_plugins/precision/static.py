@@ -6,7 +6,7 @@ import fnmatch
 
 from pydantic import Field
 
-from htx.contracts import Assignment, OpInfo, Params, StaticPolicy
+from htx.api import Assignment, OpInfo, Params, StaticPolicy
 
 CURATED_DEFAULT = ("pow", "sqrt", "real_div", "l2_norm", "reduce_mean", "reduce_sum", "softmax", "matmul")
 

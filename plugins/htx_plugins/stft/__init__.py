@@ -1,6 +1,6 @@
 """Built-in STFT backends, and ``htx bench stft``."""
 
-from htx.hookspecs import hookimpl
+from htx.api import hookimpl
 from htx_plugins.stft import bench as bench_module
 from htx_plugins.stft.numpy_stft import NumpySTFT
 from htx_plugins.stft.torch_stft import TorchSTFT

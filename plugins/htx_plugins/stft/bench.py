@@ -19,10 +19,8 @@ import numpy as np
 import torch
 import typer
 
-from htx.console import err, handle_errors, out
-from htx.contracts import STFTBackend, demucs_ispec, demucs_spec
-from htx.fixtures import BUILTINS
-from htx.plugins import load_registry
+from htx.api import BUILTIN_FIXTURES as BUILTINS
+from htx.api import STFTBackend, demucs_ispec, demucs_spec, err, handle_errors, load_registry, out
 
 SAMPLERATE = 44100
 N_FFT = 4096

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-from htx.errors import AudioError
+from htx.api import AudioError
 
 
 def check_signal(x: torch.Tensor | np.ndarray) -> None:

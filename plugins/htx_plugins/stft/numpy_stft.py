@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from htx.contracts import Params, STFTBackend
-from htx.errors import AudioError
+from htx.api import AudioError, Params, STFTBackend
 
 #: Frames processed per FFT call in the forward pass: small enough that the windowed block stays in cache.
 _BLOCK_FRAMES = 64

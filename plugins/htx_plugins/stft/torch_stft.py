@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from htx.contracts import Params, STFTBackend, demucs_ispec, demucs_spec
+from htx.api import Params, STFTBackend, demucs_ispec, demucs_spec
 
 __all__ = ["TorchSTFT", "demucs_ispec", "demucs_spec", "plain_istft", "plain_stft"]
 

@@ -30,8 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from htx.contracts import Params, STFTBackend
-from htx.errors import UnavailableError
+from htx.api import Params, STFTBackend, UnavailableError
 from htx_plugins.stft.numpy_stft import (
     _BLOCK_FRAMES,  # frames per FFT call: the split-complex block stays in cache between windowing, FFT and unpacking
     check_n_fft,

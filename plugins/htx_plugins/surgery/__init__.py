@@ -1,6 +1,6 @@
 """Built-in model-surgery plugins, and ``htx bench surgery``."""
 
-from htx.hookspecs import hookimpl
+from htx.api import hookimpl
 from htx_plugins.surgery import bench as bench_module
 from htx_plugins.surgery.decomposed_attention import DecomposedAttentionSurgery
 from htx_plugins.surgery.external_norm import ExternalNorm

@@ -21,16 +21,14 @@ from typing import Any
 import torch
 import typer
 
-from htx.console import err, handle_errors, out
-from htx.metrics import percentiles
-from htx.records import write_record
+from htx.api import err, handle_errors, out, percentiles, write_record
 
 VARIANTS = ("full-hybrid", "external-norm", "decomposed-attention", "safe-norm", "time-only")
 KEY_OPS = ("scaled_dot_product_attention", "softmax", "matmul", "layer_norm", "square", "reduce_mean", "reduce_max", "sqrt")
 
 
 def _model_config(model: str) -> Any:
-    from htx.config import ModelConfig
+    from htx.api import ModelConfig
 
     if model == "full":
         return ModelConfig(kind="random", random={})
@@ -53,9 +51,7 @@ def bench_surgery(
     say: Any = print,
 ) -> dict[str, Any]:
     """Measure every variant on ``model`` (``demo``, ``full`` = default HTDemucs random init, or a checkpoint path)."""
-    from htx.models import load_model
-    from htx.pipeline import Pipeline, spec_to_cac
-    from htx.plugins import load_registry
+    from htx.api import Pipeline, load_model, load_registry, spec_to_cac
     from htx_plugins.surgery.conversion import convert_inner, mil_op_types
 
     registry = load_registry()

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from htx.contracts import InnerModel
-from htx.errors import ModelError
+from htx.api import InnerModel, ModelError
 from htx_plugins.surgery.full_hybrid import FullHybrid, FullHybridInner
 from htx_plugins.surgery.module_tree import replace_modules
 

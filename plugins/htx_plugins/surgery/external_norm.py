@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from htx.contracts import InnerModel
+from htx.api import InnerModel
 from htx_plugins.surgery.full_hybrid import FullHybrid, normalize_spec, normalize_wave, run_branches
 
 

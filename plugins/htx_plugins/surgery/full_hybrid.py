@@ -6,7 +6,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from htx.contracts import InnerModel, Surgery
+from htx.api import InnerModel, Surgery
 
 
 def normalize_spec(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,7 +111,7 @@ class FullHybrid(Surgery):
 
     def check(self, model: nn.Module) -> None:
         super().check(model)
-        from htx.errors import ModelError
+        from htx.api import ModelError
 
         if not model.cac or model.wiener_iters:
             raise ModelError(f"{self.name} needs an HTDemucs with cac=True and wiener_iters=0 (the released configs)")

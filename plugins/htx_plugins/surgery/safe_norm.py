@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from htx.contracts import InnerModel
+from htx.api import InnerModel
 from htx_plugins.surgery.full_hybrid import FullHybrid, FullHybridInner
 from htx_plugins.surgery.module_tree import replace_modules
 

@@ -23,8 +23,7 @@ from einops import rearrange
 from pydantic import Field
 from torch import nn
 
-from htx.contracts import InnerModel, Params, Surgery
-from htx.errors import ModelError
+from htx.api import InnerModel, ModelError, Params, Surgery
 from htx_plugins.surgery.full_hybrid import normalize_wave
 
 

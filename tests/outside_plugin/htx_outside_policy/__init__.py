@@ -1,6 +1,6 @@
 """A third-party precision policy: keep convolutions in FP32, everything else FP16."""
 
-from htx.contracts import Assignment, StaticPolicy
+from htx.api import Assignment, StaticPolicy
 from htx.hookspecs import hookimpl
 
 

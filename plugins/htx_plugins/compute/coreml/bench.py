@@ -24,9 +24,7 @@ from typing import Any
 
 import torch
 
-from htx.contracts import Assignment
-from htx.pipeline import spec_to_cac
-from htx.records import write_record
+from htx.api import Assignment, spec_to_cac, write_record
 
 GIB = 2**30
 
@@ -104,7 +102,7 @@ def run(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the benchmark and print its table; returns the raw record (also written to ``out_json``)."""
-    from htx.models import model_hash, random_htdemucs
+    from htx.api import model_hash, random_htdemucs
     from htx_plugins.compute.coreml import CoreMLUnit
     from htx_plugins.stft.torch_stft import demucs_spec
     from htx_plugins.surgery.full_hybrid import FullHybridInner

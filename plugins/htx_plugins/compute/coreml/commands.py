@@ -16,14 +16,18 @@ from pathlib import Path
 
 import typer
 
-from htx.axes import axis_names
-from htx.builder import TrialBuilder
-from htx.config import ExperimentConfig, PluginEntry, load_config
-from htx.console import err, handle_errors, out
-from htx.errors import HtxError
-from htx.grid import make_spec
-from htx.plugins import Registry, load_registry
-from htx.workspace import Workspace
+from htx.api import (
+    ExperimentConfig,
+    HtxError,
+    PluginEntry,
+    Registry,
+    Session,
+    err,
+    handle_errors,
+    load_config,
+    load_registry,
+    out,
+)
 from htx_plugins.compute.coreml import bench
 from htx_plugins.compute.coreml.convert import TARGETS, package_size
 
@@ -67,18 +71,13 @@ def convert(
     check_out(out_path, force)
     registry = load_registry()
     cfg = load_config(config, registry)
-    entries = {axis: cfg.entries(axis)[0] for axis in axis_names()}
-    entries.update(surgery=pick_entry(cfg, registry, "surgery", surgery),
-                   precision=pick_entry(cfg, registry, "precision", precision), compute=coreml_entry(cfg, target))
-    spec = make_spec(entries, 0, 0, cfg.fixtures[0])
     e = err()
-    builder = TrialBuilder(Workspace(cfg, registry, lambda m: e.print(m, highlight=False, markup=False),
-                                     check_surgeries=False), registry)
-    if builder.is_search(spec):
-        builder.workspace.load()  # fixtures and FP32 references to search against
+    session = Session(cfg, registry, lambda m: e.print(m, highlight=False, markup=False), check_surgeries=False)
+    spec = session.spec(surgery=pick_entry(cfg, registry, "surgery", surgery),
+                        precision=pick_entry(cfg, registry, "precision", precision), compute=coreml_entry(cfg, target))
     t0 = time.perf_counter()
-    prep = builder.prepared(spec)
-    assignment = builder.assignment(spec).assignment
+    prep = session.prepared(spec)
+    assignment = session.assignment(spec).assignment  # a search policy loads the fixtures and FP32 references first
     e.print(f"{spec.precision.key()}: {len(assignment.fp16)} of {sum(op.compute for op in prep.ops)} compute ops in FP16 "
             f"(chosen in {time.perf_counter() - t0:.1f} s)", highlight=False)
     write_package(prep, assignment, out_path, f"surgery {spec.surgery.key()}, precision {spec.precision.key()}")

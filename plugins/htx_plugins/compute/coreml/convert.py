@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from htx.errors import HtxError
+from htx.api import HtxError
 
 #: Bump when the conversion recipe changes, so stale cache entries are not reused.
 CACHE_VERSION = "1"

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from htx.contracts import OpStats
+from htx.api import OpStats
 from htx_plugins.compute.coreml.graph import FLOAT_DTYPES, Const, Graph, Node, Ref, fp16_const
 from htx_plugins.compute.coreml.kernels import LAYOUT_KERNELS, TORCH_DTYPES, OpView, UnknownOpError, build
 from htx_plugins.compute.torch_unit import tf32_allowed

@@ -12,10 +12,22 @@ from typing import Any, Literal
 
 import torch
 
-from htx.contracts import Assignment, ComputeUnit, InnerModel, OpInfo, OpStats, Params
-from htx.errors import UnavailableError
-from htx.noise import project_noise
-from htx.opmap import is_compute, model_prefix, number_ops, placement_runs, portable_module
+from htx.api import (
+    Assignment,
+    ComputeUnit,
+    InnerModel,
+    OpInfo,
+    OpStats,
+    Params,
+    Placement,
+    UnavailableError,
+    is_compute,
+    model_prefix,
+    number_ops,
+    placement_runs,
+    portable_module,
+    project_noise,
+)
 from htx_plugins.compute.coreml import native
 from htx_plugins.compute.coreml.convert import (
     CachedConversion,
@@ -217,7 +229,7 @@ class CoreMLUnit(ComputeUnit):
             emulator.run(plan, tensors, stats=stats)
         return stats
 
-    def placement(self, prepared: CoreMLPrepared, assignment: Assignment) -> dict[str, Any]:
+    def placement(self, prepared: CoreMLPrepared, assignment: Assignment) -> Placement:
         """The placement audit of ``assignment`` on ``CPU_AND_NE``, from the typed program (emulated).
 
         FP32-typed ops never run on the Neural Engine, so ``off_ne_ops`` are the FP32 compute ops and every
@@ -225,17 +237,16 @@ class CoreMLUnit(ComputeUnit):
         ``FP16ComputePrecision`` inserts: one per value consumed in the other precision (layout ops pass
         their input's precision through). On macOS, :func:`native.device_plan` reads the real compute plan.
         """
-        out: dict[str, Any] = placement_runs(prepared.op_list, assignment)
-        out["casts"] = count_casts(prepared.graph, assignment)
-        out["placement"] = "emulated" if self.emulated else "typed program"
+        runs = placement_runs(prepared.op_list, assignment)
+        casts = count_casts(prepared.graph, assignment)
+        source, plan = ("emulated" if self.emulated else "typed program"), None
         if not self.emulated:
             typed = native.typed_package(prepared.conversion.path, prepared.sig, prepared.conversion.target,
                                          frozenset(assignment.fp16), prepared.conversion.path.parent)
             plan = native.device_plan(typed, self.params.units)
             if plan is not None:
-                out.update({f"device_{k}": v for k, v in plan.items()})
-                out["placement"] = "device plan"
-        return out
+                source = "device plan"
+        return Placement(runs["partitions"], runs["ne_ops"], runs["off_ne_ops"], casts, source, plan)
 
     def export(self, prepared: CoreMLPrepared, assignment: Assignment, path: Path) -> Path:
         """Write the ``.mlpackage`` of ``prepared`` typed by ``assignment`` (coremltools' own ``op_selector``).

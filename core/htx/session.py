@@ -1,0 +1,96 @@
+"""A session: the combinations of one config, built from the same parts a trial uses.
+
+Commands and benchmarks (built-in or a plugin's) use it instead of assembling a workspace and a trial builder::
+
+    from htx.api import Session, parse_config
+
+    session = Session(parse_config(data, "my bench"))
+    spec = session.spec(precision="all-fp16")          # the config's first entries, one replaced
+    ev = session.evaluate(spec, session.assignment(spec).assignment)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from htx.axes import axis_names
+from htx.builder import AssignmentInfo, Prepared, TrialBuilder
+from htx.config import ExperimentConfig, PluginEntry
+from htx.errors import ConfigError
+from htx.grid import TrialSpec, expand_grid, make_spec
+from htx.interfaces import SearchPolicy
+from htx.plugins import Registry, load_registry
+from htx.results import Evaluation
+from htx.search import SearchContext
+from htx.search_session import SearchSession
+from htx.types import Assignment, OpStats
+from htx.workspace import Workspace
+
+
+class Session:
+    """The parts of a config's trials: plugin instances, the model, fixtures and FP32 references, prepared
+    models, assignments (a search runs once per combination), pipelines and search sessions."""
+
+    def __init__(self, cfg: ExperimentConfig, registry: Registry | None = None, say: Callable[[str], None] | None = None,
+                 run_id: str | None = None, check_surgeries: bool = True, workspace: Workspace | None = None) -> None:
+        self.registry = registry if registry is not None else load_registry()
+        self.workspace = workspace or Workspace(cfg, self.registry, say, check_surgeries=check_surgeries)
+        self.builder = TrialBuilder(self.workspace, self.registry, run_id)
+
+    @property
+    def cfg(self) -> ExperimentConfig:
+        return self.workspace.cfg
+
+    def specs(self) -> list[TrialSpec]:
+        """Every trial of the config's grid."""
+        return expand_grid(self.cfg)
+
+    def spec(self, fixture_index: int = 0, **entries: Any) -> TrialSpec:
+        """One combination: the config's first entry of each axis, with ``entries`` (an axis name to a plugin
+        entry: a name, ``{name: {options}}`` or a :class:`PluginEntry`) in their place."""
+        unknown = set(entries) - set(axis_names())
+        if unknown:
+            raise ConfigError([f"unknown axis {sorted(unknown)[0]!r}; axes: {', '.join(axis_names())}"])
+        chosen = {a: self.cfg.entries(a)[0] for a in axis_names()}
+        for axis, e in entries.items():
+            chosen[axis] = e if isinstance(e, PluginEntry) else PluginEntry.model_validate(e)
+        if not 0 <= fixture_index < len(self.cfg.fixtures):
+            raise ConfigError([f"fixture index {fixture_index} out of range: the config has {len(self.cfg.fixtures)}"])
+        return make_spec(chosen, 0, fixture_index, self.cfg.fixtures[fixture_index])
+
+    def load(self) -> None:
+        """Load every fixture and its FP32 reference now (a search or an evaluation needs them all)."""
+        self.workspace.load()
+
+    def is_search(self, spec: TrialSpec) -> bool:
+        return issubclass(self.registry.get("precision", spec.precision.name), SearchPolicy)
+
+    def prepared(self, spec: TrialSpec) -> Prepared:
+        return self.builder.prepared(spec)
+
+    def assignment(self, spec: TrialSpec) -> AssignmentInfo:
+        """The combination's assignment (a search policy searches, once)."""
+        if self.is_search(spec):
+            self.load()
+        return self.builder.assignment(spec)
+
+    def search(self, spec: TrialSpec) -> SearchSession:
+        """The combination's search session: evaluate, record, first-order noise, logs."""
+        self.load()
+        return self.builder.session(spec)
+
+    def context(self, spec: TrialSpec) -> SearchContext:
+        """A fresh :class:`SearchContext` over the combination (to run a search policy by hand)."""
+        return self.search(spec).context()
+
+    def evaluate(self, spec: TrialSpec, assignment: Assignment) -> Evaluation:
+        """``assignment`` on every fixture through ``spec``'s pipeline, worst case."""
+        return Evaluation(self.search(spec).evaluate(assignment))
+
+    def record(self, spec: TrialSpec, assignment: Assignment, fixture_index: int | None = None, offset: int = 0) -> dict[str, OpStats]:
+        """Per-op statistics of one pass under ``assignment``."""
+        return self.builder.session(spec).record(assignment, fixture_index, offset)
+
+
+__all__ = ["Session"]
