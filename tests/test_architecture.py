@@ -285,6 +285,23 @@ def test_core_imports_no_plugin_and_has_no_import_cycle():
             visit(n)
 
 
+def test_builtin_plugins_import_only_the_public_api():
+    """Built-in plugins use htx.api and nothing else from the core: whatever a built-in does, an outside plugin
+    can do with the same imports (TYPE_CHECKING imports count too: a type a plugin needs belongs in the API)."""
+    offenders = []
+    for path in sorted((ROOT / "plugins" / "htx_plugins").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {m}" for m in mods
+                          if (m == "htx" or m.startswith("htx.")) and m != "htx.api"]
+    assert not offenders, "\n".join(offenders)
+    import htx.api
+
+    missing = [n for n in htx.api.__all__ if not hasattr(htx.api, n)]
+    assert not missing and len(set(htx.api.__all__)) == len(htx.api.__all__), missing
+
+
 # --- STFT contract enforcement ----------------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ def test_round_trip_and_schema_version(store, tmp_path):
     assert trials["c"].metrics["snr_db"] == 70.25 and trials["c"].metrics["evaluations"] == 7
     assert trials["a"].metrics["within_tol"] == 1.0
     assert store.get_run(store.run_id)["n_trials"] == 5
-    assert store.finished_trial_ids(store.run_id) == {"a", "b", "c", "d", "e"}
+    assert set(store.trial_statuses(store.run_id)) == {"a", "b", "c", "d", "e"}
     # rewriting a trial replaces it atomically (no duplicate metrics)
     store.write_trial(_rec(store.run_id, "a", 0, "fp32", "sine", snr_db=141.0, model_ms=10.0))
     assert {t.trial_id: t for t in store.trials([store.run_id])}["a"].metrics == {"snr_db": 141.0, "model_ms": 10.0}

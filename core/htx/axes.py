@@ -52,13 +52,6 @@ def axis_names() -> tuple[str, ...]:
     return tuple(a.name for a in AXES)
 
 
-def get_axis(name: str) -> Axis:
-    for a in AXES:
-        if a.name == name:
-            return a
-    raise KeyError(name)
-
-
 def nesting_order() -> list[Axis]:
     """The axes from the outermost grid loop to the innermost."""
     return sorted(AXES, key=lambda a: a.nesting)

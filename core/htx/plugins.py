@@ -12,8 +12,10 @@ import importlib
 import importlib.metadata as md
 import inspect
 import os
+import sys
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -34,12 +36,22 @@ DEFAULT_PLUGINS = ("htx_plugins.surgery", "htx_plugins.precision", "htx_plugins.
 HOOK_PREFIX = "htx_register_"
 
 
+#: What a broken third-party plugin's message ends with.
+DISABLED_HINT = (f"Every other plugin and command still works. Fix or uninstall it, or set {DISABLE_ENV}=1 to skip "
+                 "third-party plugins.")
+
+OnBroken = Callable[[str, str], None]
+
+
 class HtxPluginManager(pluggy.PluginManager):
-    """A pluggy manager that also remembers each registered plugin's distribution version."""
+    """A pluggy manager that also remembers each plugin's distribution version and which plugins are built in."""
 
     def __init__(self) -> None:
         super().__init__(hookspecs.PROJECT)
         self.versions: dict[str, str] = {}
+        self.builtin: set[str] = set()
+        #: third-party plugins left out because they are broken: name -> why
+        self.disabled: dict[str, str] = {}
 
 
 @dataclass
@@ -55,6 +67,8 @@ class Registry:
 
     by_kind: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in axis_names()})
     plugin_versions: dict[str, str] = field(default_factory=dict)
+    #: third-party plugins disabled because they are broken: plugin name -> why (``htx plugins`` lists them)
+    disabled: dict[str, str] = field(default_factory=dict)
 
     def get(self, kind: str, name: str) -> type[Plugin]:
         entries = self.by_kind.get(kind, {})
@@ -104,10 +118,13 @@ def _warn_unmarked(module: Any, name: str) -> None:
         )
 
 
-def get_plugin_manager(load_entry_points: bool = True, extra_plugins: tuple[Any, ...] = ()) -> HtxPluginManager:
+def get_plugin_manager(load_entry_points: bool = True, extra_plugins: tuple[Any, ...] = (),
+                       on_broken: OnBroken | None = None) -> HtxPluginManager:
     """Build a fresh plugin manager with the built-ins, entry-point plugins and ``extra_plugins``.
 
-    Each call builds a new manager, so tests can register inline plugins without leaking state.
+    Each call builds a new manager, so tests can register inline plugins without leaking state. A third-party
+    plugin that fails to import or declares an unknown hook raises :class:`PluginError`, unless ``on_broken`` is
+    given: it is then left out and ``on_broken(name, why)`` is told (what htx commands do).
     """
     pm = HtxPluginManager()
     pm.add_hookspecs(hookspecs)
@@ -127,29 +144,43 @@ def get_plugin_manager(load_entry_points: bool = True, extra_plugins: tuple[Any,
             try:
                 module = ep.load()
             except Exception as exc:
-                raise PluginError(
-                    f"Error loading plugin {ep.name!r} (entry point {ep.value!r} of {dist or 'unknown distribution'}): "
-                    f"{exc}\n{traceback.format_exc()}"
-                ) from exc
+                where = f"entry point {ep.value!r} of {dist or 'unknown distribution'}"
+                if on_broken is not None and not is_builtin:
+                    _disable(pm, on_broken, ep.value, f"it failed to import ({where}): {type(exc).__name__}: {exc}")
+                    continue
+                raise PluginError(f"Error loading plugin {ep.name!r} ({where}): {exc}\n{traceback.format_exc()}") from exc
             _warn_unmarked(module, ep.value)
             pm.register(module, name=ep.value)
             pm.versions[ep.value] = _dist_version(ep)
+            if is_builtin:
+                pm.builtin.add(ep.value)
             builtin_seen = builtin_seen or is_builtin
     if not builtin_seen:
         for modname in DEFAULT_PLUGINS:
             if pm.get_plugin(modname) is None:
                 pm.register(importlib.import_module(modname), name=modname)
                 pm.versions[modname] = __version__
+                pm.builtin.add(modname)
     for extra in extra_plugins:
         name = getattr(extra, "__name__", None) or repr(extra)
         _warn_unmarked(extra, name)
         pm.register(extra, name=name)
         pm.versions[name] = getattr(extra, "__version__", "inline")
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"Plugin declares an unknown hook: {exc}") from exc
-    return pm
+    while True:
+        try:
+            pm.check_pending()
+            return pm
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) if exc.plugin is not None else None
+            if on_broken is None or name is None or name in pm.builtin:
+                raise PluginError(f"Plugin declares an unknown hook: {exc}") from exc
+            pm.unregister(exc.plugin)
+            _disable(pm, on_broken, name, f"it declares an unknown hook: {exc}")
+
+
+def _disable(pm: HtxPluginManager, on_broken: OnBroken, name: str, why: str) -> None:
+    pm.disabled[name] = why
+    on_broken(name, why)
 
 
 def contract_problems(cls: type[Plugin], kind: str) -> list[str]:
@@ -167,11 +198,17 @@ def contract_problems(cls: type[Plugin], kind: str) -> list[str]:
     return problems
 
 
-def build_registry(pm: pluggy.PluginManager) -> Registry:
-    """Call every registration hook and collect the classes, rejecting duplicates within a kind."""
+def build_registry(pm: pluggy.PluginManager, on_broken: OnBroken | None = None) -> Registry:
+    """Call every registration hook and collect the classes, rejecting duplicates within a kind.
+
+    A plugin whose registration breaks the contract (a class missing a method, a duplicate name, a hook that
+    raises) raises :class:`PluginError`, unless ``on_broken`` is given and the plugin is not built in: then
+    everything it registered is left out and ``on_broken(name, why)`` is told."""
     registry = Registry()
     versions: dict[str, str] = dict(getattr(pm, "versions", {}))
     registry.plugin_versions = versions
+    builtin: set[str] = set(getattr(pm, "builtin", set()))
+    registry.disabled = dict(getattr(pm, "disabled", {}))
     for axis in AXES:
         kind, base = axis.name, axis.base
         hook = getattr(pm.hook, axis.hook)
@@ -196,23 +233,41 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
                     )
                 registry.by_kind[_kind][cls.name] = Registered(cls, _plugin, versions.get(_plugin, "?"))
 
+            if plugin_name in registry.disabled:
+                continue
             try:
-                impl.function(register=register)
-            except PluginError:
-                raise
-            except Exception as exc:
-                raise PluginError(f"Error loading plugin {plugin_name!r}: {axis.hook} raised {exc!r}\n{traceback.format_exc()}") from exc
+                try:
+                    impl.function(register=register)
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(f"Error loading plugin {plugin_name!r}: {axis.hook} raised {exc!r}\n{traceback.format_exc()}") from exc
+            except PluginError as exc:
+                if on_broken is None or plugin_name in builtin:
+                    raise
+                registry.disabled[plugin_name] = str(exc).splitlines()[0]
+                on_broken(plugin_name, registry.disabled[plugin_name])
+    for kind in registry.by_kind:  # a disabled plugin registers nothing, not even what it registered before failing
+        registry.by_kind[kind] = {n: r for n, r in registry.by_kind[kind].items() if r.plugin not in registry.disabled}
     return registry
 
 
-def is_search_policy(cls: type[Plugin]) -> bool:
-    """Whether a registered precision class searches (measures) rather than selects."""
-    return issubclass(cls, SearchPolicy)
+def warn_disabled(name: str, why: str) -> None:
+    """How a command tells that a broken third-party plugin was disabled (stderr, once per plugin and process)."""
+    if name in _WARNED:
+        return
+    _WARNED.add(name)
+    sys.stderr.write(f"htx: plugin {name!r} is disabled: {why}\n  {DISABLED_HINT}\n")
+
+
+_WARNED: set[str] = set()
 
 
 def load_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
-    """The registry an htx command uses: built-ins, entry points (unless disabled) and ``extra_plugins``."""
-    return build_registry(get_plugin_manager(extra_plugins=extra_plugins))
+    """The registry an htx command uses: built-ins, entry points (unless ``HTX_DISABLE_PLUGIN_AUTOLOAD``) and
+    ``extra_plugins``. A broken third-party plugin is disabled with a message (:func:`warn_disabled`); the
+    others and every command keep working."""
+    return build_registry(get_plugin_manager(extra_plugins=extra_plugins, on_broken=warn_disabled), on_broken=warn_disabled)
 
 
 def module_plugin(name: str, **hooks: Any) -> ModuleType:

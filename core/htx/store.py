@@ -270,9 +270,6 @@ class Store:
 
     # trials -----------------------------------------------------------------------------------------
 
-    def finished_trial_ids(self, run_id: str) -> set[str]:
-        return {r[0] for r in self.conn.execute("SELECT trial_id FROM trials WHERE run_id = ?", (run_id,))}
-
     def trial_statuses(self, run_id: str) -> dict[str, str]:
         """``{trial_id: status}`` of the run's recorded trials."""
         return dict(self.conn.execute("SELECT trial_id, status FROM trials WHERE run_id = ?", (run_id,)).fetchall())

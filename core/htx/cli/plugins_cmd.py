@@ -25,7 +25,7 @@ def plugins(fmt: str = typer.Option("table", "--format", help="table or json")) 
         data = [
             {"name": p, "version": reg.plugin_versions.get(p, "?"), **{k: v for k, v in kinds.items() if v}}
             for p, kinds in sorted(by_plugin.items())
-        ]
+        ] + [{"name": p, "version": reg.plugin_versions.get(p, "?"), "disabled": why} for p, why in sorted(reg.disabled.items())]
         out().print_json(json.dumps(data))
         return
     table = Table(title="htx plugins")
@@ -35,4 +35,6 @@ def plugins(fmt: str = typer.Option("table", "--format", help="table or json")) 
         table.add_column(kind)
     for p, kinds in sorted(by_plugin.items()):
         table.add_row(p, reg.plugin_versions.get(p, "?"), *(", ".join(kinds[k]) for k in axis_names()))
+    for p, why in sorted(reg.disabled.items()):
+        table.add_row(f"{p} [red](disabled)[/red]", reg.plugin_versions.get(p, "?"), why, *([""] * (len(axis_names()) - 1)))
     out().print(table)

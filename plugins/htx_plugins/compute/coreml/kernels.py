@@ -51,9 +51,6 @@ class OpView:
     def out(self) -> list[VarInfo]:
         return self.node.outputs
 
-    def has(self, param: str) -> bool:
-        return param in self.node.inputs
-
     def is_const(self, param: str) -> bool:
         return isinstance(self.node.inputs.get(param), Const)
 

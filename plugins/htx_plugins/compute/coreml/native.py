@@ -20,8 +20,6 @@ import torch
 
 from htx_plugins.compute.coreml.convert import Signature, coremltools, load_program, quiet, typed_convert
 
-UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
-
 
 def runtime_available() -> tuple[bool, str]:
     """``(True, "")`` where coremltools can run predictions, else ``(False, why)``."""
