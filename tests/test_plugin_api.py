@@ -201,3 +201,66 @@ def test_the_disabled_message_names_the_autoload_switch(capsys):
     err = capsys.readouterr().err
     assert "plugin 'htx_some_plugin_xyz' is disabled: it failed to import" in err
     assert "HTX_DISABLE_PLUGIN_AUTOLOAD=1" in err
+
+
+# --- the op-identity kit's check ---------------------------------------------------------------------
+
+
+def _miskeyed_units():
+    from dataclasses import replace
+
+    from htx_plugins.compute.torch_unit import TorchUnit
+
+    class Retyped(TorchUnit):
+        """Names conv_transpose ``conv`` (a unit author's vocabulary slip).
+
+        Example::
+
+            compute: [retyped]
+        """
+
+        name = "retyped"
+
+        def ops(self, prepared):
+            return [replace(op, type="conv") if op.type == "conv_transpose" else op for op in super().ops(prepared)]
+
+    class Misplaced(TorchUnit):
+        """Puts the decoders' ops under a module path the torch unit never runs.
+
+        Example::
+
+            compute: [misplaced]
+        """
+
+        name = "misplaced"
+
+        def ops(self, prepared):
+            return [replace(op, module="dec." + op.module) if op.module.startswith("decoder") else op
+                    for op in super().ops(prepared)]
+
+    return module_plugin("miskeyed", htx_register_compute_units=lambda register: [register(Retyped), register(Misplaced)])
+
+
+def test_check_unit_keys_lists_every_mismatch(tmp_path):
+    from htx.api import Session, check_unit_keys
+
+    reg = build_registry(get_plugin_manager(extra_plugins=(_miskeyed_units(),)))
+    session = Session(parse_config(make_config(tmp_path), registry=reg), reg)
+    same = check_unit_keys(session, {"torch": {"casts": "per-op"}})
+    assert same.identical and same.ok and same.exact == same.reference_ops > 0
+    retyped = check_unit_keys(session, "retyped")
+    n_ct = sum(k.split("|")[1] == "conv_transpose" for k in retyped.only_reference)
+    assert n_ct > 0 and len(retyped.only_unit) == n_ct  # every renamed op listed, on both sides
+    assert all("|conv|" in k for k in retyped.only_unit) and retyped.by_rule == retyped.only_unit
+    assert retyped.ok and not retyped.identical  # an assignment still reaches them: only --strict fails it
+    misplaced = check_unit_keys(session, "misplaced")
+    assert not misplaced.ok and misplaced.unmapped and all(k.startswith("dec.decoder") for k in misplaced.unmapped)
+    assert "NOT consistent" in misplaced.lines()[-1]
+
+
+def test_check_unit_command(tmp_path):
+    res = CliRunner().invoke(app, ["check-unit", "{torch: {casts: per-op}}", "--strict"])
+    assert res.exit_code == 0, res.output
+    assert "identical: every key on both sides" in res.output
+    res = CliRunner().invoke(app, ["check-unit", "no-such-unit"])
+    assert res.exit_code != 0 and "unknown plugin 'no-such-unit'" in res.output and "Traceback" not in res.output

@@ -130,15 +130,17 @@ class KeyCheck:
 
     ``only_unit`` / ``only_reference``: keys one side has and the other lacks; ``by_rule``: those of
     ``only_unit`` that the transfer rule still maps (the unit splits an op the reference runs whole, as Core ML's
-    group norm); ``unmapped``: unit ops whose module the reference never saw (an assignment cannot reach them).
-    A unit is consistent when ``unmapped`` is empty and every reference key decides some unit op.
+    group norm); ``unmapped``: unit ops whose module the reference never saw (an assignment cannot reach them);
+    ``undecided_reference``: reference keys that decide no unit op (folded into constants by a converter, as
+    Core ML folds the positional embedding, or missing). :attr:`ok`: no unit op is unmapped; :attr:`exact`:
+    the keys are the same on both sides (what a unit of the reference's granularity must reach).
     """
 
     unit: str
     reference: str
     unit_ops: int
     reference_ops: int
-    exact: int
+    exact: int  # keys on both sides
     only_unit: list[str]
     only_reference: list[str]
     by_rule: list[str]
@@ -147,7 +149,11 @@ class KeyCheck:
 
     @property
     def ok(self) -> bool:
-        return not self.unmapped and not self.undecided_reference
+        return not self.unmapped
+
+    @property
+    def identical(self) -> bool:
+        return not self.only_unit and not self.only_reference
 
     def lines(self, limit: int = 40) -> list[str]:
         """A report a person reads: the counts, then every mismatch (up to ``limit`` per list)."""
@@ -155,13 +161,21 @@ class KeyCheck:
                f"{self.exact} keys on both", ]
         for title, items in (("keys only on " + self.unit + ", mapped by the transfer rule", self.by_rule),
                              ("keys only on " + self.unit + ", in modules " + self.reference + " never runs (unreachable)", self.unmapped),
-                             ("keys of " + self.reference + " that decide no op of " + self.unit, self.undecided_reference)):
+                             ("keys of " + self.reference + " that decide no op of " + self.unit + " (folded by a converter, or missing)",
+                              self.undecided_reference)):
             if items:
                 out.append(f"{title} ({len(items)}):")
                 out += [f"  {k}" for k in items[:limit]]
                 if len(items) > limit:
                     out.append(f"  ... and {len(items) - limit} more")
-        out.append("consistent: every op maps both ways" if self.ok else "NOT consistent: fix the unit's module paths or MIL types")
+        if self.identical:
+            out.append("identical: every key on both sides")
+        elif self.ok:
+            out.append(f"consistent under the transfer rule: every op of {self.unit} is reached by an assignment "
+                       f"(--strict asks for identical keys: a unit of {self.reference}'s granularity must have them)")
+        else:
+            out.append(f"NOT consistent: {len(self.unmapped)} op(s) of {self.unit} no assignment can reach; fix the "
+                       "unit's module paths (htx.api.module_stack, portable_module) or MIL types (ATEN_TO_MIL)")
         return out
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 from htx.axes import axis_names
 from htx.builder import AssignmentInfo, Prepared, TrialBuilder
 from htx.config import ExperimentConfig, PluginEntry
-from htx.errors import ConfigError
+from htx.errors import ConfigError, format_validation_error
 from htx.grid import TrialSpec, expand_grid, make_spec
 from htx.interfaces import SearchPolicy
 from htx.plugins import Registry, load_registry
@@ -54,7 +56,16 @@ class Session:
             raise ConfigError([f"unknown axis {sorted(unknown)[0]!r}; axes: {', '.join(axis_names())}"])
         chosen = {a: self.cfg.entries(a)[0] for a in axis_names()}
         for axis, e in entries.items():
-            chosen[axis] = e if isinstance(e, PluginEntry) else PluginEntry.model_validate(e)
+            try:
+                entry = e if isinstance(e, PluginEntry) else PluginEntry.model_validate(e)
+            except ValidationError as exc:
+                raise ConfigError([f"{axis}: {p}" for p in format_validation_error(exc)]) from None
+            cls = self.registry.get(axis, entry.name)  # unknown: "Did you mean ...?"
+            try:
+                cls.Params(**entry.params)
+            except ValidationError as exc:
+                raise ConfigError([f"{axis}.{entry.name}.{p}" for p in format_validation_error(exc, cls.Params)]) from None
+            chosen[axis] = entry
         if not 0 <= fixture_index < len(self.cfg.fixtures):
             raise ConfigError([f"fixture index {fixture_index} out of range: the config has {len(self.cfg.fixtures)}"])
         return make_spec(chosen, 0, fixture_index, self.cfg.fixtures[fixture_index])

@@ -12,6 +12,7 @@ import typer
 
 from htx.cli import (
     bench_cmd,
+    check_unit_cmd,
     export_cmd,
     fixtures_cmd,
     leaderboard_cmd,
@@ -25,7 +26,7 @@ from htx.cli import (
     validate_cmd,
 )
 from htx.errors import PluginError
-from htx.plugins import get_plugin_manager
+from htx.plugins import get_plugin_manager, warn_disabled
 
 app = typer.Typer(
     name="htx",
@@ -44,15 +45,34 @@ app.command("ops")(ops_cmd.ops)
 app.command("export")(export_cmd.export)
 app.command("separate")(separate_cmd.separate)
 app.command("nan-sources")(nan_sources_cmd.nan_sources)
+app.command("check-unit")(check_unit_cmd.check_unit)
 app.add_typer(fixtures_cmd.app, name="fixtures")
 app.add_typer(bench_cmd.app, name="bench")
 
-#: A plugin that failed to load while the command line was built (reported when a command runs).
+#: A built-in plugin that failed to load while the command line was built (reported when a command runs). A
+#: broken third-party plugin is disabled instead, with a message, and every command keeps working.
 PLUGIN_ERROR: PluginError | None = None
-try:
-    get_plugin_manager().hook.htx_register_commands(app=app, bench=bench_cmd.app)
-except PluginError as exc:
-    PLUGIN_ERROR = exc
+
+
+def _register_commands() -> None:
+    global PLUGIN_ERROR
+    try:
+        pm = get_plugin_manager(on_broken=warn_disabled)
+    except PluginError as exc:
+        PLUGIN_ERROR = exc
+        return
+    for impl in pm.hook.htx_register_commands.get_hookimpls():
+        try:
+            args = {"app": app, "bench": bench_cmd.app}
+            impl.function(**{k: v for k, v in args.items() if k in impl.argnames})
+        except Exception as exc:
+            if impl.plugin_name in pm.builtin:
+                PLUGIN_ERROR = PluginError(f"Error loading plugin {impl.plugin_name!r}: htx_register_commands raised {exc!r}")
+            else:
+                warn_disabled(impl.plugin_name, f"htx_register_commands raised {type(exc).__name__}: {exc}")
+
+
+_register_commands()
 
 
 def main() -> None:
