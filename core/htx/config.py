@@ -254,6 +254,18 @@ class Executor(Strict):
                 raise ValueError(f"the `ray` executor needs Ray, an optional dependency: {RAY_INSTALL} (or use executor `local`)")
         return self
 
+    @property
+    def serial_opts(self) -> SerialExecutor:
+        return self.serial or SerialExecutor()
+
+    @property
+    def local_opts(self) -> LocalExecutor:
+        return self.local or LocalExecutor()
+
+    @property
+    def ray_opts(self) -> RayExecutor:
+        return self.ray or RayExecutor()
+
 
 def executor_override(kind: str | None, workers: int | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """A raw-config edit for ``htx run --executor KIND --workers N`` (``--workers`` alone means ``local``).
@@ -264,7 +276,7 @@ def executor_override(kind: str | None, workers: int | None) -> Callable[[dict[s
     def apply(data: dict[str, Any]) -> dict[str, Any]:
         current = data.get("executor", "serial")
         if isinstance(current, str):
-            cur_kind, cur_opts = current, {}
+            cur_kind, cur_opts = current, dict[str, Any]()
         elif isinstance(current, dict) and "kind" in current:
             cur_kind = current["kind"]
             cur_opts = current.get(cur_kind) or {}
@@ -288,8 +300,8 @@ class ExperimentBase(Strict):
     """The whole experiment but its axes. See ``configs/quickstart.yaml`` for a commented example.
 
     :func:`experiment_model` adds one ``list[PluginEntry]`` field per axis of :data:`htx.axes.AXES`
-    (``cfg.surgery``, ``cfg.precision``, ...; ``cfg.entries(axis)``); :data:`ExperimentConfig` is that model
-    for the built-in axes. Build configs with :func:`parse_config`.
+    (``cfg.surgery``, ``cfg.precision``, ...; ``cfg.entries(axis)``); :class:`ExperimentConfig` declares those
+    of the built-in axes. Build configs with :func:`parse_config`.
     """
 
     name: str
@@ -315,22 +327,37 @@ class ExperimentBase(Strict):
         return getattr(self, axis)
 
 
+def _axis_field(axis: str) -> Any:
+    """The config field of a built-in axis: a non-empty list of plugin entries, defaulting to the axes table's default."""
+    default = next(a.default for a in AXES if a.name == axis)
+    return Field(default_factory=lambda: [PluginEntry(name=default)], min_length=1)
+
+
+class ExperimentConfig(ExperimentBase):
+    """The experiment config: :class:`ExperimentBase` plus one ``list[PluginEntry]`` per built-in axis, declared
+    here so a type checker follows ``cfg.surgery`` etc. (their defaults come from the axes table). An axis added
+    to the table later gets its field from :func:`experiment_model`."""
+
+    surgery: list[PluginEntry] = _axis_field("surgery")
+    precision: list[PluginEntry] = _axis_field("precision")
+    stft: list[PluginEntry] = _axis_field("stft")
+    compute: list[PluginEntry] = _axis_field("compute")
+
+
 @functools.cache
 def _experiment_model(axes: tuple[tuple[str, str], ...]) -> type[ExperimentConfig]:
     fields: dict[str, Any] = {
         name: (list[PluginEntry], Field(default_factory=functools.partial(lambda d: [PluginEntry(name=d)], default), min_length=1))
-        for name, default in axes
+        for name, default in axes if name not in ExperimentConfig.model_fields
     }
-    return create_model("ExperimentConfig", __base__=ExperimentBase, **fields)
+    if not fields:
+        return ExperimentConfig
+    return create_model("ExperimentConfig", __base__=ExperimentConfig, **fields)
 
 
-def experiment_model() -> type[ExperimentBase]:
-    """The config model for the axes in the table now (one field per axis)."""
+def experiment_model() -> type[ExperimentConfig]:
+    """The config model for the axes in the table now: :class:`ExperimentConfig`, plus a field per added axis."""
     return _experiment_model(tuple((a.name, a.default) for a in AXES))
-
-
-#: The config model of the built-in axes (an axis added later gets its own :func:`experiment_model`).
-ExperimentConfig = experiment_model()
 
 
 Override = Callable[[dict[str, Any]], dict[str, Any]]

@@ -236,6 +236,8 @@ def load_musicgen() -> Any:
     if not path.exists():
         raise AudioError(f"the song generator {path} is missing; `htx fixtures make` needs a source checkout of htx")
     spec = importlib.util.spec_from_file_location("htx_musicgen", path)
+    if spec is None or spec.loader is None:
+        raise AudioError(f"cannot import the song generator {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules["htx_musicgen"] = module  # multiprocessing workers pickle its functions by this name
     spec.loader.exec_module(module)

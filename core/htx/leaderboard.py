@@ -75,6 +75,11 @@ def _score(row: dict[str, Any]) -> float | None:
     return None
 
 
+def _score_or(row: dict[str, Any], default: float) -> float:
+    score = _score(row)
+    return default if score is None else score
+
+
 def mark_pareto(rows: list[dict[str, Any]]) -> None:
     """Mark rows on the accuracy-vs-latency Pareto front, per run and fixture (successful rows only)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -82,10 +87,11 @@ def mark_pareto(rows: list[dict[str, Any]]) -> None:
         if r["status"] == "ok" and _score(r) is not None and r["model_ms"] is not None:
             groups.setdefault((r["run"], r["fixture"]), []).append(r)
     for group in groups.values():
+        scores = {id(r): _score_or(r, -math.inf) for r in group}  # every row here has a score
         for r in group:
-            a, t = _score(r), r["model_ms"]
+            a, t = scores[id(r)], r["model_ms"]
             dominated = any(
-                (_score(o) >= a and o["model_ms"] <= t) and (_score(o) > a or o["model_ms"] < t) for o in group if o is not r
+                (scores[id(o)] >= a and o["model_ms"] <= t) and (scores[id(o)] > a or o["model_ms"] < t) for o in group if o is not r
             )
             r["pareto"] = not dominated
 
@@ -195,7 +201,7 @@ def misses(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def sort_rows(rows: list[dict[str, Any]], sort: str | None) -> None:
     """Sort in place by ``KEY`` (ascending) or ``-KEY`` (descending); missing values last."""
     if not sort:
-        rows.sort(key=lambda r: (r["fixture"], -(_score(r) if _score(r) is not None else -math.inf), r["model_ms"] or math.inf))
+        rows.sort(key=lambda r: (r["fixture"], -_score_or(r, -math.inf), r["model_ms"] or math.inf))
         return
     desc = sort.startswith("-")
     key = sort.lstrip("-")

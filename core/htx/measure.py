@@ -82,48 +82,51 @@ def measure(
 ) -> dict[str, dict[str, Any]]:
     """Metrics of ``pipe`` on each ``(fixture, reference)``, by fixture name.
 
-    Accuracy (:func:`htx.metrics.accuracy`), separation quality with true stems, and, with
-    ``latency=(warmup, repeats)``, per-segment stage times (median/p10/p90), separation time, real-time
-    factor and the STFT backend's parity on the fixture's first segment.
+    Accuracy (:func:`htx.metrics.accuracy`) and separation quality with true stems from one separation of the
+    whole fixture. With ``latency=(warmup, repeats)``: per-segment stage times (median/p10/p90 of ``repeats``
+    runs of the first batch after ``warmup``), separation time, real-time factor and the STFT backend's parity.
+    Latency has this one path: a trial and a search that ranks by latency (``cost: latency``) measure it the
+    same way, so a search is judged by the numbers the leaderboard shows.
     """
     per: dict[str, dict[str, Any]] = {}
     for fixture, reference in fixtures:
         m: dict[str, Any] = {}
-        batch = seg.first_batch(fixture.mix) if latency is not None else None
+        batch = seg.first_batch(fixture.mix)
+        cuda = sync_device is not None and sync_device.type == "cuda"
         if latency is not None:
-            warmup, repeats = latency
-            if sync_device is not None and sync_device.type == "cuda":
+            if cuda:
                 torch.cuda.reset_peak_memory_stats(sync_device)
-            for _ in range(warmup):
+            for _ in range(latency[0]):
                 pipe(batch)
-            pipe.reset_times()
-        if latency is None:
-            pipe.reset_times()
         t0 = time.perf_counter()
         out = separate_mix(pipe, fixture.mix, seg)
         sep_s = time.perf_counter() - t0
         m.update(accuracy(reference, out, rtol, atol))
-        if latency is None and pipe.times.model:  # what a search's `latency` cost reads
-            m["model_ms"] = percentiles([t * 1000.0 / seg.batch_size for t in pipe.times.model])["median"]
         if fixture.stems is not None:
-            m.update(separation_quality(fixture.stems, out, reference, fixture.stem_names))
+            m.update(separation_quality(fixture.stems, out, reference, fixture.stem_names or []))
         if latency is not None:
             pipe.reset_times()
             for _ in range(latency[1]):
                 pipe(batch)
-            for stage in ("model", "stft", "istft"):
-                samples = getattr(pipe.times, stage)
-                if samples:
-                    p = percentiles([s * 1000.0 / seg.batch_size for s in samples])
-                    m[f"{stage}_ms"] = p["median"]
-                    if stage == "model":
-                        m["model_ms_p10"], m["model_ms_p90"] = p["p10"], p["p90"]
-            m["separate_s"] = sep_s
-            m["rtf"] = sep_s / fixture.duration
-            if sync_device is not None and sync_device.type == "cuda":
+            m.update(stage_times(pipe, seg.batch_size))
+            m.update(separate_s=sep_s, rtf=sep_s / fixture.duration)
+            if cuda:
                 m["peak_mem_mb"] = torch.cuda.max_memory_allocated(sync_device) / 2**20
             parity = stft_parity(pipe, batch)
             if parity is not None:
                 m["stft_parity"] = parity
         per[fixture.name] = m
     return per
+
+
+def stage_times(pipe: Pipeline, batch_size: int) -> dict[str, float]:
+    """Per-segment median of each timed stage (``model_ms``, ``stft_ms``, ``istft_ms``) and the model's p10/p90."""
+    m: dict[str, float] = {}
+    for stage in ("model", "stft", "istft"):
+        samples = getattr(pipe.times, stage)
+        if samples:
+            p = percentiles([s * 1000.0 / batch_size for s in samples])
+            m[f"{stage}_ms"] = p["median"]
+            if stage == "model":
+                m["model_ms_p10"], m["model_ms_p90"] = p["p10"], p["p90"]
+    return m

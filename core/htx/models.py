@@ -37,7 +37,8 @@ def demo_checkpoint() -> Path:
 
 @dataclass
 class LoadedModel:
-    model: nn.Module
+    #: a demucs ``HTDemucs`` (demucs ships no type information, so it is ``Any`` to a type checker)
+    model: Any
     source: str  # what was loaded, for results ("demo (trained, fixtures/demo/...)", "random seed=0", ...)
     hash: str
 
@@ -112,7 +113,7 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _single(model: nn.Module, what: str) -> nn.Module:
+def _single(model: Any, what: str) -> Any:
     from demucs.apply import BagOfModels
 
     if isinstance(model, BagOfModels):
@@ -125,7 +126,7 @@ def _single(model: nn.Module, what: str) -> nn.Module:
     return model
 
 
-def load_checkpoint(path: str | Path) -> nn.Module:
+def load_checkpoint(path: str | Path) -> Any:
     """Load a demucs checkpoint: a `.th` package (``{klass, args, kwargs, state}``) or a `.safetensors` file."""
     path = Path(path)
     if not path.exists():
@@ -174,7 +175,7 @@ def load_pretrained(name: str) -> nn.Module:
     return model
 
 
-def model_skeleton(cfg: Any) -> nn.Module | None:
+def model_skeleton(cfg: Any) -> Any:
     """The architecture a config asks for, cheaply, for validation; None when it needs the weights.
 
     ``random`` and ``demo`` without its trained checkpoint: built on the meta device (no memory, no weights).
@@ -219,7 +220,7 @@ def load_model(cfg: Any) -> LoadedModel:
     return LoadedModel(model=model.eval(), source=source, hash=model_hash(model))
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> Path:
+def save_checkpoint(model: Any, path: str | Path, half: bool = False) -> Path:
     """Save ``model`` in demucs's own `.th` package format (loadable by ``demucs.states.load_model``)."""
     args, kwargs = model._init_args_kwargs
     dtype = torch.half if half else None
@@ -231,7 +232,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> P
     return path
 
 
-def save_safetensors(model: nn.Module, path: str | Path) -> Path:
+def save_safetensors(model: Any, path: str | Path) -> Path:
     """Save ``model`` as a demucs ``.safetensors`` export (klass/args/kwargs as JSON metadata)."""
     import json
     from fractions import Fraction

@@ -35,7 +35,7 @@ class Pipeline:
     def __init__(
         self,
         inner: InnerModel,
-        forward: Callable[..., Any],
+        forward: Callable[..., Any] | None,
         stft: STFTBackend | None,
         n_fft: int,
         device: torch.device,
@@ -62,15 +62,21 @@ class Pipeline:
         bucket.append(time.perf_counter() - t0)
         return out
 
+    def _backend(self) -> STFTBackend:
+        if self.stft is None:
+            raise HtxError("this surgery needs an STFT backend, and the pipeline has none")
+        return self.stft
+
     def model_inputs(self, mix: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Any]:
         mix = mix.to(self.device, torch.float32)
         spec_cac = None
         if self.needs_stft:
-            z = self._timed(self.times.stft, lambda: self.stft.stft(mix, self.n_fft))
+            stft = self._backend()
+            z = self._timed(self.times.stft, lambda: stft.stft(mix, self.n_fft))
             want = (*mix.shape[:-1], *spec_shape(mix.shape[-1], self.n_fft))
             if tuple(z.shape) != want:
                 raise HtxError(
-                    f"stft backend {self.stft.label!r} returned a spectrogram shaped {tuple(z.shape)} for audio "
+                    f"stft backend {stft.label!r} returned a spectrogram shaped {tuple(z.shape)} for audio "
                     f"{tuple(mix.shape)}; the contract is [..., n_fft // 2, ceil(L / hop)] = {want} (n_fft={self.n_fft}, "
                     "hop=n_fft // 4; see htx.api.STFTBackend)"
                 )
@@ -79,9 +85,12 @@ class Pipeline:
 
     def __call__(self, mix: torch.Tensor) -> torch.Tensor:
         length = mix.shape[-1]
+        forward = self.forward
+        if forward is None:
+            raise HtxError("this pipeline was built for recording (no assignment compiled); it cannot run")
         args, ctx = self.model_inputs(mix)
         with torch.no_grad():
-            outs = self._timed(self.times.model, lambda: self.forward(*args))
+            outs = self._timed(self.times.model, lambda: forward(*args))
         return self.waveform(tuple(outs), ctx, length)
 
     def waveform(
@@ -98,5 +107,6 @@ class Pipeline:
         if istft is not None:
             x = istft(zout, length, self.n_fft)
         else:
-            x = self._timed(self.times.istft, lambda: self.stft.istft(zout, length, self.n_fft))
+            stft = self._backend()
+            x = self._timed(self.times.istft, lambda: stft.istft(zout, length, self.n_fft))
         return wave_out + x.to(wave_out.device)

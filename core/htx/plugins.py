@@ -14,6 +14,7 @@ import inspect
 import os
 import sys
 import traceback
+import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,9 +216,10 @@ def build_registry(pm: pluggy.PluginManager, on_broken: OnBroken | None = None) 
         for impl in hook.get_hookimpls():
             plugin_name = impl.plugin_name
 
-            def register(cls: type, *, _plugin: str = plugin_name, _kind: str = kind, _base: type = base) -> None:
+            def register(cls: Any, *, _plugin: str = plugin_name, _kind: str = kind, _base: type = base) -> None:
                 if not (isinstance(cls, type) and issubclass(cls, _base)):
                     raise PluginError(f"plugin {_plugin!r} registered {cls!r} as a {_kind}, but it is not a {_base.__name__} subclass")
+                cls = typing.cast(type[Plugin], cls)
                 problems = contract_problems(cls, _kind)
                 if problems:
                     raise PluginError(

@@ -322,7 +322,7 @@ def build_report(store: Store, run_id: str, out_dir: Path, trial_id: str | None 
 
     # search traces ----------------------------------------------------------------------------------
     seen: set[str] = set()
-    traces = []
+    traces: list[str] = []
     for t in trials:
         search = stored_search(t.info.get("search"))
         if search is None or not search.log_path or search.log_path in seen or not Path(search.log_path).exists():

@@ -270,7 +270,8 @@ def check_search_result(value: Any, where: str) -> SearchResult:
         bad = [k for k, v in value.final.items() if not (v is None or isinstance(v, bool) or _is_number(v))]
         if bad:
             problems.append(f"final[{bad[0]!r}] is not a number, bool or None")
-    for name, typ in (("frontier", FrontierPoint), ("log", SearchStep)):
+    item_types: tuple[tuple[str, type[Any]], ...] = (("frontier", FrontierPoint), ("log", SearchStep))
+    for name, typ in item_types:
         items = getattr(value, name)
         if not isinstance(items, list):
             problems.append(f"{name} is {type(items).__name__}, expected list[{typ.__name__}]")
@@ -338,7 +339,8 @@ def stored_search(raw: Any) -> StoredSearch | None:
     fp32 = raw.get("fp32_ops")
     n_fp32 = len(fp32) if isinstance(fp32, list) else None
     frontier = []
-    for f in raw.get("frontier") if isinstance(raw.get("frontier"), list) else []:
+    raw_frontier = raw.get("frontier")
+    for f in raw_frontier if isinstance(raw_frontier, list) else []:
         if isinstance(f, Mapping) and _is_number(f.get("snr_db_bar")):
             frontier.append({"snr_db_bar": float(f["snr_db_bar"]), "passed": f.get("passed") is True,
                              "fp32_ops": f.get("fp32_ops") if _is_number(f.get("fp32_ops")) else None,
@@ -363,8 +365,8 @@ def stored_steps(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(e, Mapping) or not _is_number(e.get("n_fp32")):
             continue
         snr = e.get("snr_db")
-        out.append({"n_fp32": float(e["n_fp32"]), "passed": e.get("passed") is True,
-                    "snr_db": float(snr) if _is_number(snr) and math.isfinite(snr) else None})
+        finite_snr = float(snr) if _is_number(snr) and math.isfinite(float(snr)) else None  # type: ignore[arg-type]
+        out.append({"n_fp32": float(e["n_fp32"]), "passed": e.get("passed") is True, "snr_db": finite_snr})
     return out
 
 

@@ -90,7 +90,8 @@ class Run:
 
     def mark_running(self, trial_id: str | None) -> None:
         """Note the trial an in-process run is about to run (cleared when its record is written)."""
-        self.store.update_run(self.run_id, current_trial=trial_id)
+        if self.run_id is not None:
+            self.store.update_run(self.run_id, current_trial=trial_id)
 
     def finish_trial(self, rec: TrialRecord) -> None:
         """Commit one finished trial to the store (its own transaction) and report a status other than ok."""

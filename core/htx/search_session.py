@@ -50,18 +50,21 @@ class SearchSession:
 
     # measuring --------------------------------------------------------------------------------------------
 
-    def evaluate(self, assignment: Assignment, stft_entry: PluginEntry | None = None) -> dict[str, Any]:
-        """``assignment`` on every usable fixture through the session's STFT (or ``stft_entry``'s), worst case."""
-        agg = aggregate(self.measure_fixtures(assignment, stft_entry))
+    def evaluate(self, assignment: Assignment, stft_entry: PluginEntry | None = None, timed: bool = False) -> dict[str, Any]:
+        """``assignment`` on every usable fixture through the session's STFT (or ``stft_entry``'s), worst case;
+        ``timed``: latency measured as a trial measures it (the config's ``latency`` warm-up and repeats)."""
+        agg = aggregate(self.measure_fixtures(assignment, stft_entry, timed))
         agg["fp16_op_fraction"] = assignment.fp16_fraction(self.prep.ops)
         return agg
 
-    def measure_fixtures(self, assignment: Assignment, stft_entry: PluginEntry | None = None) -> dict[str, dict[str, Any]]:
+    def measure_fixtures(self, assignment: Assignment, stft_entry: PluginEntry | None = None,
+                         timed: bool = False) -> dict[str, dict[str, Any]]:
         b = self.builder
         pipe = b.pipeline(self.prep, b.stft(stft_entry or self.spec.stft, self.prep.surgery), assignment)
         items = [(fx, ref) for _, fx, ref in b.workspace.usable()]
-        t = self.cfg.targets
-        return measure(pipe, items, b.segmenting, t.rtol, t.atol)
+        t, lat = self.cfg.targets, self.cfg.latency
+        return measure(pipe, items, b.segmenting, t.rtol, t.atol, latency=(lat.warmup, lat.repeats) if timed else None,
+                       sync_device=self.prep.compute.device)
 
     def sibling_stfts(self) -> list[PluginEntry]:
         """The grid's other STFT backends: their trials reuse this combination's assignment (one search per
@@ -121,6 +124,7 @@ class SearchSession:
         return SearchContext(
             self.prep.ops,
             evaluate=self.evaluate,
+            timed_evaluate=lambda a: self.evaluate(a, timed=True),
             record=self.record,
             targets=self.cfg.targets,
             progress=self._progress(),

@@ -205,7 +205,7 @@ class Store:
                 self.conn.execute("ROLLBACK")
             raise
         finally:
-            self.conn.isolation_level = ""
+            self.conn.isolation_level = "DEFERRED"  # sqlite3's default ("" means the same)
 
     def close(self) -> None:
         self.conn.close()

@@ -14,6 +14,7 @@ what a user gains, and how much of the workers' time went to trials.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import statistics
@@ -153,7 +154,7 @@ def command(
 
         e.print("ray: starting a local cluster (timed separately) ...")
         t0 = time.perf_counter()
-        ray.init(num_cpus=slots, include_dashboard=False, logging_level="warning")
+        ray.init(num_cpus=slots, include_dashboard=False, logging_level=logging.WARNING)
         ray_start = time.perf_counter() - t0
         try:
             results["ray"] = _timed_run(bench_config(root, size=size, duration=duration, executor={"ray": {"address": "auto"}}), registry, say)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from htx.config import DEFAULT_DB
@@ -70,8 +71,10 @@ def nan_sources(
     o.print(f"segment {last.segment}: {len(bad)} of {len(ops)} ops have NaN/Inf outputs; "
             f"{len(sources)} source(s) (output non-finite, inputs finite):", highlight=False, markup=False)
     table = Table(show_lines=False)
-    for col, just in (("#", "right"), ("op", "left"), ("portable key (module|type|ordinal)", "left"), ("precision", "left"), ("NaN", "right"),
-                      ("Inf", "right"), ("max |input|", "right"), ("max |output| (finite)", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("#", "right"), ("op", "left"), ("portable key (module|type|ordinal)", "left"), ("precision", "left"), ("NaN", "right"),
+        ("Inf", "right"), ("max |input|", "right"), ("max |output| (finite)", "right"))
+    for col, just in columns:
         table.add_column(col, justify=just, no_wrap=True)
     for s in sources:
         table.add_row(str(s.position), s.name, s.key, "fp16" if s.fp16 else "fp32", str(s.nan), str(s.inf),

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from htx.config import DEFAULT_DB
@@ -67,7 +69,7 @@ def ops(
         usable = fx is not None and fx.ok
         # record on the trial's own fixture (the first usable one when it has none)
         stats = builder.session(spec, prep).record(assignment, fixture_index=spec.fixture_index if usable else None)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for op in prep.ops:
         st: OpStats | None = stats.get(op.name)
         if st is None:
@@ -91,9 +93,11 @@ def ops(
     o.print(f"recorded on {prep.compute.runtime} with the assignment from {source}: "
             f"{len(assignment.fp16)} of {sum(op.compute for op in prep.ops)} compute ops in FP16", highlight=False)
     table = Table(show_lines=False)
-    for col, just in (("op", "left"), ("module", "left"), ("type", "left"), ("dtype", "left"), ("max |x|", "right"), ("NaN", "right"),
-                      ("Inf", "right"), ("max |in|", "right"), ("reduce", "right")):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("op", "left"), ("module", "left"), ("type", "left"), ("dtype", "left"), ("max |x|", "right"), ("NaN", "right"),
+        ("Inf", "right"), ("max |in|", "right"), ("reduce", "right"))
+    for col, just in columns:
+        table.add_column(col, justify=just)
     for r in shown:
         bad = r["nan"] or r["inf"]
         table.add_row(

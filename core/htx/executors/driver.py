@@ -98,7 +98,7 @@ def prepare_once(run: Run, todo: list[TrialSpec]) -> None:
         if spec.prepare_key in seen:
             continue
         seen.add(spec.prepare_key)
-        if run.registry.get("compute", spec.compute.name).disk_cached_prepare:
+        if getattr(run.registry.get("compute", spec.compute.name), "disk_cached_prepare", False):
             try:
                 run.builder.prepared(spec)
             except Exception:
@@ -114,7 +114,7 @@ def start_workers_early(run: Run, todo: list[TrialSpec]) -> tuple[str, ...] | No
         return None
     kind = run.cfg.executor.kind
     if kind == "serial":
-        if not run.cfg.executor.serial.isolate:
+        if not run.cfg.executor.serial_opts.isolate:
             return None
         try:
             modules = shipped_plugin_modules(run.registry)
@@ -138,6 +138,9 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
     """
     cfg = run.cfg
     executor = cfg.executor
+    if run.run_id is None:
+        raise HtxError("internal: execute() needs a started run (Run.execute creates it)")
+    run_id: str = run.run_id
     backend: Backend
     if executor.kind == "serial" and plugin_modules is None:
         backend = SerialBackend(run.builder, on_start=run.mark_running)
@@ -154,7 +157,7 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
         return report
 
     payload = RunPayload(
-        run_id=run.run_id, config=worker_config(cfg), model_hash=run.workspace.model.hash,
+        run_id=run_id, config=worker_config(cfg), model_hash=run.workspace.model.hash,
         plugin_modules=plugin_modules if plugin_modules is not None else shipped_plugin_modules(run.registry),
         sys_path=tuple(sys.path),
     )
@@ -168,11 +171,11 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
         threads = torch.get_num_threads()
         chunks = grid_chunks(todo)
         backend = LocalPool(payload, 1, threads)
-        retries, grace = 0, executor.serial.hang_grace_s
+        retries, grace = 0, executor.serial_opts.hang_grace_s
         run.say(f"serial: {len(todo)} trials one at a time in a child process ({threads} torch thread"
                 f"{'s' if threads != 1 else ''}): a crash or hang there becomes a failed row")
     elif executor.kind == "local":
-        opts = executor.local
+        opts = executor.local_opts
         cores = os.cpu_count() or 1
         workers = opts.workers or cores
         chunks = make_chunks(todo, workers, run.builder.is_search, cost)
@@ -185,14 +188,14 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
     else:
         from htx.executors.ray_backend import RayBackend  # ray is an optional dependency (htx[ray])
 
-        opts = executor.ray
+        ray_opts = executor.ray_opts
         resources = {}
         for spec in todo:
             if spec.compute.key() not in resources:
-                resources[spec.compute.key()] = trial_resources(spec, run.registry, opts.resources)
-        backend = RayBackend(opts, payload, run.workspace.shared_data(), resources, run.say)
+                resources[spec.compute.key()] = trial_resources(spec, run.registry, ray_opts.resources)
+        backend = RayBackend(ray_opts, payload, run.workspace.shared_data(), resources, run.say)
         chunks = make_chunks(todo, backend.slots, run.builder.is_search, cost)
-        retries, grace = opts.retries, opts.hang_grace_s
+        retries, grace = ray_opts.retries, ray_opts.hang_grace_s
         run.say(f"ray: {len(todo)} trials in {len(chunks)} chunks on a cluster with {backend.slots} CPUs")
     hang_limit = 3 * cfg.trial_timeout_s + grace
     report = ExecutorReport(executor.kind, backend.slots, len(chunks))
@@ -246,7 +249,7 @@ def _drive(run: Run, backend: Backend, chunks: list[Chunk], n_done: int, n_total
         run.on_progress(trial_label(rec), finished, n_total)
 
     def fail(spec: TrialSpec, reason: str, status: str = "failed") -> None:
-        rec = new_record(run.run_id, spec, status, reason)
+        rec = new_record(run.run_id or "", spec, status, reason)
         rec.finished_at = rec.started_at
         finish(rec)
 
@@ -290,9 +293,10 @@ def _drive(run: Run, backend: Backend, chunks: list[Chunk], n_done: int, n_total
                 )
                 backend.kill(st.chunk.id)
         for ev in backend.poll(0.2):
-            st = states.get(ev.chunk)
-            if st is None:
+            found = states.get(ev.chunk)
+            if found is None:
                 continue
+            st = found
             st.last_event = time.monotonic()
             if ev.kind == "message":  # a worker's log line (search progress): also a sign of life
                 run.say(ev.reason or "")
@@ -306,8 +310,8 @@ def _drive(run: Run, backend: Backend, chunks: list[Chunk], n_done: int, n_total
                         run.on_progress(trial_label(starting), finished, n_total)
                     if report.first_start_s is None:
                         report.first_start_s = time.perf_counter() - t0
-            elif ev.kind == "record":
-                st.done.add(ev.trial_id)
+            elif ev.kind == "record" and ev.record is not None:
+                st.done.add(ev.record.trial_id)
                 st.current = None
                 if ev.stats:
                     report.workers[ev.stats["worker"]] = ev.stats

@@ -18,6 +18,7 @@ from typing import Any
 from htx.config import ExperimentConfig
 from htx.errors import HtxError
 from htx.grid import TrialSpec
+from htx.interfaces import ComputeUnit
 from htx.plugins import Registry, load_registry
 
 #: At most this many trials per chunk: long chunks delay load balancing at the end of a run.
@@ -138,4 +139,4 @@ def trial_resources(spec: TrialSpec, registry: Registry, overrides: dict[str, di
         if key in overrides:
             return dict(overrides[key])
     unit = registry.create("compute", spec.compute.name, spec.compute.params)
-    return dict(unit.resources())
+    return dict(unit.resources()) if isinstance(unit, ComputeUnit) else {}

@@ -38,7 +38,7 @@ class Plugin(ABC):  # noqa: B024 - abstract through its kinds (Surgery.build, ..
     name: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = Params
 
-    def __init__(self, params: Params | None = None) -> None:
+    def __init__(self, params: BaseModel | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
     def available(self) -> tuple[bool, str]:

@@ -29,11 +29,15 @@ class InnerModel(nn.Module):
     ``spec_out=None`` and the pipeline skips the iSTFT.
     """
 
-    def host_pre(self, spec_cac: torch.Tensor, mix: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Any]:
+    def host_pre(self, spec_cac: torch.Tensor | None, mix: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Any]:
+        if spec_cac is None:
+            raise ModelError(f"{type(self).__name__} gets no spectrogram (its surgery has needs_stft = False): "
+                             "override host_pre to pass what forward takes")
         return (spec_cac, mix), None
 
-    def host_post(self, outputs: tuple[torch.Tensor, torch.Tensor], ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return outputs
+    def host_post(self, outputs: tuple[torch.Tensor, ...], ctx: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
+        spec_out, wave_out = outputs
+        return spec_out, wave_out
 
 
 class Surgery(Plugin):
