@@ -285,6 +285,12 @@ def test_core_imports_no_plugin_and_has_no_import_cycle():
             visit(n)
 
 
+def test_no_core_module_over_400_lines():
+    """Past 400 lines a second job is hiding inside a module (STYLE.md)."""
+    big = {str(p.relative_to(ROOT)): n for p in CORE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert not big, big
+
+
 def test_builtin_plugins_import_only_the_public_api():
     """Built-in plugins use htx.api and nothing else from the core: whatever a built-in does, an outside plugin
     can do with the same imports (TYPE_CHECKING imports count too: a type a plugin needs belongs in the API)."""
