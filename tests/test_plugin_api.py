@@ -264,3 +264,26 @@ def test_check_unit_command(tmp_path):
     assert "identical: every key on both sides" in res.output
     res = CliRunner().invoke(app, ["check-unit", "no-such-unit"])
     assert res.exit_code != 0 and "unknown plugin 'no-such-unit'" in res.output and "Traceback" not in res.output
+
+
+def test_the_hybrid_surgery_in_the_docs_runs_as_a_real_trial(tmp_path):
+    """docs/surgery.md's complete hybrid surgery imports only htx.api and matches full-hybrid in FP32."""
+    import re
+    import types
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "surgery.md").read_text()
+    code = re.search(r"<!-- example: hybrid-surgery -->\n```python\n(.*?)```", doc, re.S).group(1)
+    assert "htx_plugins" not in code and re.findall(r"^from htx[.\w]* import", code, re.M) == ["from htx.api import"]
+    ns: dict = {}
+    exec(compile(code, "docs/surgery.md", "exec"), ns)
+    module = types.ModuleType("doc_hybrid_surgery")
+    module.htx_register_surgeries = ns["htx_register_surgeries"]
+    reg = build_registry(get_plugin_manager(extra_plugins=(module,)))
+    cfg = parse_config(make_config(tmp_path, surgery=["my-host-norm", "full-hybrid"]), registry=reg)
+    with Store(cfg.store.path) as store:
+        run = Run(cfg, reg, store)
+        run.execute()
+        recs = {t.surgery: t for t in store.trials([run.run_id])}
+    assert recs["my-host-norm"].status == "ok", recs["my-host-norm"].reason
+    assert recs["my-host-norm"].metrics["snr_db"] > 100 and recs["full-hybrid"].metrics["snr_db"] > 100

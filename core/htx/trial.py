@@ -63,6 +63,7 @@ def _run(builder: TrialBuilder, spec: TrialSpec, rec: TrialRecord) -> None:
     fixture, reference = ws.fixture_and_reference(spec.fixture_index)
     prep = builder.prepared(spec)
     rec.runtime = prep.compute.runtime
+    rec.info["low_precision"] = prep.compute.low_precision  # what "fp16" means in this row
     rec.info["emulated"] = bool(prep.compute.emulated)
     stft = builder.stft(spec.stft, prep.surgery)
     if stft is None:

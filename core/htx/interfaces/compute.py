@@ -56,7 +56,15 @@ class ComputeUnit(Plugin):
 
     @property
     def runtime(self) -> str:
+        """What results show as the runtime (``torch:cpu``); a unit whose low precision is not FP16 appends it
+        (``torch:cpu:bf16``), so a row's "fp16" share reads as that dtype."""
         return self.name
+
+    @property
+    def low_precision(self) -> str:
+        """The dtype an op assigned low precision runs in: ``"fp16"`` (the default) or what the unit runs
+        (``"bf16"``). Assignments, columns and metrics say "fp16" for "low precision"; trials store this."""
+        return "fp16"
 
     def resources(self) -> dict[str, float]:
         """What a worker needs to run this unit, as Ray resources: ``{"GPU": 1}``, ``{"macos": 1}``.

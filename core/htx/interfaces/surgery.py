@@ -84,7 +84,7 @@ class Surgery(Plugin):
             register(MyTimeOnly)
 
     ``htx validate`` builds no weights; the pipeline calls ``host_pre``/``host_post`` (see
-    :class:`InnerModel`). The built-ins in ``htx_plugins.surgery`` show the hybrid cases.
+    :class:`InnerModel`). ``docs/surgery.md`` has a complete hybrid surgery that imports only ``htx.api``.
     """
 
     kind = "surgery"

@@ -421,7 +421,12 @@ class TorchUnit(ComputeUnit):
 
     @property
     def runtime(self) -> str:
-        return f"torch:{self.device.type}"
+        low = "" if self.params.low_dtype == "fp16" else f":{self.params.low_dtype}"
+        return f"torch:{self.device.type}{low}"
+
+    @property
+    def low_precision(self) -> str:
+        return self.params.low_dtype
 
     def resources(self) -> dict[str, float]:
         # Ray schedules `cuda` trials on GPU workers and `mps` ones on Macs (custom resource `macos`);
@@ -497,7 +502,7 @@ class TorchUnit(ComputeUnit):
     def fp16_noise(
         self, prepared: Prepared, inputs: tuple[torch.Tensor, ...], post: Any, projections: int = 8, seed: int = 0,
     ) -> dict[str, float]:
-        """First-order FP16 noise per compute op (see :meth:`htx.contracts.ComputeUnit.fp16_noise`): one forward
+        """First-order FP16 noise per compute op (see :meth:`htx.api.ComputeUnit.fp16_noise`): one forward
         pass that also runs each compute op in low precision, then ``projections`` backward passes."""
         torch.backends.mha.set_fastpath_enabled(False)
         mode = _NoiseMode(self.low_dtype)

@@ -10,7 +10,7 @@ powers sum to 1.68x the all-FP16 noise), so the question is which few ops carry 
 every compute op in FP32 and, beside it, in FP16 from the same inputs, keeping each op's local rounding error
 ``e_i``; then ``projections`` backward passes of random Gaussian output projections ``r`` give ``J_i^T r`` at
 every op at once, and ``E[((J_i^T r) . e_i)^2] = ||J_i e_i||^2`` is the noise power op ``i`` adds at the output
-(:meth:`htx.contracts.ComputeUnit.fp16_noise`). Why this and not batched noise injection: it costs one
+(:meth:`htx.api.ComputeUnit.fp16_noise`). Why this and not batched noise injection: it costs one
 forward and a few backward passes for all ops together, whatever their number, and measures each op's own
 FP16 error rather than an assumed one. The estimates (per fixture, on its first segment) are calibrated by
 one all-FP16 evaluation (scaled so they sum to its measured noise), so the ranking costs **one**

@@ -1,6 +1,6 @@
 """Input checks and boundary conversions shared by the STFT backends.
 
-Accepted shapes (the :class:`htx.contracts.STFTBackend` contract):
+Accepted shapes (the :class:`htx.api.STFTBackend` contract):
 
 - ``stft(x)``: real floating audio ``[..., L]`` with ``L > 0`` and at least one dimension; any leading
   dimensions (``[L]``, ``[C, L]``, ``[B, C, L]``, ...) are kept. NaN/Inf samples are rejected.

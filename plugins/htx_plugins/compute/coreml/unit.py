@@ -197,7 +197,7 @@ class CoreMLUnit(ComputeUnit):
         self, prepared: CoreMLPrepared, inputs: tuple[torch.Tensor, ...], post: Any, projections: int = 8, seed: int = 0,
     ) -> dict[str, float]:
         """First-order FP16 noise per MIL op, from the emulated program itself (see
-        :meth:`htx.contracts.ComputeUnit.fp16_noise`): one differentiable FP32 pass in which each compute op
+        :meth:`htx.api.ComputeUnit.fp16_noise`): one differentiable FP32 pass in which each compute op
         also runs alone in FP16 from the same inputs, with the configured ``accumulate``, then ``projections``
         backward passes. Core ML's own ops are ranked (a decomposed group norm's ``reduce_mean``/``sqrt``
         included), not a torch op's estimate carried by key. The native runtime gives no gradients."""
