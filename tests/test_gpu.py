@@ -63,7 +63,7 @@ def test_torch_unit_on_cuda_graphs_casts_and_fp32_exactness(setup):
         assert torch.equal(a, b)  # the graph replays exactly the eager kernels
         assert 20 < _snr(ref, a) < 100  # FP16 really ran
     placement = graphs.placement(pg, asg)
-    assert placement["partitions"] >= 1 and placement["casts"] > 0
+    assert placement.partitions is not None and placement.partitions >= 1 and (placement.casts or 0) > 0
 
 
 def test_fp16_noise_on_cuda(setup):

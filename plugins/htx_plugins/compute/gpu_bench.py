@@ -315,7 +315,7 @@ def run(
 
 def _bisect(prepared_by_low, ops, inner, stft, model, cpu_model, mix, ref_np, seg_len, batch, pipeline_run, base_s, seconds, say):
     """Find the bisect FP32 set (criterion SNR >= 60 dB on the first 10 s) and time it on the full clip."""
-    from htx.api import SearchContext, load_registry
+    from htx.api import SearchContext, load_registry, run_search
 
     reg = load_registry()
     policy = reg.create("precision", "bisect", {"criterion": {"snr_db": 60}, "granularity": "type-then-instance", "max_seconds": 150})
@@ -337,7 +337,7 @@ def _bisect(prepared_by_low, ops, inner, stft, model, cpu_model, mix, ref_np, se
 
     ctx = SearchContext(ops, evaluate=evaluate, record=lambda a: unit.record(prepared, a, prepared.example_inputs))
     t0 = time.perf_counter()
-    result = policy.search(ctx)
+    result = run_search(policy, ctx)
     search_s = time.perf_counter() - t0
     wall, samples, out, mem = pipeline_run(unit, prepared, result.assignment, batch)
     m = accuracy(ref_np, out, 1e-3, 1e-4)

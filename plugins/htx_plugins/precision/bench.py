@@ -62,7 +62,7 @@ def _oracle_evaluations(ops: list[Any], culprits: list[str], params: dict[str, A
         return {"finite": ok, "nan_count": 0 if ok else 1, "inf_count": 0, "within_tol": ok, "snr_db": None}
 
     ctx = SearchContext(ops, evaluate)
-    return Bisect(Bisect.Params(**params)).search(ctx).evaluations
+    return run_search(Bisect(Bisect.Params(**params)), ctx).evaluations
 
 
 def bench_model(
