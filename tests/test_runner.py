@@ -113,7 +113,7 @@ def test_failures_are_isolated_and_recorded(tmp_path):
     ok = trials[("fp32", "torch[device='cpu']", "sine_440[duration=1.0]")]
     assert ok.status == "ok" and ok.metrics["within_tol"] == 1.0 and ok.metrics["snr_db"] > 100
     exploded = trials[("exploding", "torch[device='cpu']", "sine_440[duration=1.0]")]
-    assert exploded.status == "failed" and exploded.reason == "RuntimeError: policy exploded on purpose"
+    assert exploded.status == "failed" and exploded.reason == "precision 'exploding'.select() raised RuntimeError: policy exploded on purpose"
     nan = trials[("fp32", "nan-unit", "sine_440[duration=1.0]")]
     assert nan.status == "failed" and nan.reason.startswith("non-finite output:") and nan.metrics["nan_count"] > 0
     oom = trials[("fp32", "oom-unit", "sine_440[duration=1.0]")]
