@@ -24,6 +24,7 @@ with the same imports.
 
 from __future__ import annotations
 
+from htx.cache import content_key
 from htx.calls import call_plugin
 from htx.config import ExperimentConfig, ModelConfig, PluginEntry, load_config, parse_config
 from htx.console import err, handle_errors, out
@@ -107,5 +108,5 @@ __all__ = [
     "Session", "Store", "TrialRecord", "accuracy", "build_registry", "call_plugin", "compute_reference", "err",
     "get_plugin_manager", "handle_errors", "load_config", "load_model", "load_musicgen", "load_registry",
     "model_hash", "module_plugin", "out", "parse_config", "percentiles", "project_noise", "random_htdemucs",
-    "separate", "spec_shape", "spec_to_cac", "cac_to_spec", "demucs_ispec", "demucs_spec", "write_record",
+    "separate", "spec_shape", "spec_to_cac", "cac_to_spec", "content_key", "demucs_ispec", "demucs_spec", "write_record",
 ]

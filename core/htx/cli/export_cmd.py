@@ -25,6 +25,9 @@ from htx.plugins import load_registry
 from htx.separator import parse_entry
 from htx.types import Assignment
 
+#: The unit that writes each deployable format, chosen by ``--out``'s suffix when ``--compute`` is not given.
+SUFFIX_UNITS = {".onnx": "onnx", ".mlpackage": "coreml"}
+
 
 def check_out_path(out_path: Path) -> None:
     """Refuse an --out that cannot be written, naming the path and why, before any model is built."""
@@ -40,8 +43,8 @@ def check_out_path(out_path: Path) -> None:
 @handle_errors
 def export(
     ref: str = typer.Argument(..., help="RUN_ID/TRIAL_ID of a stored trial (trial ids: `htx leaderboard --format csv`)"),
-    out_path: Path = typer.Option(..., "--out", help="where to write the model, e.g. model.mlpackage"),
-    compute: str = typer.Option(None, "--compute", help="export through another compute unit, e.g. coreml or '{coreml: {target: iOS17}}'"),
+    out_path: Path = typer.Option(..., "--out", help="where to write the model: model.mlpackage (Core ML) or model.onnx (ONNX)"),
+    compute: str = typer.Option(None, "--compute", help="export through another compute unit, e.g. coreml or '{coreml: {target: iOS17}}' (default: the trial's unit, or the unit --out's suffix names)"),
     db: Path = typer.Option(Path(DEFAULT_DB), "--db", help="results database"),
     force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
 ) -> None:
@@ -62,6 +65,10 @@ def export(
     t0 = time.perf_counter()
     source = builder.prepared(spec)
     target_spec = spec
+    by_suffix = SUFFIX_UNITS.get(out_path.suffix)
+    if compute is None and by_suffix is not None and spec.compute.name != by_suffix:
+        compute = by_suffix
+        e.print(f"--out {out_path.name}: exporting through the {by_suffix} unit (pass --compute to choose another)", highlight=False)
     if compute is not None:
         entries = {**dict(zip(spec.axes, spec.entries)), "compute": parse_entry(compute, "compute")}
         target_spec = make_spec(entries, spec.idx, spec.fixture_index, builder.cfg.fixtures[spec.fixture_index])

@@ -3,6 +3,7 @@
 from htx.api import hookimpl
 from htx_plugins.compute import gpu_bench, transfer_bench
 from htx_plugins.compute.coreml import CoreMLUnit, commands
+from htx_plugins.compute.onnxrt import OnnxUnit
 from htx_plugins.compute.torch_unit import TorchUnit
 
 
@@ -10,6 +11,7 @@ from htx_plugins.compute.torch_unit import TorchUnit
 def htx_register_compute_units(register):
     register(TorchUnit)
     register(CoreMLUnit)
+    register(OnnxUnit)
 
 
 @hookimpl

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hashlib
 import inspect
 import json
 import logging
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from htx.api import HtxError
+from htx.api import HtxError, content_key
 
 #: Bump when the conversion recipe changes, so stale cache entries are not reused.
 CACHE_VERSION = "1"
@@ -149,42 +148,9 @@ def signature(inner: nn.Module, example_inputs: tuple[torch.Tensor | None, ...],
 
 
 def cache_key(inner: nn.Module, example_inputs: tuple[torch.Tensor | None, ...], target: str) -> str:
-    """Content hash of what determines the converted program.
-
-    The inner model's class (and the source of the module defining it, so an edited surgery is not
-    served a stale program), its simple attributes and every parameter/buffer, the input shapes, the
-    deployment target and the coremltools/torch/demucs versions.
-    """
-    ct = coremltools()
-    h = hashlib.sha256()
-    cls = type(inner)
-    parts: list[str] = [CACHE_VERSION, f"{cls.__module__}.{cls.__qualname__}", target, ct.__version__, torch.__version__]
-    try:
-        import demucs
-
-        parts.append(demucs.__version__)
-    except Exception:  # pragma: no cover - demucs is a dependency
-        pass
-    try:
-        parts.append(hashlib.sha256(inspect.getsource(inspect.getmodule(cls)).encode()).hexdigest())
-    except (OSError, TypeError):
-        pass
-    for name, mod in inner.named_modules():
-        simple = {k: v for k, v in sorted(vars(mod).items()) if not k.startswith("_") and _simple(v)}
-        parts.append(f"{name}:{type(mod).__qualname__}:{simple!r}")
-    parts.append(repr([None if t is None else (tuple(t.shape), str(t.dtype)) for t in example_inputs]))
-    h.update("|".join(parts).encode())
-    for name, t in sorted(inner.state_dict().items()):
-        h.update(name.encode())
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:24]
-
-
-def _simple(v: Any) -> bool:
-    if isinstance(v, (tuple, list)):
-        return all(_simple(x) for x in v)
-    return isinstance(v, (int, float, str, bool, type(None)))
+    """Content hash of what determines the converted program (:func:`htx.api.content_key`: the inner model,
+    its weights and input shapes) with the deployment target and the coremltools version."""
+    return content_key(inner, example_inputs, CACHE_VERSION, target, coremltools().__version__)
 
 
 # --------------------------------------------------------------------------------------------------
