@@ -90,7 +90,7 @@ def test_a_run_a_search_and_the_exported_model(tmp_path):
     """A study on the unit (a static policy and sensitivity ranked through torch), then `htx export` of the
     search's trial as .onnx, run again by onnxruntime alone: its FP16 nodes are FP16 and it meets the bar."""
     reg = load_registry()
-    crit = {"criterion": {"snr_db": 60}, "max_evaluations": 40}
+    crit = {"criterion": {"snr_db": 80}, "max_evaluations": 40}  # all-FP16 reaches ~71 dB here
     cfg = parse_config(make_config(tmp_path, compute=["onnx"], precision=["all-fp16", {"sensitivity": crit}],
                                    fixtures=[{"sine_440": {"duration": 1.0}}, {"white_noise": {"duration": 1.0}}]), registry=reg)
     with Store(cfg.store.path) as store:
@@ -102,13 +102,13 @@ def test_a_run_a_search_and_the_exported_model(tmp_path):
     found = [t for t in trials if t.precision.startswith("sensitivity")]
     search = found[0].info["search"]
     assert search["passed"] and search["rank_method"] == "first_order" and "torch" in search["rank_note"], search
-    assert all(t.metrics["snr_db"] >= 60 for t in found) and search["evaluations"] <= 40
+    assert all(t.metrics["snr_db"] >= 80 for t in found) and search["evaluations"] <= 40 and search["fp32_ops"]
     out = tmp_path / "answer.onnx"
     res = CliRunner().invoke(app, ["export", f"{run.run_id}/{found[0].trial_id}", "--out", str(out), "--db", str(cfg.store.path)])
     assert res.exit_code == 0, res.output
     model = onnx.load(str(out))
     fp16_nodes = sum(any(v.endswith("__h") for v in n.output) for n in model.graph.node if n.op_type != "Cast")
-    assert fp16_nodes > 0 and "compute ops in FP16" in res.output and "through the onnx unit" in res.output, res.output
+    assert fp16_nodes > 0 and "compute ops in FP16" in res.output, res.output
     # run it again with onnxruntime alone on the trial's own inputs: the same answer
     session = Session(cfg, reg)
     spec = session.spec(precision={"sensitivity": crit})
