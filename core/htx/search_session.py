@@ -23,6 +23,7 @@ from htx.identity import transfer_scores
 from htx.interfaces.base import Plugin
 from htx.measure import measure
 from htx.metrics import aggregate
+from htx.pipeline import Pipeline
 from htx.results import FirstOrder, SearchResult, SearchStep
 from htx.search import SearchContext
 from htx.spectrogram import demucs_ispec
@@ -65,6 +66,17 @@ class SearchSession:
         t, lat = self.cfg.targets, self.cfg.latency
         return measure(pipe, items, b.segmenting, t.rtol, t.atol, latency=(lat.warmup, lat.repeats) if timed else None,
                        sync_device=self.prep.compute.device)
+
+    def evaluate_forward(self, forward: Any, timed: bool = False) -> dict[str, Any]:
+        """Any callable with the compiled forward's signature (``fn(*args) -> output tuple``: another tool's model
+        of this inner model) through this combination's pipeline on every usable fixture, worst case."""
+        b = self.builder
+        pipe = Pipeline(self.prep.inner, forward, b.stft(self.spec.stft, self.prep.surgery), b.workspace.model.model.nfft,
+                        self.prep.compute.device, sync=self.prep.compute.synchronize, needs_stft=self.prep.surgery.needs_stft)
+        items = [(fx, ref) for _, fx, ref in b.workspace.usable()]
+        t, lat = self.cfg.targets, self.cfg.latency
+        return aggregate(measure(pipe, items, b.segmenting, t.rtol, t.atol, latency=(lat.warmup, lat.repeats) if timed else None,
+                                 sync_device=self.prep.compute.device))
 
     def sibling_stfts(self) -> list[PluginEntry]:
         """The grid's other STFT backends: their trials reuse this combination's assignment (one search per

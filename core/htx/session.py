@@ -99,6 +99,20 @@ class Session:
         """``assignment`` on every fixture through ``spec``'s pipeline, worst case."""
         return Evaluation(self.search(spec).evaluate(assignment))
 
+    def evaluate_forward(self, spec: TrialSpec, forward: Any, timed: bool = False) -> Evaluation:
+        """Any callable with the unit's compiled signature (another tool's model of ``spec``'s inner model) through
+        ``spec``'s pipeline on every fixture, worst case; ``timed``: latency measured as a trial does."""
+        return Evaluation(self.search(spec).evaluate_forward(forward, timed))
+
+    def model_inputs(self, spec: TrialSpec, fixture_index: int = 0) -> tuple[Any, ...]:
+        """The inner model's inputs for the first batch of a fixture (what a compiled forward takes)."""
+        self.load()
+        b = self.builder
+        prep = b.prepared(spec)
+        pipe = b.pipeline(prep, b.stft(spec.stft, prep.surgery), None)
+        args, _ = pipe.model_inputs(b.segmenting.first_batch(self.workspace.fixtures[fixture_index].get().mix))
+        return tuple(args)
+
     def record(self, spec: TrialSpec, assignment: Assignment, fixture_index: int | None = None, offset: int = 0) -> dict[str, OpStats]:
         """Per-op statistics of one pass under ``assignment``."""
         return self.builder.session(spec).record(assignment, fixture_index, offset)
