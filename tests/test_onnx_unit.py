@@ -91,7 +91,7 @@ def test_a_run_a_search_and_the_exported_model(tmp_path):
     search's trial as .onnx, run again by onnxruntime alone: its FP16 nodes are FP16 and it meets the bar."""
     reg = load_registry()
     crit = {"criterion": {"snr_db": 80}, "max_evaluations": 40}  # all-FP16 reaches ~71 dB here
-    cfg = parse_config(make_config(tmp_path, compute=["onnx"], precision=["all-fp16", {"sensitivity": crit}],
+    cfg = parse_config(make_config(tmp_path, compute=["onnx"], precision=["all-fp16", "magnitude", {"sensitivity": crit}],
                                    fixtures=[{"sine_440": {"duration": 1.0}}, {"white_noise": {"duration": 1.0}}]), registry=reg)
     with Store(cfg.store.path) as store:
         run = Run(cfg, reg, store)
@@ -198,3 +198,14 @@ def test_check_unit_keys_helper(tmp_path):
     session = Session(parse_config(make_config(tmp_path), registry=reg), reg)
     check = check_unit_keys(session, "onnx")
     assert check.ok and not check.undecided_reference, "\n".join(check.lines())
+
+
+def test_record_gives_per_node_statistics(prepared):
+    unit, prep, _, inputs, _ = prepared
+    stats = unit.record(prep, Assignment.all_fp32(), inputs)
+    compute = [op for op in unit.ops(prep) if op.compute]
+    assert {op.name for op in compute} <= set(stats)
+    assert all(st.finite for st in stats.values())
+    assert max(st.max_abs for st in stats.values()) > 0
+    norms = [stats[op.name] for op in compute if op.info["onnx"] == "InstanceNormalization"]
+    assert norms and all(st.reduction_size > 1 for st in norms)

@@ -29,6 +29,7 @@ from htx.api import (
     HtxError,
     InnerModel,
     OpInfo,
+    OpStats,
     Params,
     Placement,
     UnavailableError,
@@ -194,6 +195,53 @@ class OnnxUnit(ComputeUnit):
             return tuple(torch.from_numpy(np.ascontiguousarray(o)).to(device) for o in outs)
 
         return forward
+
+    def record(self, prepared: OnnxPrepared, assignment: Assignment, inputs: tuple[torch.Tensor, ...]) -> dict[str, OpStats]:
+        """Per-node statistics of one pass of the typed graph: every node output is made a graph output for it."""
+        import onnx
+        import onnxruntime as ort
+
+        model = self.typed(prepared, assignment).model
+        listed = {op.name for op in prepared.op_list}
+        nodes = [n for n in model.graph.node if n.name in listed]
+        produced = {o for n in nodes for o in n.output if o}
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        known = {o.name for o in probe.graph.output}
+        probe.graph.output.extend(onnx.ValueInfoProto(name=v) for v in sorted(produced - known))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node as typed
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        feed = {n: t.detach().cpu().float().numpy() for n, t in zip(prepared.input_names, inputs)}
+        values = dict(zip(names, sess.run(names, feed)))
+        for init in model.graph.initializer:
+            values.setdefault(init.name, onnx.numpy_helper.to_array(init))
+        stats: dict[str, OpStats] = {}
+        for n in nodes:
+            st = OpStats()
+            for o in n.output:
+                arr = values.get(o)
+                if arr is not None and arr.dtype.kind == "f":
+                    st.nan += int(np.isnan(arr).sum())
+                    st.inf += int(np.isinf(arr).sum())
+                    fin = np.abs(arr[np.isfinite(arr)])
+                    st.max_abs = max(st.max_abs, float(fin.max()) if fin.size else 0.0)
+            for v in n.input:
+                arr = values.get(v)
+                if arr is not None and arr.dtype.kind == "f" and arr.size:
+                    st.inputs_finite = st.inputs_finite and bool(np.isfinite(arr).all())
+                    fin = np.abs(arr[np.isfinite(arr)])
+                    st.max_abs_input = max(st.max_abs_input, float(fin.max()) if fin.size else 0.0)
+            ins = [values.get(v) for v in n.input[:1]]
+            outs = [values.get(o) for o in n.output[:1]]
+            if n.op_type.startswith("Reduce") or n.op_type in ("Softmax", "LayerNormalization", "InstanceNormalization"):
+                if ins and outs and ins[0] is not None and outs[0] is not None and outs[0].size:
+                    st.reduction_size = max(1, ins[0].size // outs[0].size) if not n.op_type.endswith("Normalization") \
+                        else int(np.prod(ins[0].shape[2:]))
+            stats[n.name] = st
+        return stats
 
     def placement(self, prepared: OnnxPrepared, assignment: Assignment) -> Placement:
         """Precision segments of the compute ops in execution order, and the casts the typed graph holds."""
