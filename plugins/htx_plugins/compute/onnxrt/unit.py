@@ -42,6 +42,7 @@ from htx.api import (
 )
 from htx_plugins.compute.onnxrt.graph import (
     FLOAT,
+    FLOAT16,
     SKIPPED,
     fp16_invalid,
     mil_type,
@@ -244,9 +245,14 @@ class OnnxUnit(ComputeUnit):
         return stats
 
     def placement(self, prepared: OnnxPrepared, assignment: Assignment) -> Placement:
-        """Precision segments of the compute ops in execution order, and the casts the typed graph holds."""
+        """Precision segments of the compute ops in execution order and the casts the typed graph holds; from the
+        session's own optimized graph (the runtime's plan), how many compute nodes run FP16 kernels: a provider
+        without an FP16 kernel for a node runs it, and runs of such nodes, in FP32 between casts (ONNX Runtime's
+        InsertCastTransformer), so its values are rounded to FP16 only where the plan still has FP16."""
         runs = placement_runs(prepared.op_list, Assignment(frozenset(assignment.fp16) - prepared.invalid))
-        return Placement(partitions=runs["partitions"], casts=self.typed(prepared, assignment).casts, source="typed graph")
+        typed = self.typed(prepared, assignment)
+        plan = _fp16_kernels(typed.model, list(self.params.providers), self.params.optimization) if assignment.fp16 else None
+        return Placement(partitions=runs["partitions"], casts=typed.casts, source="typed graph", device_plan=plan)
 
     def export(self, prepared: OnnxPrepared, assignment: Assignment, path: Path) -> Path:
         """Write the typed graph of ``assignment`` (FP16 nodes where assigned, FP32 inputs and outputs) to ``path``."""
@@ -279,6 +285,30 @@ def _static_arrays(model: Any, types: dict[str, int], inputs: tuple[torch.Tensor
         feed = {i.name: t.numpy() for i, t in zip(model.graph.input, inputs)}
         arrays.update(zip(wanted, sess.run(wanted, feed)))
     return arrays
+
+
+def _fp16_kernels(model: Any, providers: list[str], optimization: str) -> dict[str, int]:
+    """Compute nodes of the session's optimized graph that produce FP16 (FP16 kernels) and that produce FP32."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[optimization])
+        opts.optimized_model_filepath = str(Path(d) / "plan.onnx")
+        ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        plan = onnx.load(opts.optimized_model_filepath)
+    inferred = onnx.shape_inference.infer_shapes(plan)
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *plan.graph.input, *plan.graph.output]}
+    counts = {"fp16_kernel_nodes": 0, "fp32_kernel_nodes": 0}
+    for n in plan.graph.node:
+        if is_compute(mil_type(n.op_type)) and not mil_type(n.op_type).startswith("onnx."):
+            kinds = {elem.get(o) for o in n.output if o}
+            counts["fp16_kernel_nodes" if FLOAT16 in kinds else "fp32_kernel_nodes"] += 1
+    return counts
 
 
 def _floating(node: Any, types: dict[str, int]) -> bool:
