@@ -70,10 +70,13 @@ class Workspace:
     """
 
     def __init__(self, cfg: ExperimentConfig, registry: Registry, say: Callable[[str], None] | None = None,
-                 check_surgeries: bool = True) -> None:
+                 check_surgeries: bool = True, announce_setup: bool = True) -> None:
         self.cfg = cfg
         self.registry = registry
         self.say = say or (lambda msg: None)
+        #: False in a worker: the driver said already which model and fixtures it loaded and which references
+        #: it computed; the worker says only what it computes itself
+        self.announce_setup = announce_setup
         self.cache_dir = Path(cfg.store.cache_dir)
         self.check_surgeries = check_surgeries
         self._model: LoadedModel | None = None
@@ -89,9 +92,11 @@ class Workspace:
     def model(self) -> LoadedModel:
         """The loaded model (loaded, and the surgeries checked against it, on first use)."""
         if self._model is None:
-            self.say("loading model ...")
+            if self.announce_setup:
+                self.say("loading model ...")
             loaded = load_model(self.cfg.model)
-            self.say(f"model: {loaded.source} (hash {loaded.hash})")
+            if self.announce_setup:
+                self.say(f"model: {loaded.source} (hash {loaded.hash})")
             if self.check_surgeries:
                 problems = surgery_problems(self.registry, self.cfg.surgery, loaded.model)
                 if problems:
@@ -122,7 +127,7 @@ class Workspace:
             cached: Cached[Fixture] = Cached()
             try:
                 cached.value = load_fixture(entry, loaded.samplerate, loaded.model.audio_channels, loaded.segment_length)
-                for note in cached.value.notes:
+                for note in cached.value.notes if self.announce_setup else ():
                     self.say(f"fixture {entry.label}: {note}")
             except Exception as exc:
                 cached.error, cached.reason = exc, f"fixture {entry.label}: {describe_failure(exc)}"
@@ -138,7 +143,10 @@ class Workspace:
                 t0 = time.perf_counter()
                 ref.value, hit = get_reference(loaded, fx.get(), sep.overlap, sep.transition_power, self.cache_dir)
                 self.references_computed += not hit
-                self.say(f"reference {fx.get().name}: {'cached' if hit else f'computed in {time.perf_counter() - t0:.1f} s'}")
+                if not hit:
+                    self.say(f"reference {fx.get().name}: computed in {time.perf_counter() - t0:.1f} s")
+                elif self.announce_setup:
+                    self.say(f"reference {fx.get().name}: read from the cache ({self.cache_dir})")
             except Exception as exc:
                 ref.error, ref.reason = exc, f"reference for {fx.get().name}: {describe_failure(exc)}"
             self.references[i] = ref

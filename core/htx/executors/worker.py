@@ -62,7 +62,7 @@ def builder_for(payload: RunPayload) -> TrialBuilder:
     # The driver validated the config and checked the surgeries against the model it built; the worker
     # does not read the checkpoint twice.
     cfg = parse_config(payload.config, f"run {payload.run_id}", registry, check_model=False, check_files=False)
-    workspace = Workspace(cfg, registry, _say, check_surgeries=False)
+    workspace = Workspace(cfg, registry, _say, check_surgeries=False, announce_setup=False)
     if workspace.model.hash != payload.model_hash:
         raise HtxError(
             f"the worker built model {workspace.model.hash}, the driver {payload.model_hash} "
