@@ -30,7 +30,7 @@ from htx.measure import Segmenting
 from htx.pipeline import Pipeline
 from htx.results import check_assignment
 from htx.search import run_search
-from htx.search_session import SearchSession, write_ops_file
+from htx.search_session import SearchSession, fit, write_ops_file
 from htx.spectrogram import demucs_spec, spec_to_cac
 from htx.types import Assignment, OpInfo
 from htx.workspace import Cached, Workspace
@@ -207,7 +207,7 @@ class TrialBuilder:
         with deadline(self.cfg.trial_timeout_s, f"precision policy {policy.label}"):
             if isinstance(policy, SearchPolicy):
                 self.workspace.load()  # a search measures on every fixture; a worker may hold only its chunk's
-                self.say(f"searching with {policy.label} over {sum(op.compute for op in prep.ops)} compute ops ...")
+                self.say(fit(f"searching with {policy.label} ..."))
                 session = self.session(spec, prep)
                 result = run_search(policy, session.context())
                 log_path = session.write_log(policy, result)

@@ -36,6 +36,15 @@ if TYPE_CHECKING:
 PROGRESS_EVERY_S = 2.0
 
 
+#: The width a progress line must fit (a 120-column terminal).
+LINE_WIDTH = 120
+
+
+def fit(line: str, width: int = LINE_WIDTH) -> str:
+    """``line`` cut to ``width`` characters (with an ellipsis) so it never wraps in a terminal of that width."""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def search_log_name(spec: TrialSpec, policy: Plugin) -> str:
     """A file name for a combination's search log, the same in every process (a content hash, not ``hash()``)."""
     digest = hashlib.sha1("|".join(spec.combo_key).encode()).hexdigest()[:10]
@@ -147,34 +156,38 @@ class SearchSession:
     # showing and keeping ------------------------------------------------------------------------------------
 
     def _progress(self) -> Any:
-        """A progress line per evaluation (at most one every 2 s): count, this FP32 set and its worst SNR, the
-        best verified set so far against the policy's declared criterion, and the budget left."""
+        """Search progress that fits 120 columns: once, the criterion, the budget and the compute-op count; then a
+        line per evaluation (at most one every 2 s): this set's FP32 ops and worst SNR, the best verified set so
+        far (against the declared criterion) and the budget left."""
         n = sum(op.compute for op in self.prep.ops)
-        label = self.spec.precision.key()
+        name = self.spec.precision.name
         state = {"last": 0.0}
 
         def report(ctx: SearchContext, step: SearchStep) -> None:
             now = time.perf_counter()
-            if now - state["last"] < PROGRESS_EVERY_S and ctx.spent != 1:
+            if ctx.spent == 1:
+                budget = [f"{ctx.max_evaluations} evaluations"] if ctx.max_evaluations is not None else []
+                budget += [f"{ctx.deadline - ctx.t0:.0f} s"] if ctx.deadline is not None else []
+                self.builder.say(fit(f"  {name}: criterion {ctx.criterion} over {n} compute ops; budget "
+                                     f"{' / '.join(budget) or 'none'}; FP32 counts below are of those {n}"))
+            elif now - state["last"] < PROGRESS_EVERY_S:
                 return
             state["last"] = now
             if ctx.best is not None:
                 a, ev = ctx.best
                 n32, cost = ctx.n_fp32(a), ctx.cost(a, ev)
                 cost_s = "" if cost == n32 else f", cost {cost:g}"
-                snr = "n/a" if ev.snr_db is None else f"{ev.snr_db:.1f}"
-                best_s = f"best verified: {n32} FP32 ops{cost_s} at {snr} dB"
+                best_s = f"best {n32} FP32{cost_s} at {'n/a' if ev.snr_db is None else f'{ev.snr_db:.1f} dB'}"
             else:
                 best_s = "none verified yet"
             left = []
             if ctx.max_evaluations is not None:
-                left.append(f"{max(0, ctx.max_evaluations - ctx.spent)} evaluations")
+                left.append(f"{max(0, ctx.max_evaluations - ctx.spent)} evals")
             if ctx.deadline is not None:
                 left.append(f"{max(0.0, ctx.deadline - now):.0f} s")
-            budget = f"; budget left: {', '.join(left)}" if left else ""
             snr_s = "n/a" if step.snr_db is None else f"{step.snr_db:.1f} dB"
-            self.builder.say(f"  {label}: evaluation {ctx.spent} ({now - ctx.t0:.0f} s): {step.n_fp32}/{n} FP32 ops, "
-                             f"worst SNR {snr_s}; {best_s} ({ctx.criterion}){budget}")
+            self.builder.say(fit(f"  {name} eval {ctx.spent} ({now - ctx.t0:.0f} s): {step.n_fp32} FP32, {snr_s} "
+                                 f"{'passed' if step.passed else 'failed'}; {best_s}" + (f"; left {', '.join(left)}" if left else "")))
 
         return report
 
@@ -208,4 +221,4 @@ def write_ops_file(builder: TrialBuilder, spec: TrialSpec, prep: Prepared) -> Pa
     return path
 
 
-__all__ = ["PROGRESS_EVERY_S", "SearchSession", "search_log_name", "write_ops_file"]
+__all__ = ["LINE_WIDTH", "PROGRESS_EVERY_S", "fit", "SearchSession", "search_log_name", "write_ops_file"]
