@@ -47,6 +47,35 @@ def short_labels(keys: list[str]) -> dict[str, str]:
     return out
 
 
+#: The widest an axis label is shown in the leaderboard table.
+LABEL_WIDTH = 34
+
+
+def fit_labels(labels: list[str], width: int = LABEL_WIDTH) -> dict[str, str]:
+    """Each label cut to ``width`` characters keeping the part that tells it apart: a label longer than ``width``
+    keeps its name and the option items (``, ``-separated) it does not share with every label of that name, with
+    ``…`` for the shared ones (``modules[…'decoder.*', 'tdecoder.*']]``); labels that would still look the same
+    keep their ends instead."""
+    out: dict[str, str] = {}
+    for label in labels:
+        if len(label) <= width or "[" not in label:
+            out[label] = label if len(label) <= width else label[: width - 1] + "…"
+            continue
+        name, inner = label.split("[", 1)
+        inner = inner[:-1] if inner.endswith("]") else inner
+        peers = [o.split("[", 1)[1].rstrip("]").split(", ") for o in labels if o != label and o.startswith(name + "[")]
+        tokens = inner.split(", ")
+        shared = set(tokens).intersection(*map(set, peers)) if peers else set()
+        kept = [t for t in tokens if t not in shared] or tokens
+        shown = f"{name}[{'…' if len(kept) < len(tokens) else ''}{', '.join(kept)}]"
+        out[label] = shown if len(shown) <= width else shown[: width - 2] + "…]"
+    shown_values = list(out.values())
+    for label, shown in list(out.items()):
+        if shown_values.count(shown) > 1:  # never show two labels the same: their ends differ
+            out[label] = "…" + label[-(width - 1):]
+    return out
+
+
 def axis_labels(rows: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     """``{axis: {entry key: short label}}`` over ``rows``, options shown only where entries differ."""
     return {a: short_labels(sorted({r[a] for r in rows})) for a in axis_names()}
@@ -96,15 +125,16 @@ def summary_table(rows: list[dict[str, Any]], title: str = "htx leaderboard") ->
     shown_axes = [a for a in AXES if len({r[a.name] for r in summary}) > 1 or a.name == "precision"]
     all_emu = bool(summary) and all(r.get("emulated") for r in summary)  # then said once, in the header
     table = Table(title=title, show_lines=False, pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
+    fitted = {a.name: fit_labels(list(labels[a.name].values())) for a in shown_axes}
     for a in shown_axes:
-        table.add_column(a.title, no_wrap=True, overflow="ellipsis", max_width=30)
+        table.add_column(a.title, no_wrap=True, overflow="ellipsis", max_width=LABEL_WIDTH + 6)
     for header in ("min SNR", "pass", "ΔSDR", "fp16", "parts", "ms (emu)" if all_emu else "model ms", "evals"):
         table.add_column(header, justify="right" if header != "pass" else "center", no_wrap=True)
     any_emu = any_parity = False
     for r in summary:
         cells = []
         for a in shown_axes:
-            text = escape(labels[a.name][r[a.name]])
+            text = escape(fitted[a.name][labels[a.name][r[a.name]]])
             if a.name == "compute" and r.get("emulated") and not all_emu:
                 text += " (emu)"
             if a.name == "stft" and not r["stft_parity_ok"]:
