@@ -41,3 +41,25 @@ def test_the_leaderboard_table_shows_them_distinct_in_120_columns():
     lines = [line for line in text.splitlines() if "modules[" in line or "…=" in line]
     assert len(lines) == 5 and len({line[: LABEL_WIDTH + 2].strip() for line in lines}) == 5, text
     assert all(len(line) <= 120 for line in text.splitlines())
+
+
+def test_a_40_combination_pareto_plot_stays_readable(tmp_path):
+    """40 combinations: every point numbered (the numbers listed under the plot), no text outside the figure
+    (matplotlib's renderer measures every label), a log latency axis when latencies span more than 10x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from htx.report import pareto_plot
+    from htx.summary import axis_labels
+
+    summary = []
+    for i in range(40):
+        summary.append({"run": "r", "surgery": "full-hybrid", "precision": f"modules[keep_fp32=['encoder.{i % 5}', 'decoder.{i}']]",
+                        "stft": ["torch", "numpy"][i % 2], "compute": ["torch", "coreml"][i % 2], "runtime": ["torch:cpu", "coreml:emulated"][i % 2],
+                        "emulated": i % 2 == 1, "snr_db": 40.0 + i * 0.7, "model_ms": 2.0 * (1.12 ** i), "pass": i > 20})
+    problems: list[str] = []
+    drawn, numbered = pareto_plot(summary, 60.0, tmp_path / "p.png", axis_labels(summary), problems)
+    assert drawn == 40 and [n["n"] for n in numbered] == list(range(1, 41))
+    assert len({n["combination"] for n in numbered}) == 40  # each row of the table tells its combination
+    assert problems == [], problems
+    assert (tmp_path / "p.png").stat().st_size > 20000

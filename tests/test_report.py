@@ -69,6 +69,10 @@ def test_the_plots_show_what_the_store_holds(report_run):
         assert len(_colours(path)) >= 4, name  # a plot, not a blank canvas
     # one Pareto point per combination (3 policies), counted from the matplotlib artists
     assert rep.plotted["pareto.png"] == len(summary) == 3
+    # no title, label or legend of any plot falls outside its figure (matplotlib's renderer measures them)
+    assert rep.layout_problems == []
+    html_text = rep.path.read_text()
+    assert "<th>#</th><th>combination</th>" in html_text  # the numbered points, listed under the plot
     # the map is the search answer's, one cell per compute op, and its FP32 ops are drawn red
     search = [t for t in trials if t.info.get("search")]
     chosen = next(t for t in trials if t.trial_id == rep.map_trial)

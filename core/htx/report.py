@@ -44,6 +44,8 @@ class Report:
     plotted: dict[str, int] = field(default_factory=dict)  # image -> points (or op cells) drawn
     map_trial: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: texts a plot let fall outside its figure (:func:`outside`); empty is the goal, and the tests check it
+    layout_problems: list[str] = field(default_factory=list)
 
 
 def _plt() -> Any:
@@ -59,17 +61,43 @@ def _combo_label(row: dict[str, Any], labels: dict[str, dict[str, str]], varying
     return " / ".join(labels[a][row[a]] for a in varying) or labels["precision"][row["precision"]]
 
 
-def pareto_plot(summary: list[dict[str, Any]], target: float, path: Path, labels: dict[str, dict[str, str]]) -> int:
-    """Worst SNR against model ms per combination, one colour per compute unit; returns the points drawn."""
+def outside(fig: Any) -> list[str]:
+    """Texts (labels, titles, legends) whose box leaves the figure, measured by matplotlib's own renderer."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    found = []
+    # tick labels are laid out by matplotlib itself (and ticks beyond the view exist but are never drawn)
+    ticks = {id(t) for ax in fig.axes for t in [*ax.get_xticklabels(which="both"), *ax.get_yticklabels(which="both")]}
+    for artist in fig.findobj(lambda a: hasattr(a, "get_window_extent") and type(a).__name__ in ("Text", "Annotation", "Legend")):
+        if id(artist) in ticks or not artist.get_visible() or (type(artist).__name__ in ("Text", "Annotation") and not artist.get_text()):
+            continue
+        try:
+            ext = artist.get_window_extent(renderer)
+        except Exception:
+            continue
+        if ext.width and (ext.x0 < box.x0 - 1 or ext.y0 < box.y0 - 1 or ext.x1 > box.x1 + 1 or ext.y1 > box.y1 + 1):
+            found.append(artist.get_text() if hasattr(artist, "get_text") else type(artist).__name__)
+    return found
+
+
+def pareto_plot(summary: list[dict[str, Any]], target: float, path: Path, labels: dict[str, dict[str, str]],
+                problems: list[str] | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """Worst SNR against model ms per combination, one colour per compute unit, each point numbered (the
+    numbers are listed under the plot, so labels never overlap however many combinations there are), the
+    quality/latency front as a step line, a log latency axis when latencies span more than 10x. Returns the
+    points drawn and the numbered list."""
     plt = _plt()
     varying = [a for a in ("precision", "stft", "surgery") if len({r[a] for r in summary}) > 1]
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     drawn = 0
+    numbered: list[dict[str, Any]] = []
     units = list(dict.fromkeys((r["compute"], r["runtime"]) for r in summary))
     any_emulated = False
     # Exact rows (inf dB: the same STFT as the reference, all FP32) and very clean ones are drawn at a cap, as
     # triangles, so the interesting region near the target keeps its resolution.
     cap = target + 30.0
+    plotted: list[tuple[float, float]] = []
     for i, (compute, runtime) in enumerate(units):
         pts = [r for r in summary if (r["compute"], r["runtime"]) == (compute, runtime)
                and r["snr_db"] is not None and r["model_ms"] is not None and not math.isnan(r["snr_db"])]
@@ -86,20 +114,43 @@ def pareto_plot(summary: list[dict[str, Any]], target: float, path: Path, labels
             drawn += len(ax.scatter([r["model_ms"] for r in low], [max(r["snr_db"], target - 40) for r in low], label=name, **style).get_offsets())
         if high:
             drawn += len(ax.scatter([r["model_ms"] for r in high], [cap] * len(high), marker="^", label=None if low else name, **style).get_offsets())
-        for k, r in enumerate(pts):
+        for r in pts:
             y = min(max(r["snr_db"], target - 40), cap)
-            text = _combo_label(r, labels, varying) + (f" ({r['snr_db']:.0f} dB)" if r["snr_db"] > cap else "")
-            ax.annotate(text, (r["model_ms"], y), fontsize=7, xytext=(5, 3 + 9 * (k % 3)), textcoords="offset points")
+            n = len(numbered) + 1
+            ax.annotate(str(n), (r["model_ms"], y), fontsize=7, xytext=(4, 4), textcoords="offset points", color="#222222")
+            numbered.append({"n": n, "combination": _combo_label(r, labels, varying) or labels["precision"].get(r["precision"], r["precision"]),
+                             "unit": name, "snr_db": r["snr_db"], "model_ms": r["model_ms"], "pass": r.get("pass")})
+            plotted.append((r["model_ms"], y))
+    front = _front(plotted)
+    if len(front) > 1:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#555555", linewidth=1, alpha=0.7,
+                label="front: no point is both faster and better")
     ax.axhline(target, color="#333333", linestyle="--", linewidth=1, label=f"target {target:g} dB")
-    ax.set_xlabel("model ms per segment" + (" (hollow markers: emulator time, not device latency)" if any_emulated else ""))
+    times = [p[0] for p in plotted if p[0] > 0]
+    if times and max(times) / min(times) > 10:
+        ax.set_xscale("log")
+    ax.set_xlabel("model ms per segment" + (" (hollow markers: emulator time, not device latency)" if any_emulated else "")
+                  + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel(f"worst SNR over fixtures (dB; triangles: above {cap:g})")
-    ax.set_title("Quality vs latency (one point per combination)")
+    ax.set_title("Quality vs latency (numbered points: see the table below)", pad=12)
+    ax.margins(x=0.06, y=0.1)  # room for the numbers of the outermost points inside the axes
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
+    if problems is not None:
+        problems += [f"pareto: {t!r} outside the figure" for t in outside(fig)]
     fig.savefig(path)
     plt.close(fig)
-    return drawn
+    return drawn, numbered
+
+
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both latency (lower) and SNR (higher), by latency."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
 
 
 def module_group(module: str) -> str:
@@ -116,7 +167,8 @@ def module_group(module: str) -> str:
     return parts[0]
 
 
-def precision_map(ops: list[dict[str, Any]], fp32_keys: set[str], title: str, path: Path) -> tuple[int, int]:
+def precision_map(ops: list[dict[str, Any]], fp32_keys: set[str], title: str, path: Path,
+                  problems: list[str] | None = None) -> tuple[int, int]:
     """One row per module group (execution order), one cell per compute op, red = FP32; a black bar marks
     the first op of each partition (a precision segment in execution order). Returns (cells, partitions)."""
     plt = _plt()
@@ -133,16 +185,34 @@ def precision_map(ops: list[dict[str, Any]], fp32_keys: set[str], title: str, pa
     fig, ax = plt.subplots(figsize=(12, fig_h), dpi=110)
     cells = 0
     rows = [("execution order (all ops)", list(range(len(compute))))] + list(groups.items())
-    for r, (name, idx) in enumerate(rows):
+    top = len(rows) - 1
+    # the all-ops row: a band with each FP32 run as one red block (at least one cell wide, so a lone FP32 op
+    # stays visible) and each partition start as a tick above the band, not hundreds of slivers
+    scale = width / max(1, len(compute))
+    ax.add_patch(Rectangle((0, top + 0.3), width, 0.4, color=FP16_COLOUR, linewidth=0))
+    run_start = None
+    for i in range(len(compute) + 1):
+        if i < len(compute) and is32[i] and run_start is None:
+            run_start = i
+        elif (i == len(compute) or not is32[i]) and run_start is not None:
+            ax.add_patch(Rectangle((run_start * scale, top + 0.3), max((i - run_start) * scale, 0.6), 0.4, color=FP32_COLOUR, linewidth=0))
+            run_start = None
+    for i in sorted(starts - {0}):
+        ax.plot([i * scale, i * scale], [top + 0.72, top + 0.98], color="black", linewidth=1)
+    ax.text(-0.5, top + 0.5, rows[0][0], ha="right", va="center", fontsize=7)
+    for r, (name, idx) in enumerate(rows[1:], start=1):
         y = len(rows) - 1 - r
-        scale = width / max(1, len(idx)) if r == 0 else 1.0
         for j, i in enumerate(idx):
-            ax.add_patch(Rectangle((j * scale, y + 0.1), scale * 0.92, 0.8, color=FP32_COLOUR if is32[i] else FP16_COLOUR, linewidth=0))
-            if r > 0:
-                cells += 1
+            ax.add_patch(Rectangle((j, y + 0.1), 0.92, 0.8, color=FP32_COLOUR if is32[i] else FP16_COLOUR, linewidth=0))
+            cells += 1
             if i in starts and i > 0:
-                ax.plot([j * scale, j * scale], [y + 0.02, y + 0.98], color="black", linewidth=1.2)
+                ax.plot([j, j], [y + 0.02, y + 0.98], color="black", linewidth=1.2)
         ax.text(-0.5, y + 0.5, name, ha="right", va="center", fontsize=7)
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[Rectangle((0, 0), 1, 1, color=FP16_COLOUR, label="FP16"), Rectangle((0, 0), 1, 1, color=FP32_COLOUR, label="FP32"),
+                       Line2D([0], [0], color="black", linewidth=1.2, label="partition start")],
+              fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_xlim(-0.5, width + 0.5)
     ax.set_ylim(0, len(rows))
     ax.set_yticks([])
@@ -151,33 +221,52 @@ def precision_map(ops: list[dict[str, Any]], fp32_keys: set[str], title: str, pa
     ax.set_title(f"{title}\n{n32} of {len(compute)} compute ops FP32 (red), {len(starts)} partitions (black bars)", fontsize=9)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
-    fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.9 / fig_h, bottom=0.55 / fig_h)
+    fig.subplots_adjust(left=0.2, right=0.9, top=1 - 0.9 / fig_h, bottom=0.55 / fig_h)
+    if problems is not None:
+        problems += [f"precision map: {t!r} outside the figure" for t in outside(fig)]
     fig.savefig(path)
     plt.close(fig)
     return cells, len(starts)
 
 
-def search_trace(log: list[dict[str, Any]], title: str, target: float | None, path: Path) -> int:
-    """Evaluation index against FP32 set size (top) and worst SNR (bottom); green passed, red failed."""
+def search_trace(log: list[dict[str, Any]], title: str, target: float | None, path: Path, answer_fp32: int | None = None,
+                 problems: list[str] | None = None) -> int:
+    """Evaluation index against FP32 set size (top, log scale) and worst SNR (bottom, with the criterion's bar);
+    green passed, red failed; the evaluation that verified the answer (``answer_fp32`` FP32 ops) is starred."""
+    import textwrap
+
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 5), dpi=110, sharex=True)
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 5.4), dpi=110, sharex=True)
     xs = list(range(1, len(log) + 1))
     colours = [PASS_COLOUR if e.get("passed") else FAIL_COLOUR for e in log]
     sc = a1.scatter(xs, [e.get("n_fp32", 0) for e in log], c=colours, s=18)
-    a1.set_ylabel("FP32 ops")
+    a1.set_yscale("symlog", linthresh=10)  # one all-FP32 probe must not flatten the sets that matter
+    a1.set_ylabel("FP32 ops (log)")
     snr = [(x, e["snr_db"], c) for x, e, c in zip(xs, log, colours) if isinstance(e.get("snr_db"), (int, float)) and math.isfinite(e["snr_db"])]
     a2.scatter([s[0] for s in snr], [s[1] for s in snr], c=[s[2] for s in snr], s=18)
     if target is not None:
-        a2.axhline(target, color="#333333", linestyle="--", linewidth=1)
+        a2.axhline(target, color="#333333", linestyle="--", linewidth=1, label=f"criterion: {target:g} dB")
+    final = [x for x, e in zip(xs, log) if e.get("passed") and answer_fp32 is not None and e.get("n_fp32") == answer_fp32]
+    if final:
+        x = final[-1]
+        e = log[x - 1]
+        a1.scatter([x], [e["n_fp32"]], marker="*", s=160, facecolors="none", edgecolors="black", linewidths=1.2, label="the answer")
+        if isinstance(e.get("snr_db"), (int, float)) and math.isfinite(e["snr_db"]):
+            a2.scatter([x], [e["snr_db"]], marker="*", s=160, facecolors="none", edgecolors="black", linewidths=1.2)
+        a1.legend(fontsize=7, loc="upper right")
+    if target is not None:
+        a2.legend(fontsize=7, loc="lower right")
     a2.set_ylabel("worst SNR (dB)")
     a2.set_xlabel("evaluation (green: passed, red: failed)")
     from matplotlib.ticker import MaxNLocator
 
     a2.xaxis.set_major_locator(MaxNLocator(integer=True))
-    a1.set_title(title, fontsize=9)
+    a1.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=9)
     for a in (a1, a2):
         a.grid(alpha=0.3)
     fig.tight_layout()
+    if problems is not None:
+        problems += [f"search trace: {t!r} outside the figure" for t in outside(fig)]
     fig.savefig(path)
     plt.close(fig)
     return len(sc.get_offsets())
@@ -289,11 +378,13 @@ def build_report(store: Store, run_id: str, out_dir: Path, trial_id: str | None 
     # Pareto -----------------------------------------------------------------------------------------
     labels = axis_labels(summary)
     p = out_dir / "pareto.png"
-    rep.plotted["pareto.png"] = pareto_plot(summary, target, p, labels)
+    rep.plotted["pareto.png"], numbered = pareto_plot(summary, target, p, labels, rep.layout_problems)
     rep.images["pareto.png"] = p
     emulated = any(r.get("emulated") for r in summary)
     sections.append("<h2>Quality vs latency</h2>" + _img(p, "Pareto plot: worst SNR over fixtures against model latency per compute unit")
-                    + ('<p class="note">Hollow markers: latency measured on an emulator (emulated), not on the device.</p>' if emulated else ""))
+                    + ('<p class="note">Hollow markers: latency measured on an emulator (emulated), not on the device.</p>' if emulated else "")
+                    + _table(numbered, [("n", "#"), ("combination", "combination"), ("unit", "compute unit"),
+                                        ("snr_db", "worst SNR dB"), ("model_ms", "model ms"), ("pass", "pass")]))
     cols = [(a, a) for a in axis_names()] + [("runtime", "runtime"), ("fixtures", "fixtures"), ("status", "status"),
             ("snr_db", "worst SNR dB"), ("pass", "pass"), ("sdr_delta_db", "mean ΔSDR dB"), ("fp16_op_fraction", "FP16 share"),
             ("partitions", "partitions"), ("model_ms", "model ms" + (" (emulated rows: emulator time)" if emulated else "")),
@@ -309,11 +400,17 @@ def build_report(store: Store, run_id: str, out_dir: Path, trial_id: str | None 
         fp32 = set(chosen.info["assignment"].get("fp32_keys", []))
         title = f"{chosen.precision} on {chosen.compute} ({chosen.surgery}), trial {chosen.trial_id}"
         p = out_dir / "precision-map.png"
-        cells, parts = precision_map(ops, fp32, title, p)
+        cells, parts = precision_map(ops, fp32, title, p, rep.layout_problems)
         rep.plotted["precision-map.png"] = cells
         rep.images["precision-map.png"] = p
         rep.map_trial = chosen.trial_id
-        sections.append(f"<h2>Where the FP32 ops sit: {html.escape(chosen.precision)}</h2>"
+        passing_search = bool(chosen.info.get("search")) and bool(by_trial.get(chosen.trial_id, {}).get("pass"))
+        what = ("" if trial_id or passing_search else
+                '<p class="note">No search of this run passed its targets' + (
+                    f"; drawn: the search trial {html.escape(chosen.trial_id)}, which did not pass" if chosen.info.get("search")
+                    else f"; no search ran; drawn: the trial with the most FP32 ops that is not all-FP32 ({html.escape(chosen.precision)})")
+                + ".</p>")
+        sections.append(f"<h2>Where the FP32 ops sit: {html.escape(chosen.precision)}</h2>" + what
                         + _img(p, f"Per-op precision map of trial {chosen.trial_id}: {len(fp32)} FP32 ops, {parts} partitions")
                         + f'<p class="note">Trial {html.escape(chosen.trial_id)}; choose another with <code>htx report {html.escape(run_id)} --trial ID</code>.</p>')
     else:
@@ -342,7 +439,7 @@ def build_report(store: Store, run_id: str, out_dir: Path, trial_id: str | None 
         evals = "?" if search.evaluations is None else search.evaluations
         n32 = "?" if search.n_fp32 is None else search.n_fp32
         title = f"{t.precision} on {t.compute}: {evals} evaluations, {n32} FP32 ops; {search.status}"
-        rep.plotted[name] = search_trace(log, title, bar if bar is not None else target, p)
+        rep.plotted[name] = search_trace(log, title, bar if bar is not None else target, p, search.n_fp32, rep.layout_problems)
         rep.images[name] = p
         traces.append(_img(p, f"Search trace: {t.precision} on {t.compute}"))
     if traces:
