@@ -49,7 +49,7 @@ def test_a_40_combination_pareto_plot_stays_readable(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from htx.report import pareto_plot
+    from htx.report_plots import pareto_plot
     from htx.summary import axis_labels
 
     summary = []

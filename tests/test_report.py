@@ -18,7 +18,8 @@ from htx.cli import app
 from htx.config import parse_config
 from htx.leaderboard import collect
 from htx.plugins import load_registry
-from htx.report import build_report, module_group
+from htx.report import build_report
+from htx.report_plots import module_group
 from htx.run import Run
 from htx.store import Store
 from htx.summary import summarize
