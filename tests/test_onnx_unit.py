@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_config, tiny_inner
-from htx.api import Assignment, check_unit_keys, key_mismatches, load_registry, parse_config
+from htx.api import Assignment, key_mismatches, load_registry, parse_config
 from htx.cli import app
 from htx.run import Run
 from htx.session import Session
@@ -191,21 +191,3 @@ def test_check_unit_on_onnx():
     res = CliRunner().invoke(app, ["check-unit", "onnx"])
     assert res.exit_code == 0, res.output
     assert "consistent under the transfer rule" in res.output and "no assignment can reach" not in res.output
-
-
-def test_check_unit_keys_helper(tmp_path):
-    reg = load_registry()
-    session = Session(parse_config(make_config(tmp_path), registry=reg), reg)
-    check = check_unit_keys(session, "onnx")
-    assert check.ok and not check.undecided_reference, "\n".join(check.lines())
-
-
-def test_record_gives_per_node_statistics(prepared):
-    unit, prep, _, inputs, _ = prepared
-    stats = unit.record(prep, Assignment.all_fp32(), inputs)
-    compute = [op for op in unit.ops(prep) if op.compute]
-    assert {op.name for op in compute} <= set(stats)
-    assert all(st.finite for st in stats.values())
-    assert max(st.max_abs for st in stats.values()) > 0
-    norms = [stats[op.name] for op in compute if op.info["onnx"] == "InstanceNormalization"]
-    assert norms and all(st.reduction_size > 1 for st in norms)

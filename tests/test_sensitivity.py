@@ -130,7 +130,7 @@ def test_sensitivity_on_the_demo_model(tmp_path):
     reg = load_registry()
     data = make_config(tmp_path, model="demo", fixtures=[{"sine_440": {"duration": 1.0}}],
                        compute=[{"coreml": {"runtime": "emulated", "device": "cpu"}}],
-                       precision=["all-fp16", {"sensitivity": {"criterion": {"snr_db": 72}, "max_evaluations": 40}}])
+                       precision=["all-fp16", {"sensitivity": {"criterion": {"snr_db": 72}, "max_evaluations": 40, "minimize": False}}])
     cfg = parse_config(data, registry=reg)
     with Store(cfg.store.path) as store:
         run_id = Run(cfg, reg, store).execute()
