@@ -26,7 +26,9 @@ from htx.separator import parse_entry
 from htx.types import Assignment
 
 #: The unit that writes each deployable format, chosen by ``--out``'s suffix when ``--compute`` is not given.
-SUFFIX_UNITS = {".onnx": "onnx", ".mlpackage": "coreml"}
+SUFFIX_UNITS = {".onnx": "onnx", ".mlpackage": "coreml", ".aimodel": "coreai"}
+#: ``--format`` names the format; it picks the unit as the suffix does.
+FORMATS = {"mlpackage": "coreml", "onnx": "onnx", "aimodel": "coreai"}
 
 
 def check_out_path(out_path: Path) -> None:
@@ -45,6 +47,7 @@ def export(
     ref: str = typer.Argument(..., help="RUN_ID/TRIAL_ID of a stored trial (trial ids: `htx leaderboard --format csv`)"),
     out_path: Path = typer.Option(..., "--out", help="where to write the model: model.mlpackage (Core ML) or model.onnx (ONNX)"),
     compute: str = typer.Option(None, "--compute", help="export through another compute unit, e.g. coreml or '{coreml: {target: iOS17}}' (default: the trial's unit, or the unit --out's suffix names)"),
+    fmt: str = typer.Option(None, "--format", help="mlpackage (Core ML), onnx or aimodel (Core AI): the unit that writes it (default: from --out's suffix)"),
     db: Path = typer.Option(Path(DEFAULT_DB), "--db", help="results database"),
     force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
 ) -> None:
@@ -65,10 +68,13 @@ def export(
     t0 = time.perf_counter()
     source = builder.prepared(spec)
     target_spec = spec
-    by_suffix = SUFFIX_UNITS.get(out_path.suffix)
+    if fmt is not None and fmt not in FORMATS:
+        raise HtxError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    by_suffix = FORMATS[fmt] if fmt is not None else SUFFIX_UNITS.get(out_path.suffix)
     if compute is None and by_suffix is not None and spec.compute.name != by_suffix:
         compute = by_suffix
-        e.print(f"--out {out_path.name}: exporting through the {by_suffix} unit (pass --compute to choose another)", highlight=False)
+        e.print(f"{'--format ' + fmt if fmt else '--out ' + out_path.name}: exporting through the {by_suffix} unit "
+                "(pass --compute to choose another)", highlight=False)
     if compute is not None:
         entries = {**dict(zip(spec.axes, spec.entries)), "compute": parse_entry(compute, "compute")}
         target_spec = make_spec(entries, spec.idx, spec.fixture_index, builder.cfg.fixtures[spec.fixture_index])

@@ -2,6 +2,7 @@
 
 from htx.api import hookimpl
 from htx_plugins.compute import gpu_bench, transfer_bench
+from htx_plugins.compute.coreai import CoreAIUnit
 from htx_plugins.compute.coreml import CoreMLUnit, commands
 from htx_plugins.compute.onnxrt import OnnxUnit
 from htx_plugins.compute.onnxrt import bench as onnx_bench
@@ -13,6 +14,7 @@ def htx_register_compute_units(register):
     register(TorchUnit)
     register(CoreMLUnit)
     register(OnnxUnit)
+    register(CoreAIUnit)
 
 
 @hookimpl

@@ -75,8 +75,12 @@ class _OpMode(TorchDispatchMode):
         lazy: bool = False,
         host_cache: dict[Any, torch.Tensor] | None = None,
         cast_counter: Counter[str] | None = None,
+        cache_weights: bool = True,
     ) -> None:
         super().__init__()
+        # False while a tracer runs the model (torch.export): its parameters are fake tensors, and every cast
+        # is recorded in the program instead
+        self.cache_weights = cache_weights
         self.cast_counter = cast_counter
         # Constants that the model builds on the host and copies to the GPU on every call (demucs's 2-D
         # positional embedding): keep one device copy per content, so the forward can be a CUDA graph.
@@ -96,7 +100,7 @@ class _OpMode(TorchDispatchMode):
 
     def _to_low(self, t: Any) -> Any:
         if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
-            if t.requires_grad:  # a parameter: cast once per compiled assignment
+            if t.requires_grad and self.cache_weights:  # a parameter: cast once per compiled assignment
                 key = (t.data_ptr(), tuple(t.shape), t._version)
                 cached = self.weight_cache.get(key)
                 if cached is None:
