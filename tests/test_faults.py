@@ -171,8 +171,11 @@ def test_sigint_then_resume(tmp_path, executor):
     cfg = write_config(tmp_path, fixtures=[{"sine_440": {"duration": 1.0}}, {"white_noise": {"duration": 1.0}}],
                        precision=["fp32", gate], executor=executor)
     db = tmp_path / "htx.sqlite"
+    # SIGINT at its default in the child, whatever this process inherited (a job started in the background by a
+    # non-interactive shell ignores SIGINT, and Python then never turns it into KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, "-c", CLI_WITH_TEST_PLUGINS, "run", str(cfg), "--no-progress"], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def stored() -> int:
         try:
