@@ -86,10 +86,12 @@ def pareto_plot(summary: list[dict[str, Any]], target: float, path: Path, labels
         for r in pts:
             y = min(max(r["snr_db"], target - 40), cap)
             n = len(numbered) + 1
-            ax.annotate(str(n), (r["model_ms"], y), fontsize=7, xytext=(4, 4), textcoords="offset points", color="#222222")
             numbered.append({"n": n, "combination": _combo_label(r, labels, varying) or labels["precision"].get(r["precision"], r["precision"]),
                              "unit": name, "snr_db": r["snr_db"], "model_ms": r["model_ms"], "pass": r.get("pass")})
             plotted.append((r["model_ms"], y))
+    ax.margins(x=0.06, y=0.1)  # room for the numbers of the outermost points inside the axes
+    ax.autoscale_view()
+    _number_points(ax, plotted)
     front = _front(plotted)
     if len(front) > 1:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#555555", linewidth=1, alpha=0.7,
@@ -102,7 +104,6 @@ def pareto_plot(summary: list[dict[str, Any]], target: float, path: Path, labels
                   + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel(f"worst SNR over fixtures (dB; triangles: above {cap:g})")
     ax.set_title("Quality vs latency (numbered points: see the table below)", pad=12)
-    ax.margins(x=0.06, y=0.1)  # room for the numbers of the outermost points inside the axes
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
@@ -111,6 +112,33 @@ def pareto_plot(summary: list[dict[str, Any]], target: float, path: Path, labels
     fig.savefig(path)
     plt.close(fig)
     return drawn, numbered
+
+
+def _number_points(ax: Any, points: list[tuple[float, float]], near_x: float = 28.0, near_y: float = 12.0) -> None:
+    """Number the points 1..n; points that sit within a label's size of each other on screen (chained: single
+    linkage) share one label ("7,8,9,10"), so numbers never sit on each other however tightly points cluster."""
+    screen = ax.transData.transform(points) if points else []
+    parent = list(range(len(points)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(len(points)):
+        for j in range(i):
+            if abs(screen[i][0] - screen[j][0]) < near_x and abs(screen[i][1] - screen[j][1]) < near_y:
+                parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(points)):
+        groups.setdefault(root(i), []).append(i)
+    for members in groups.values():
+        left = min(members, key=lambda i: screen[i][0])
+        top = max(screen[i][1] for i in members)
+        x, _ = points[left]
+        y = ax.transData.inverted().transform((screen[left][0], top))[1]
+        ax.annotate(",".join(str(i + 1) for i in sorted(members)), (x, y), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points", color="#222222")
 
 
 def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
