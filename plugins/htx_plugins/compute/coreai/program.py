@@ -106,8 +106,11 @@ def export_program(inner: torch.nn.Module, example_inputs: tuple[torch.Tensor, .
 def typed_program(exported: Exported, assignment: Assignment) -> tuple[Any, int]:
     """A copy of the program with the assigned ops in FP16 (casts in, and back to FP32 out); the cast count."""
     import copy
+    import warnings
 
-    ep = copy.deepcopy(exported.program)
+    with warnings.catch_warnings():  # torch's pytree warns (FutureWarning) while copying a program: not ours to fix
+        warnings.simplefilter("ignore", FutureWarning)
+        ep = copy.deepcopy(exported.program)
     g = ep.graph
     by_name = {n.name: n for n in g.nodes}
     casts = 0
