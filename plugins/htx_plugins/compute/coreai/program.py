@@ -163,9 +163,9 @@ def save_aimodel(ep: Any, path: Path) -> Path:
 
 def summary(path: Path) -> dict[str, Any]:
     """What the Core AI runtime's asset API reads back (on Linux too): op distribution and compute types."""
-    import coreai  # noqa: F401 - loads the runtime extension
+    import importlib
 
-    runtime = sys.modules["coreai.runtime._coreai_runtime"]
+    runtime = importlib.import_module("coreai.runtime._coreai_runtime")  # the runtime's private asset API
     s = runtime._AIModelAsset._create(Path(path)).summary(True)
     return {"operation_distribution": dict(s.operation_distribution), "compute_types": list(s.compute_types)}
 
