@@ -83,25 +83,25 @@ def test_exports_exact(store):
     rows = collect(store, where='precision in ["fp32", "broken"]')
     run = store.run_id
     assert export(rows, "csv") == (
-        "run,surgery,precision,stft,compute,fixture,runtime,status,pass,pareto,snr_db,max_abs_diff,sdr_db,sdr_delta_db,"
+        "run,trial,surgery,precision,stft,compute,fixture,runtime,status,pass,pareto,snr_db,max_abs_diff,sdr_db,sdr_delta_db,"
         "fp16_op_fraction,partitions,casts,evaluations,model_ms,stft_ms,istft_ms,rtf,stft_parity,stft_parity_ok,reason\n"
-        f"{run},full-hybrid,fp32,torch,torch,sine,torch:cpu,ok,True,True,140.0,1e-07,,,0.0,,,,10.0,,,,,,\n"
-        f"{run},full-hybrid,broken,torch,torch,sine,torch:cpu,failed,False,False,,,,,,,,,,,,,,,"
+        f"{run},a,full-hybrid,fp32,torch,torch,sine,torch:cpu,ok,True,True,140.0,1e-07,,,0.0,,,,10.0,,,,,,\n"
+        f"{run},e,full-hybrid,broken,torch,torch,sine,torch:cpu,failed,False,False,,,,,,,,,,,,,,,"
         "\"non-finite output: 3 NaN, 0 Inf\"\n"
     )
     data = json.loads(export(rows, "json"))
     assert data[0] == {
-        "run": run, "surgery": "full-hybrid", "precision": "fp32", "stft": "torch", "compute": "torch", "fixture": "sine",
+        "run": run, "trial": "a", "surgery": "full-hybrid", "precision": "fp32", "stft": "torch", "compute": "torch", "fixture": "sine",
         "runtime": "torch:cpu", "status": "ok", "pass": True, "pareto": True, "snr_db": 140.0, "max_abs_diff": 1e-07,
         "sdr_db": None, "sdr_delta_db": None, "fp16_op_fraction": 0.0, "partitions": None, "casts": None, "evaluations": None, "model_ms": 10.0,
         "stft_ms": None, "istft_ms": None, "rtf": None, "stft_parity": None, "stft_parity_ok": None, "reason": "",
     }
     assert export(rows, "md") == (
-        "| surgery | precision | stft | compute | fixture | runtime | status | pass | pareto | snr_db | max_abs_diff | sdr_db | "
+        "| trial | surgery | precision | stft | compute | fixture | runtime | status | pass | pareto | snr_db | max_abs_diff | sdr_db | "
         "sdr_delta_db | fp16_op_fraction | partitions | casts | evaluations | model_ms | stft_ms | istft_ms | rtf | stft_parity | stft_parity_ok | reason |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-        "| full-hybrid | fp32 | torch | torch | sine | torch:cpu | ok | yes | yes | 140.00 | 1e-07 |  |  | 0.00 |  |  |  | 10.00 |  |  |  |  |  |  |\n"
-        "| full-hybrid | broken | torch | torch | sine | torch:cpu | failed | no | no |  |  |  |  |  |  |  |  |  |  |  |  |  |  | non-finite output: 3 NaN, 0 Inf |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| a | full-hybrid | fp32 | torch | torch | sine | torch:cpu | ok | yes | yes | 140.00 | 1e-07 |  |  | 0.00 |  |  |  | 10.00 |  |  |  |  |  |  |\n"
+        "| e | full-hybrid | broken | torch | torch | sine | torch:cpu | failed | no | no |  |  |  |  |  |  |  |  |  |  |  |  |  |  | non-finite output: 3 NaN, 0 Inf |\n"
     )
 
 

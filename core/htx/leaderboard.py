@@ -22,9 +22,9 @@ DEFAULT_STFT_RTOL = 1e-5
 
 
 def columns() -> list[str]:
-    """Every exported column: the run, one per axis (:data:`htx.axes.AXES`), then fixture, status and metrics."""
+    """Every exported column: the run and trial ids, one per axis (:data:`htx.axes.AXES`), then fixture, status and metrics."""
     return [
-        "run", *axis_names(), "fixture", "runtime", "status", "pass", "pareto",
+        "run", "trial", *axis_names(), "fixture", "runtime", "status", "pass", "pareto",
         "snr_db", "max_abs_diff", "sdr_db", "sdr_delta_db", "fp16_op_fraction", "partitions", "casts", "evaluations",
         "model_ms", "stft_ms", "istft_ms", "rtf", "stft_parity", "stft_parity_ok", "reason",
     ]
