@@ -301,8 +301,7 @@ def _fp16_kernels(model: Any, providers: list[str], optimization: str) -> dict[s
         opts.optimized_model_filepath = str(Path(d) / "plan.onnx")
         ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
         plan = onnx.load(opts.optimized_model_filepath)
-    inferred = onnx.shape_inference.infer_shapes(plan)
-    elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *plan.graph.input, *plan.graph.output]}
+    elem = value_types(plan)
     counts = {"fp16_kernel_nodes": 0, "fp32_kernel_nodes": 0}
     for n in plan.graph.node:
         if is_compute(mil_type(n.op_type)) and not mil_type(n.op_type).startswith("onnx."):
