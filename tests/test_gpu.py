@@ -66,6 +66,31 @@ def test_torch_unit_on_cuda_graphs_casts_and_fp32_exactness(setup):
     assert placement.partitions is not None and placement.partitions >= 1 and (placement.casts or 0) > 0
 
 
+def test_compiled_torch_unit_on_cuda(setup):
+    """compile: inductor: compiled once per assignment (cached), replayed as a CUDA graph, FP16 really run, and
+    at least as close to FP32 as the eager per-op path (fusion keeps FP32 inside a kernel), within 3 dB."""
+    inner, inputs = setup
+    cpu_ref = [t.detach() for t in inner(*inputs)]
+    eager = TorchUnit(TorchUnit.Params(device="cuda"))
+    comp = TorchUnit(TorchUnit.Params(device="cuda", compile="inductor"))
+    assert comp.available() == (True, "") and comp.runtime == "torch:cuda:inductor"
+    pe, pc = eager.prepare(inner, inputs), comp.prepare(inner, inputs)
+    ops = eager.ops(pe)
+    dev_inputs = tuple(t.cuda() for t in inputs)
+    asg = Assignment.keep_fp32(ops, [o.name for o in ops if o.type in ("group_norm", "layer_norm", "softmax")])
+    fwd = comp.compile(pc, asg)
+    assert comp.compile(pc, asg) is fwd  # one compile per assignment
+    first = fwd(*dev_inputs)
+    again = fwd(*dev_inputs)
+    assert fwd.compile_s > 0 and len(fwd.by_shape) == 1
+    e16 = eager.compile(pe, asg)(*dev_inputs)
+    for a, b, e, ref in zip(first, again, e16, cpu_ref):
+        assert a.is_cuda and a.dtype == torch.float32 and torch.isfinite(a).all()
+        assert torch.equal(a, b)  # CUDA graph replay
+        assert 20 < _snr(ref, a) < 100 and _snr(ref, a) > _snr(ref, e) - 3, (_snr(ref, a), _snr(ref, e))
+    assert not hasattr(comp.search_forward(pc, asg), "compile_s")  # searches evaluate on the eager path
+
+
 def test_fp16_noise_on_cuda(setup):
     """The first-order estimate runs on CUDA (main crashed here mixing CPU and CUDA tensors)."""
     inner, inputs = setup
@@ -127,17 +152,36 @@ def test_coreml_emulator_on_cuda(tmp_path):
         assert torch.isfinite(b).all() and 20 < _snr(r, b) < _snr(r, a)
 
 
-def test_bench_gpu_smoke(tmp_path):
+def test_bench_gpu_smoke_eager_sweep_emulator(tmp_path):
     from htx_plugins.compute.gpu_bench import run
 
     out = tmp_path / "gpu.json"
     rec = run(seconds=4.0, repeats=1, batch_sizes=(1, 2), policy_batch=2, bisect=False, emulator=True,
-              out_json=str(out), say=lambda m: None, size="small")
+              out_json=str(out), say=lambda m: None, size="small", compiled=False, peers=False, sweep=True)
     stored = json.loads(out.read_text())
     assert stored["size"] == "small" and stored["provenance"]["device"] == torch.cuda.get_device_name(0)
+    assert stored["complete"] is True
     for name in ("fp32", "all-fp16", "bf16", "curated-fp32"):
         row = rec["policies"][name]
-        assert row["wall_s"] > 0 and row["nan"] == 0 and row["inf"] == 0, (name, row)
+        assert row["wall_s"] > 0 and row["nan"] == 0 and row["inf"] == 0 and row["path"] == "eager", (name, row)
     assert rec["policies"]["fp32"]["snr_db"] > 100
     assert "error" not in rec["coreml_emulator"], rec["coreml_emulator"]
-    assert set(rec["batch_sweep"]["results"]) == {1, 2}
+    assert set(rec["batch_sweep"]["results"]) == {1, 2} and set(rec["ablations"]) == {"no CUDA graphs", "native group_norm"}
+
+
+def test_bench_gpu_smoke_compiled_and_peers(tmp_path):
+    from htx_plugins.compute.gpu_bench import run
+
+    rec = run(seconds=4.0, repeats=1, bisect=False, out_json=str(tmp_path / "gpu.json"), say=lambda m: None,
+              size="small", compiled=True, peers=True, sweep=False)
+    assert rec["complete"] and rec["policy_batch"] == rec["flops"]["segments"]  # every segment in one batch
+    assert set(rec["peers"]) == {"apply_model fp32", "apply_model compile+autocast fp16", "expert eager autocast fp16",
+                                 "expert compiled autocast fp16"}
+    for row in rec["peers"].values():
+        assert row["wall_s"] > 0 and row["snr_db"] > 20 and row["peak_mem_mb"] > 0
+    for name, kind in (("all-fp16 compiled", "fp16"), ("bf16 compiled", "bf16"), ("tf32 compiled", "tf32")):
+        row = rec["policies"][name]
+        assert row["path"] == "inductor" and row["compile_s"] > 0 and row["peak_kind"] == kind, (name, row)
+        assert row["nan"] == 0 and row["inf"] == 0 and row["vs_expert_compiled"] > 0
+    assert rec["policies"]["tf32 compiled"]["snr_db"] > rec["policies"]["all-fp16 compiled"]["snr_db"]
+    assert rec["profile"]["policy"] == rec["fastest"]["policy"] and rec["profile"]["shares"]

@@ -160,9 +160,12 @@ class TrialBuilder:
 
     # pipelines ----------------------------------------------------------------------------------------
 
-    def pipeline(self, prep: Prepared, stft: STFTBackend | None, assignment: Assignment | None) -> Pipeline:
-        """The segment pipeline of ``prep`` under ``assignment`` (``None``: not compiled, for recording)."""
-        forward = call_plugin(prep.compute, "compile", prep.prepared, assignment) if assignment is not None else None
+    def pipeline(self, prep: Prepared, stft: STFTBackend | None, assignment: Assignment | None,
+                 search: bool = False) -> Pipeline:
+        """The segment pipeline of ``prep`` under ``assignment`` (``None``: not compiled, for recording);
+        ``search``: the unit's fast-to-rebuild forward (``search_forward``) that a search evaluates with."""
+        method = "search_forward" if search else "compile"
+        forward = call_plugin(prep.compute, method, prep.prepared, assignment) if assignment is not None else None
         return Pipeline(
             prep.inner, forward, stft, self.workspace.model.model.nfft, prep.compute.device,
             sync=prep.compute.synchronize, needs_stft=prep.surgery.needs_stft,

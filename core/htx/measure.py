@@ -115,6 +115,9 @@ def measure(
             parity = stft_parity(pipe, batch)
             if parity is not None:
                 m["stft_parity"] = parity
+        compile_s = getattr(pipe.forward, "compile_s", None)  # a compiled forward's build time, not in latency
+        if isinstance(compile_s, (int, float)):
+            m["compile_s"] = float(compile_s)
         per[fixture.name] = m
     return per
 

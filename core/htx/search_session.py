@@ -70,7 +70,7 @@ class SearchSession:
     def measure_fixtures(self, assignment: Assignment, stft_entry: PluginEntry | None = None,
                          timed: bool = False) -> dict[str, dict[str, Any]]:
         b = self.builder
-        pipe = b.pipeline(self.prep, b.stft(stft_entry or self.spec.stft, self.prep.surgery), assignment)
+        pipe = b.pipeline(self.prep, b.stft(stft_entry or self.spec.stft, self.prep.surgery), assignment, search=True)
         items = [(fx, ref) for _, fx, ref in b.workspace.usable()]
         t, lat = self.cfg.targets, self.cfg.latency
         return measure(pipe, items, b.segmenting, t.rtol, t.atol, latency=(lat.warmup, lat.repeats) if timed else None,

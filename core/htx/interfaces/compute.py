@@ -90,6 +90,12 @@ class ComputeUnit(Plugin):
     def compile(self, prepared: Any, assignment: Assignment) -> Forward:
         """A callable running ``prepared`` under ``assignment``: ``fn(*args) -> output tuple``."""
 
+    def search_forward(self, prepared: Any, assignment: Assignment) -> Forward:
+        """The forward a search evaluates ``assignment`` with. A search builds one per evaluation, so a unit whose
+        ``compile`` is slow to build (a compiled mode) returns its fast-to-rebuild path here; the trial that
+        measures the answer runs ``compile``. Same numerics contract as ``compile``; default: ``compile``."""
+        return self.compile(prepared, assignment)
+
     def record(self, prepared: Any, assignment: Assignment, inputs: tuple[torch.Tensor, ...]) -> dict[str, OpStats]:
         raise NotImplementedError(f"compute unit {self.name!r} cannot record per-op statistics")
 

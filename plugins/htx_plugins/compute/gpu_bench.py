@@ -1,9 +1,13 @@
-"""GPU benchmark: full-size HTDemucs latency per precision policy, side by side with demucs itself.
+"""GPU benchmark: full-size HTDemucs latency per precision policy, side by side with its peers.
 
-Everything is measured in one process on one device: demucs's own ``apply_model`` (FP32) is the
-baseline; the htx pipeline (STFT backend + inner model under a precision assignment + iSTFT + overlap-add)
-runs per policy; a batch-size sweep, FLOP count, profile and the Core ML emulator follow. Warm-up is
-excluded, timings are medians of ``repeats`` runs with CUDA synchronized around each.
+Everything is measured in one process on one device, on one clip. Peers: demucs's own ``apply_model`` (FP32,
+the baseline), ``apply_model`` with its forward under ``torch.compile`` + autocast FP16, and an expert's
+pipeline (every segment in one batch through the whole demucs model, autocast FP16, eager and compiled).
+htx rows: the pipeline (STFT backend + inner model under a precision assignment + iSTFT + overlap-add) per
+policy on the eager per-op path (what searches evaluate) and on ``compile: inductor`` (what a deployer runs),
+plus bf16 and TF32 rows. Then FLOPs and the share of peak, the profile of the fastest row, and optionally a
+batch sweep, ablations and the Core ML emulator. Warm-up (and compile time) is excluded and reported apart;
+timings are medians of ``repeats`` runs with CUDA synchronized around each.
 """
 
 from __future__ import annotations
@@ -116,18 +120,45 @@ def categorize(name: str) -> str:
     return "other"
 
 
+def expert_forward(model: Any, compiled: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What an expert writes by hand: a batch of segments through the whole demucs model (its own STFT
+    included) under autocast FP16, optionally ``torch.compile``'d (default mode). With :func:`htx.api.separate`
+    and every segment of the clip in one batch, this is the expert pipeline of the GPU-latency issue."""
+    fwd = torch.compile(model) if compiled else model
+
+    def run(chunks: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+            return fwd(chunks).float()
+
+    return run
+
+
+def apply_model_compiled(model: Any) -> Any:
+    """``model`` whose forward is ``torch.compile``'d (same parameters, still an HTDemucs for ``apply_model``)."""
+    shallow = copy.copy(model)
+    shallow.forward = torch.compile(model.forward)
+    return shallow
+
+
 def run(
     seconds: float = 60.0,
     repeats: int = 5,
     batch_sizes: tuple[int, ...] = (1, 2, 4, 6, 11),
-    policy_batch: int = 4,
+    policy_batch: int = 0,
     bisect: bool = True,
-    emulator: bool = True,
+    emulator: bool = False,
     out_json: str | None = None,
     say: Callable[[str], None] = print,
     size: str = "full",
+    compiled: bool = True,
+    peers: bool = True,
+    sweep: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole benchmark and return (and optionally write) its JSON record."""
+    """Run the whole benchmark and return (and optionally write) its JSON record.
+
+    ``policy_batch`` 0: every segment of the clip in one batch (what the expert pipeline does). The record is
+    rewritten after each row (``complete`` false until the end), so a run cut short keeps what it measured.
+    """
     from demucs.apply import apply_model
 
     from htx.api import random_htdemucs
@@ -142,9 +173,14 @@ def run(
     peak = next((v for k, v in PEAKS.items() if k in gpu), None)
     rec: dict[str, Any] = {
         "device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d"),
-        "host": platform.node(), "clip_s": seconds, "repeats": repeats,
+        "host": platform.node(), "clip_s": seconds, "repeats": repeats, "complete": False,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
+
+    def checkpoint() -> None:
+        if out_json:
+            write_record(out_json, rec)
+
     torch.backends.mha.set_fastpath_enabled(False)
     if size not in SIZES:
         raise SystemExit(f"unknown size {size!r}: use {' or '.join(SIZES)}")
@@ -154,34 +190,96 @@ def run(
     seg_len = int(model.segment * model.samplerate)
     clip, rec["clip"] = test_clip(seconds)
     mix = clip.to(dev)
-    say(f"{gpu}, torch {torch.__version__}; {size}-size HTDemucs {rec['params_m']:.1f} M params; {seconds:.0f} s clip: {rec['clip']}")
+    n_segments = math.ceil(mix.shape[-1] / int(0.75 * seg_len))
+    policy_batch = policy_batch or n_segments
+    rec["policy_batch"] = policy_batch
+    say(f"{gpu}, torch {torch.__version__}; {size}-size HTDemucs {rec['params_m']:.1f} M params; {seconds:.0f} s clip "
+        f"({n_segments} segments): {rec['clip']}")
 
-    # baseline: demucs's own apply_model, FP32, same device, same segment/overlap
-    with torch.no_grad():
-        base_s, base_samples, ref = timed(
-            lambda: apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0],
-            repeats,
-        )
-    torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad():
-        apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)
-    rec["baseline"] = {"wall_s": base_s, "samples": base_samples, "rtf": base_s / seconds,
-                       "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
-    cpu_model = copy.deepcopy(model).cpu()  # one CPU copy for the references
-    ref_np = cpu_reference(cpu_model, mix)
-    rec["baseline"]["snr_db_vs_true_fp32"] = accuracy(ref_np, ref.float().cpu().numpy(), 1e-3, 1e-4)["snr_db"]
-    say(f"baseline demucs apply_model fp32: {base_s * 1000:.1f} ms for {seconds:.0f} s (RTF {base_s / seconds:.4f})")
+    # FLOPs of one segment (FP32 model): every row's achieved throughput uses it
+    from torch.utils.flop_counter import FlopCounterMode
 
     inner = FullHybrid().build(model)
     stft = TorchSTFT()
+    ex_mix = 0.1 * torch.randn(1, 2, seg_len, device=dev)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        inner(spec_to_cac(stft.stft(ex_mix, model.nfft)), ex_mix)
+    flops_seg = fc.get_total_flops()
+    total_flops = flops_seg * n_segments
+    rec["flops"] = {"per_segment_gflop": flops_seg / 1e9, "per_audio_second_gflop": flops_seg / (seg_len / model.samplerate) / 1e9,
+                    "segments": n_segments, "total_tflop": total_flops / 1e12}
 
-    def build(low: str, batch: int, graphs: bool = True, group_norm: str = "auto") -> tuple[Any, Any]:
-        unit = TorchUnit(TorchUnit.Params(device="cuda", low_dtype=low, cuda_graphs=graphs, group_norm=group_norm))
-        ex_mix = 0.1 * torch.randn(batch, 2, seg_len, device=dev)
-        prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex_mix, model.nfft)), ex_mix))
+    def throughput(row: dict[str, Any], kind: str) -> None:
+        ach = total_flops / row["wall_s"] / 1e12
+        row["achieved_tflops"] = ach
+        row["peak_kind"] = kind
+        row["fraction_of_peak"] = ach / peak[kind] if peak else None
+
+    cpu_model = copy.deepcopy(model).cpu()  # one CPU copy for the references
+    ref_np = cpu_reference(cpu_model, mix)
+
+    def peak_mem(fn: Callable[[], Any]) -> float:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+
+    # peers: demucs's apply_model (eager FP32; compiled + autocast) and the expert pipeline (eager; compiled)
+    peer_rows: dict[str, Any] = {}
+    rec["peers"] = peer_rows
+
+    def peer(name: str, fn: Callable[[], torch.Tensor], kind: str, note: str) -> None:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            fn()  # warm-up: compiles, if compiled
+        first_s = time.perf_counter() - t0
+        with torch.no_grad():
+            wall, samples, out = timed(fn, repeats, warmup=1)
+            mem = peak_mem(fn)
+        snr = accuracy(ref_np, out.float().cpu().numpy(), 1e-3, 1e-4)["snr_db"]
+        row = {"wall_s": wall, "samples": samples, "snr_db": snr, "peak_mem_mb": mem, "first_call_s": first_s, "what": note}
+        throughput(row, kind)
+        peer_rows[name] = row
+        say(f"  {name:34s} {wall * 1000:8.1f} ms  SNR {snr:6.2f} dB  peak {mem:7.0f} MiB  "
+            f"{row['achieved_tflops']:6.1f} TFLOP/s  (first call {first_s:.0f} s)")
+        checkpoint()
+
+    def apply(m: Any) -> Callable[[], torch.Tensor]:
+        return lambda: apply_model(m, mix[None], shifts=0, split=True, overlap=0.25, device=dev, progress=False)[0]
+
+    say("baseline and peers (same clip, same device, one process):")
+    peer("apply_model fp32", apply(model), "tf32", "demucs apply_model, FP32, segments one at a time")
+    base_s = peer_rows["apply_model fp32"]["wall_s"]
+    rec["baseline"] = dict(peer_rows["apply_model fp32"])
+    if peers:
+        def autocast_apply(m: Any) -> Callable[[], torch.Tensor]:
+            inner_fn = apply(m)
+
+            def fn() -> torch.Tensor:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    return inner_fn().float()
+            return fn
+
+        peer("apply_model compile+autocast fp16", autocast_apply(apply_model_compiled(model)), "fp16",
+             "demucs apply_model, forward under torch.compile (default mode) and autocast fp16")
+        for compiled_peer in (False, True):
+            name = "expert compiled autocast fp16" if compiled_peer else "expert eager autocast fp16"
+            fwd = expert_forward(model, compiled_peer)
+            peer(name, lambda fwd=fwd: separate(fwd, mix, seg_len, len(model.sources), 0.25, 1.0, n_segments), "fp16",
+                 f"all {n_segments} segments in one batch through the whole demucs model, "
+                 + ("torch.compile (default mode), " if compiled_peer else "eager, ") + "autocast fp16")
+    expert = peer_rows.get("expert compiled autocast fp16")
+
+    def build(low: str, batch: int, graphs: bool = True, group_norm: str = "auto", compile_mode: str = "off",
+              tf32: bool = False) -> tuple[Any, Any]:
+        unit = TorchUnit(TorchUnit.Params(device="cuda", low_dtype=low, cuda_graphs=graphs, group_norm=group_norm,
+                                          compile=compile_mode, tf32=tf32))
+        ex = 0.1 * torch.randn(batch, 2, seg_len, device=dev)
+        prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex, model.nfft)), ex))
         return unit, prepared
 
-    def pipeline_run(unit: Any, prepared: Any, assignment: Assignment, batch: int) -> tuple[float, list[float], np.ndarray, float]:
+    def pipeline_run(unit: Any, prepared: Any, assignment: Assignment, batch: int) -> tuple[float, list[float], np.ndarray, float, float | None]:
         fwd = unit.compile(prepared, assignment)
         pipe = Pipeline(inner, fwd, stft, model.nfft, dev, sync=_sync)
 
@@ -191,11 +289,10 @@ def run(
             return separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch)
 
         wall, samples, out = timed(sep, repeats)
-        torch.cuda.reset_peak_memory_stats()
-        sep()
+        mem = peak_mem(sep)
         if getattr(fwd, "failed", None):
             say(f"    (CUDA graph capture failed, ran eagerly: {fwd.failed[:160]})")
-        return wall, samples, out.float().cpu().numpy(), torch.cuda.max_memory_allocated() / 2**20
+        return wall, samples, out.float().cpu().numpy(), mem, getattr(fwd, "compile_s", None)
 
     from htx_plugins.precision.static import CURATED_DEFAULT
 
@@ -206,100 +303,116 @@ def run(
         "curated-fp32": ("fp16", lambda ops: Assignment.keep_fp32(ops, [o.name for o in ops if o.type in CURATED_DEFAULT])),
     }
     results: dict[str, Any] = {}
+    rec["policies"] = results
     prepared_by_low: dict[str, Any] = {}
     for low in ("fp16", "bf16"):
         prepared_by_low[low] = build(low, policy_batch)
     ops = prepared_by_low["fp16"][0].ops(prepared_by_low["fp16"][1])
     rec["n_ops"] = sum(o.compute for o in ops)
 
-    def measure(name: str, low: str, assignment: Assignment) -> None:
-        unit, prepared = prepared_by_low[low]
-        wall, samples, out, mem = pipeline_run(unit, prepared, assignment, policy_batch)
+    def measure(name: str, unit_prepared: tuple[Any, Any], assignment: Assignment, path: str, kind: str) -> dict[str, Any]:
+        unit, prepared = unit_prepared
+        wall, samples, out, mem, compile_s = pipeline_run(unit, prepared, assignment, policy_batch)
         m = accuracy(ref_np, out, 1e-3, 1e-4)
-        results[name] = {
+        row = results[name] = {
             "wall_s": wall, "samples": samples, "speedup": base_s / wall, "rtf": wall / seconds, "snr_db": m["snr_db"],
             "max_abs_diff": m["max_abs_diff"], "nan": m["nan_count"], "inf": m["inf_count"], "peak_mem_mb": mem,
-            "fp16_op_fraction": assignment.fp16_fraction(ops), "batch": policy_batch,
+            "fp16_op_fraction": assignment.fp16_fraction(ops), "batch": policy_batch, "path": path,
+            "runtime": unit.runtime, "compile_s": compile_s,
         }
-        say(f"  {name:14s} {wall * 1000:8.1f} ms  x{base_s / wall:5.2f} vs demucs  SNR {m['snr_db'] if m['snr_db'] is not None else float('nan'):7.2f} dB  "
-            f"peak {mem:7.0f} MiB  fp16 ops {assignment.fp16_fraction(ops):.2f}")
+        if expert:
+            row["vs_expert_compiled"] = expert["wall_s"] / wall
+        throughput(row, kind)
+        snr = m["snr_db"] if m["snr_db"] is not None else float("nan")
+        say(f"  {name:24s} {wall * 1000:8.1f} ms  x{base_s / wall:5.2f} vs apply_model"
+            + (f"  x{row['vs_expert_compiled']:4.2f} vs expert" if expert else "")
+            + f"  SNR {snr:6.2f} dB  peak {mem:6.0f} MiB  {row['achieved_tflops']:5.1f} TFLOP/s"
+            + (f"  (compile {compile_s:.0f} s)" if compile_s else ""))
+        checkpoint()
+        return row
 
-    say(f"htx pipeline (batch {policy_batch} segments, CUDA graphs):")
+    say(f"htx pipeline, eager per-op dispatch (batch {policy_batch} segments, CUDA graphs):")
     for name, (low, choose) in policies.items():
-        measure(name, low, choose(ops))
+        measure(name, prepared_by_low[low], choose(ops), "eager", "tf32" if name == "fp32" else low)
 
+    bisect_fp32: list[str] | None = None
     if bisect:
         try:
-            results["bisect"] = _bisect(prepared_by_low, ops, inner, stft, model, cpu_model, mix, ref_np, seg_len, policy_batch, pipeline_run, base_s, seconds, say)
+            results["bisect"] = _bisect(prepared_by_low, ops, inner, stft, model, cpu_model, mix, ref_np, seg_len,
+                                        policy_batch, pipeline_run, base_s, seconds, say)
+            bisect_fp32 = results["bisect"]["fp32_ops"]
+            throughput(results["bisect"], "fp16")
+            if expert:
+                results["bisect"]["vs_expert_compiled"] = expert["wall_s"] / results["bisect"]["wall_s"]
         except Exception as exc:  # the search plugin may be missing in a partial install
             results["bisect"] = {"error": f"{type(exc).__name__}: {exc}"}
             say(f"  bisect: not run ({type(exc).__name__}: {exc})")
-    rec["policies"] = results
+        checkpoint()
 
-    # quality bars
+    if compiled:
+        say(f"htx pipeline, compile: inductor (batch {policy_batch} segments, CUDA graphs; compile time apart):")
+        fp16_c = build("fp16", policy_batch, compile_mode="inductor")
+        measure("all-fp16 compiled", fp16_c, Assignment.all_fp16(ops), "inductor", "fp16")
+        if bisect_fp32 is not None:
+            row = measure("bisect compiled", fp16_c, Assignment.keep_fp32(ops, bisect_fp32), "inductor", "fp16")
+            row["fp32_ops"] = bisect_fp32
+        measure("bf16 compiled", build("bf16", policy_batch, compile_mode="inductor"), Assignment.all_fp16(ops), "inductor", "bf16")
+        measure("tf32 compiled", build("fp16", policy_batch, compile_mode="inductor", tf32=True), Assignment.all_fp32(), "inductor", "tf32")
+
+    # quality bars: the fastest htx row at each bar, and how it compares with the expert pipeline
     bars = {}
     for bar in (60.0, 40.0, 30.0):
         ok = {k: v for k, v in results.items() if "wall_s" in v and v["snr_db"] is not None and v["snr_db"] >= bar}
         if ok:
             best = min(ok, key=lambda k: ok[k]["wall_s"])
-            bars[f"snr>={bar:g}"] = {"policy": best, "speedup": ok[best]["speedup"], "snr_db": ok[best]["snr_db"]}
+            bars[f"snr>={bar:g}"] = {"policy": best, "wall_s": ok[best]["wall_s"], "speedup": ok[best]["speedup"],
+                                     "snr_db": ok[best]["snr_db"], "vs_expert_compiled": ok[best].get("vs_expert_compiled")}
     rec["quality_bars"] = bars
     fastest = min((k for k, v in results.items() if "wall_s" in v), key=lambda k: results[k]["wall_s"])
-    rec["fastest"] = {"policy": fastest, "speedup": results[fastest]["speedup"]}
-    say("fastest policy per quality bar: " + "; ".join(f"{k}: {v['policy']} x{v['speedup']:.2f}" for k, v in bars.items()))
+    rec["fastest"] = {"policy": fastest, "speedup": results[fastest]["speedup"],
+                      "vs_expert_compiled": results[fastest].get("vs_expert_compiled"),
+                      "fraction_of_peak": results[fastest].get("fraction_of_peak")}
+    say("fastest htx row per quality bar: " + "; ".join(
+        f"{k}: {v['policy']} {v['wall_s'] * 1000:.1f} ms" + (f" (x{v['vs_expert_compiled']:.2f} vs expert)" if v.get("vs_expert_compiled") else "")
+        for k, v in bars.items()))
+    fr = results[fastest].get("fraction_of_peak")
+    say(f"FLOPs: {flops_seg / 1e9:.0f} GFLOP per segment; fastest ({fastest}) achieves {results[fastest]['achieved_tflops']:.1f} TFLOP/s"
+        + (f" = {100 * fr:.1f}% of dense FP16 peak" if fr else ""))
+    checkpoint()
 
-    # batch sweep for the fastest policy
-    if fastest in policies:
-        low, choose = policies[fastest]
-    else:  # bisect: its FP32 set by op name (names do not depend on the batch size)
-        keep = list(results[fastest].get("fp32_ops", []))
-        low, choose = "fp16", lambda o: Assignment.keep_fp32(o, keep)
-    sweep = {}
-    for b in batch_sizes:
-        unit, prepared = build(low, b)
-        ops_b = unit.ops(prepared)
-        asg = choose(ops_b)
-        wall, _, _, mem = pipeline_run(unit, prepared, asg, b)
-        sweep[b] = {"wall_s": wall, "speedup": base_s / wall, "peak_mem_mb": mem}
-        say(f"  batch {b:3d}: {wall * 1000:8.1f} ms  x{base_s / wall:5.2f}  peak {mem:7.0f} MiB")
-    rec["batch_sweep"] = {"policy": fastest, "results": sweep}
+    def chooser(name: str) -> tuple[str, Callable[[list], Assignment], str]:
+        base = name.replace(" compiled", "")
+        mode = "inductor" if name.endswith("compiled") else "off"
+        if base in policies:
+            return policies[base][0], policies[base][1], mode
+        if base == "tf32":
+            return "fp16", lambda o: Assignment.all_fp32(), mode
+        keep = list(results[name].get("fp32_ops") or bisect_fp32 or [])
+        return "fp16", lambda o: Assignment.keep_fp32(o, keep), mode
 
-    # ablations: what the CUDA graphs and the reduction-based group norm each buy
-    ablations = {}
-    for label, kw in (("no CUDA graphs", {"graphs": False}), ("native group_norm", {"group_norm": "native"})):
-        unit, prepared = build(low, policy_batch, **kw)
-        ops_a = unit.ops(prepared)
-        wall, _, _, _ = pipeline_run(unit, prepared, choose(ops_a), policy_batch)
-        ablations[label] = {"policy": fastest, "wall_s": wall, "speedup": base_s / wall}
-        say(f"  {fastest} with {label}: {wall * 1000:.1f} ms  x{base_s / wall:.2f}")
-    rec["ablations"] = ablations
+    low, choose, mode = chooser(fastest)
+    tf32_fastest = fastest.startswith("tf32")
+    if sweep:
+        sweep_rows = {}
+        for b in batch_sizes:
+            unit, prepared = build(low, b, compile_mode=mode, tf32=tf32_fastest)
+            wall, _, _, mem, _ = pipeline_run(unit, prepared, choose(unit.ops(prepared)), b)
+            sweep_rows[b] = {"wall_s": wall, "speedup": base_s / wall, "peak_mem_mb": mem}
+            say(f"  batch {b:3d}: {wall * 1000:8.1f} ms  x{base_s / wall:5.2f}  peak {mem:7.0f} MiB")
+        rec["batch_sweep"] = {"policy": fastest, "results": sweep_rows}
+        ablations = {}
+        for label, kw in (("no CUDA graphs", {"graphs": False}), ("native group_norm", {"group_norm": "native"})):
+            unit, prepared = build(low, policy_batch, compile_mode=mode, tf32=tf32_fastest, **kw)
+            wall, _, _, _, _ = pipeline_run(unit, prepared, choose(unit.ops(prepared)), policy_batch)
+            ablations[label] = {"policy": fastest, "wall_s": wall, "speedup": base_s / wall}
+            say(f"  {fastest} with {label}: {wall * 1000:.1f} ms  x{base_s / wall:.2f}")
+        rec["ablations"] = ablations
+        checkpoint()
 
-    # FLOPs per second of audio, achieved throughput
-    from torch.utils.flop_counter import FlopCounterMode
-
-    ex_mix = 0.1 * torch.randn(1, 2, seg_len, device=dev)
-    ex_spec = spec_to_cac(stft.stft(ex_mix, model.nfft))
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        inner(ex_spec, ex_mix)
-    flops_seg = fc.get_total_flops()
-    seg_s = seg_len / model.samplerate
-    n_segments = math.ceil(mix.shape[-1] / int(0.75 * seg_len))
-    total_flops = flops_seg * n_segments
-    rec["flops"] = {"per_segment_gflop": flops_seg / 1e9, "per_audio_second_gflop": flops_seg / seg_s / 1e9,
-                    "segments": n_segments}
-    for k in ("fp32", fastest):
-        ach = total_flops / results[k]["wall_s"] / 1e12
-        ref_peak = (peak or {}).get("tf32" if k == "fp32" else "fp16")
-        results[k]["achieved_tflops"] = ach
-        results[k]["fraction_of_peak"] = ach / ref_peak if ref_peak else None
-    rec["baseline"]["achieved_tflops"] = total_flops / base_s / 1e12
-    say(f"FLOPs: {flops_seg / seg_s / 1e9:.1f} GFLOP per second of audio; fastest achieves "
-        f"{results[fastest]['achieved_tflops']:.1f} TFLOP/s"
-        + (f" = {100 * results[fastest]['fraction_of_peak']:.1f}% of dense FP16 peak" if results[fastest].get("fraction_of_peak") else ""))
-
-    # profile of the fastest policy: top kernels and shares
-    rec["profile"] = _profile(prepared_by_low[low], choose, inner, stft, model, mix, seg_len, policy_batch)
-    say("profile shares: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rec["profile"]["shares"].items()))
+    # profile of the fastest row: where the GPU time goes
+    unit_p = build(low, policy_batch, compile_mode=mode, tf32=tf32_fastest)
+    rec["profile"] = {"policy": fastest, **_profile(unit_p, choose, inner, stft, model, mix, seg_len, policy_batch)}
+    say(f"profile of {fastest}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rec["profile"]["shares"].items()))
 
     # htx's own overhead: grid expansion + one store write, relative to one trial
     rec["overhead"] = _overhead(results[fastest]["wall_s"])
@@ -308,8 +421,8 @@ def run(
     if emulator:
         rec["coreml_emulator"] = _emulator(inner, stft, model, seg_len, dev, say)
 
-    if out_json:
-        write_record(out_json, rec)
+    rec["complete"] = True
+    checkpoint()
     return rec
 
 
@@ -339,14 +452,14 @@ def _bisect(prepared_by_low, ops, inner, stft, model, cpu_model, mix, ref_np, se
     t0 = time.perf_counter()
     result = run_search(policy, ctx)
     search_s = time.perf_counter() - t0
-    wall, samples, out, mem = pipeline_run(unit, prepared, result.assignment, batch)
+    wall, samples, out, mem, _ = pipeline_run(unit, prepared, result.assignment, batch)
     m = accuracy(ref_np, out, 1e-3, 1e-4)
     fp32_ops = sorted(set(o.name for o in ops if o.compute) - set(result.assignment.fp16))
     say(f"  {'bisect':14s} {wall * 1000:8.1f} ms  x{base_s / wall:5.2f} vs demucs  SNR {m['snr_db']:7.2f} dB  "
         f"peak {mem:7.0f} MiB  fp32 set {len(fp32_ops)} ops, {result.evaluations or ctx.evaluations} evaluations in {search_s:.0f} s")
     return {"wall_s": wall, "samples": samples, "speedup": base_s / wall, "rtf": wall / seconds, "snr_db": m["snr_db"],
             "max_abs_diff": m["max_abs_diff"], "nan": m["nan_count"], "inf": m["inf_count"], "peak_mem_mb": mem,
-            "fp16_op_fraction": result.assignment.fp16_fraction(ops), "fp32_ops": fp32_ops,
+            "fp16_op_fraction": result.assignment.fp16_fraction(ops), "fp32_ops": fp32_ops, "path": "eager", "runtime": unit.runtime,
             "evaluations": result.evaluations or ctx.evaluations, "search_s": search_s, "batch": batch}
 
 
@@ -431,11 +544,15 @@ def _emulator(inner, stft, model, seg_len, dev, say) -> dict[str, Any]:
 def command(
     seconds: float = typer.Option(60.0, help="clip length in seconds"),
     repeats: int = typer.Option(5, help="timed repeats (median reported)"),
-    batch: int = typer.Option(4, help="segments per batch for the policy comparison"),
+    batch: int = typer.Option(0, help="segments per batch for the htx rows (0: every segment of the clip in one batch)"),
     bisect: bool = typer.Option(True, help="also search and time the best bisect assignment"),
-    emulator: bool = typer.Option(True, help="also time the Core ML emulator on CUDA"),
+    compiled: bool = typer.Option(True, "--compiled/--no-compiled", help="also time htx's compile: inductor rows (all-fp16, bisect, bf16, tf32)"),
+    peers: bool = typer.Option(True, "--peers/--no-peers", help="also time apply_model compiled + autocast and the expert pipeline (eager, compiled)"),
+    sweep: bool = typer.Option(False, "--sweep/--no-sweep", help="also sweep the batch size and the ablations for the fastest row"),
+    emulator: bool = typer.Option(False, help="also time the Core ML emulator on CUDA"),
     out: str = typer.Option("experiments/benchmarks/gpu.json", help="where to write the raw JSON"),
     size: str = typer.Option("full", help="full (the default HTDemucs) or small (a smoke run: 8 channels, 1 s segments)"),
 ) -> None:
-    """HTDemucs on a CUDA GPU (full size by default): each precision policy vs demucs's own apply_model."""
-    run(seconds=seconds, repeats=repeats, policy_batch=batch, bisect=bisect, emulator=emulator, out_json=out, size=size)
+    """HTDemucs on a CUDA GPU (full size by default): htx's rows, eager and compiled, beside apply_model and an expert's pipeline."""
+    run(seconds=seconds, repeats=repeats, policy_batch=batch, bisect=bisect, emulator=emulator, out_json=out, size=size,
+        compiled=compiled, peers=peers, sweep=sweep)

@@ -341,6 +341,30 @@ class TorchParams(Params):
     #: On CUDA, let FP32 convolutions and matmuls run in TF32 (10-bit mantissa, like FP16). Off by default:
     #: an FP32 op means FP32 here, and the FP32 reference is computed without TF32 too.
     tf32: bool = False
+    #: ``inductor``: the assignment-typed forward (casts included, low-precision weights cast once) is traced
+    #: into an aten graph and compiled with ``torch.compile`` once per (assignment, input shape): casts and
+    #: neighbouring elementwise ops fuse; on CUDA the compiled graph is replayed as a CUDA graph. Trials
+    #: (fixed policies, a search's answer) run compiled; a search's evaluations keep the eager path, which is
+    #: fast to rebuild. Compile time is reported apart (``compile_s``), never inside latency.
+    compile: Literal["off", "inductor"] = "off"
+
+
+def inductor_available(device: torch.device) -> tuple[bool, str]:
+    """Whether ``torch.compile``'s inductor backend can compile for ``device`` here, and why not."""
+    import shutil
+
+    fix = "or set compile: off"
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False, f"compile: inductor on CUDA needs Triton (pip install triton), {fix}"
+    elif device.type == "cpu":
+        if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            return False, f"compile: inductor on the CPU needs a C++ compiler (apt install g++), {fix}"
+    else:
+        return False, f"compile: inductor runs on cpu or cuda, not {device.type}; {fix}"
+    return True, ""
 
 
 @contextlib.contextmanager
@@ -395,6 +419,60 @@ class _Graphed:
         return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, static_out)
 
 
+#: Compiled assignments a unit keeps (each holds its graphs and low-precision weight copies).
+_COMPILED_KEPT = 4
+
+
+class _Compiled:
+    """An assignment's eager forward, traced into an aten graph (its casts included) and compiled with
+    ``torch.compile`` (inductor) once per input shape; on CUDA the compiled graph is replayed as a CUDA graph.
+
+    The trace runs the eager forward under ``make_fx``: the dispatch mode's casts become graph nodes, the
+    low-precision weight copies (cast once, before the trace) and the device copies of host-built constants
+    become graph constants, so a call runs no cast of a weight and no host-to-device copy. ``compile_s`` is the
+    total time spent tracing and compiling (first call per shape), kept out of any latency.
+    """
+
+    def __init__(self, eager: Any, graphs: bool) -> None:
+        self.eager = eager
+        self.graphs = graphs
+        self.by_shape: dict[tuple, Any] = {}
+        self.compile_s = 0.0
+
+    def _build(self, inputs: tuple[torch.Tensor, ...]) -> Any:
+        import time
+
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            self.eager(*inputs)  # fills the weight and host-copy caches outside the trace
+            with tf32_allowed(self.eager.device, self.eager.tf32):
+                gm = make_fx(self.eager)(*inputs)
+        gm.graph.eliminate_dead_code()  # host-side constant building whose device copy is cached
+        gm.recompile()
+        compiled = torch.compile(gm, backend="inductor", fullgraph=True, dynamic=False)
+        tf32 = self.eager.tf32
+
+        def run(*args: torch.Tensor) -> Any:
+            with torch.no_grad(), tf32_allowed(self.eager.device, tf32):
+                return compiled(*args)
+
+        fn: Any = _Graphed(run) if self.graphs else run
+        fn(*inputs)  # compiles (and captures the CUDA graph) now, not inside a timed call
+        if self.graphs and fn.failed:
+            raise RuntimeError(f"CUDA graph capture of the compiled forward failed: {fn.failed}")
+        self.compile_s += time.perf_counter() - t0
+        return fn
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
+        fn = self.by_shape.get(key)
+        if fn is None:
+            fn = self.by_shape[key] = self._build(inputs)
+        return fn(*inputs)
+
+
 class Prepared:
     def __init__(self, inner: InnerModel, example_inputs: tuple[torch.Tensor, ...], ops: list[OpInfo]) -> None:
         self.inner = inner
@@ -415,6 +493,10 @@ class TorchUnit(ComputeUnit):
     name = "torch"
     Params = TorchParams
 
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self._compiled: dict[tuple, _Compiled] = {}
+
     @property
     def device(self) -> torch.device:
         return resolve_device(self.params.device)
@@ -426,7 +508,8 @@ class TorchUnit(ComputeUnit):
     @property
     def runtime(self) -> str:
         low = "" if self.params.low_dtype == "fp16" else f":{self.params.low_dtype}"
-        return f"torch:{self.device.type}{low}"
+        compiled = ":inductor" if self.params.compile == "inductor" else ""
+        return f"torch:{self.device.type}{low}{compiled}"
 
     @property
     def low_precision(self) -> str:
@@ -443,6 +526,8 @@ class TorchUnit(ComputeUnit):
             return False, "CUDA is not available (no GPU or a CPU-only torch build)"
         if dev == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             return False, "MPS is not available (needs Apple silicon and a macOS torch build)"
+        if self.params.compile == "inductor":
+            return inductor_available(self.device)
         return True, ""
 
     def prepare(self, inner: InnerModel, example_inputs: tuple[torch.Tensor, ...], cache_dir: Any = None) -> Prepared:
@@ -472,6 +557,27 @@ class TorchUnit(ComputeUnit):
         return list(prepared.op_list)
 
     def compile(self, prepared: Prepared, assignment: Assignment) -> Any:
+        """The forward a trial runs: compiled with inductor when ``compile: inductor`` (cached per assignment),
+        else the eager per-op dispatch (a CUDA graph of it on CUDA)."""
+        if self.params.compile == "off":
+            return self.search_forward(prepared, assignment)
+        key = (id(prepared), frozenset(assignment.fp16))
+        cached = self._compiled.pop(key, None)
+        if cached is None:
+            cached = _Compiled(self._eager(prepared, assignment, host_copies=self.device.type == "cuda"),
+                               graphs=self.device.type == "cuda" and self.params.cuda_graphs)
+        self._compiled[key] = cached
+        while len(self._compiled) > _COMPILED_KEPT:
+            self._compiled.pop(next(iter(self._compiled)))
+        return cached
+
+    def search_forward(self, prepared: Prepared, assignment: Assignment) -> Any:
+        """The forward a search evaluates: the eager per-op dispatch (nothing to compile per assignment)."""
+        graphs = self.device.type == "cuda" and self.params.cuda_graphs
+        forward = self._eager(prepared, assignment, host_copies=graphs)
+        return _Graphed(forward) if graphs else forward
+
+    def _eager(self, prepared: Prepared, assignment: Assignment, host_copies: bool) -> Any:
         torch.backends.mha.set_fastpath_enabled(False)
         inner = prepared.inner
         fp16 = frozenset(assignment.fp16)
@@ -480,8 +586,7 @@ class TorchUnit(ComputeUnit):
         gn = self.params.group_norm
         reduce_gn = gn == "reduce" or (gn == "auto" and self.device.type == "cuda")
         lazy = self.params.casts == "lazy"
-        graphs = self.device.type == "cuda" and self.params.cuda_graphs
-        host_cache: dict[Any, torch.Tensor] | None = {} if graphs else None
+        host_cache: dict[Any, torch.Tensor] | None = {} if host_copies else None
         dev, tf32 = self.device, self.params.tf32
 
         def forward(*inputs: torch.Tensor) -> Any:
@@ -489,7 +594,7 @@ class TorchUnit(ComputeUnit):
                 return _forward(*inputs)
 
         def _forward(*inputs: torch.Tensor) -> Any:
-            if not fp16 and not reduce_gn and not graphs:
+            if not fp16 and not reduce_gn and not host_copies:
                 with torch.no_grad():
                     return inner(*inputs)
             mode = _OpMode(fp16=fp16, low_dtype=low, weight_cache=weight_cache, reduce_group_norm=reduce_gn, lazy=lazy,
@@ -499,8 +604,8 @@ class TorchUnit(ComputeUnit):
                 out = inner(*inputs)
             return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.dtype == low else t, out)
 
-        if graphs:
-            return _Graphed(forward)
+        forward.tf32 = tf32  # type: ignore[attr-defined]
+        forward.device = dev  # type: ignore[attr-defined]
         return forward
 
     def fp16_noise(
