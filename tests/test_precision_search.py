@@ -250,7 +250,7 @@ def test_torch_unit_records_reduction_sizes_and_squares():
 # the planted-fault model through the real pipeline
 
 BISECT = "bisect[criterion='finite']"
-SINE, NOISE = "sine_440[duration=1.0]", "white_noise[amplitude=0.9,duration=1.0]"
+SINE, NOISE = "sine_440[duration=0.5]", "white_noise[amplitude=0.9,duration=0.5]"
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +264,7 @@ def planted_run(tmp_path_factory):
     cfg = parse_config(make_config(
         tmp, surgery=["planted-faults"],
         precision=["all-fp16", {"bisect": {"criterion": "finite"}}, "magnitude"],
-        fixtures=[{"sine_440": {"duration": 1.0}}, {"white_noise": {"duration": 1.0, "amplitude": 0.9}}],
+        fixtures=[{"sine_440": {"duration": 0.5}}, {"white_noise": {"duration": 0.5, "amplitude": 0.9}}],
     ), registry=reg)
     try:
         with Store(cfg.store.path) as store:

@@ -24,16 +24,31 @@ from htx.run import Run
 from htx.store import Store
 from htx.summary import summarize
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # all-FP16 is ~67 dB on this tiny model; the margin makes the first selection pass (2 evaluations: a quick fixture)
 SEARCH = {"sensitivity": {"criterion": {"snr_db": 69}, "cost": "partitions", "minimize": False, "margin_db": 4}}
+
+
+def _short_song(tmp: Path, name: str, seconds: float) -> Path:
+    """The first ``seconds`` of a shipped song, with its true stems beside it (a path fixture): real music with
+    stems at a quarter of the song's cost."""
+    import soundfile as sf
+
+    src = ROOT / "fixtures" / "music"
+    for path in sorted(src.glob(f"{name}*.flac")):
+        audio, rate = sf.read(path, frames=int(seconds * sf.info(path).samplerate), always_2d=True)
+        sf.write(tmp / path.name.replace(name, "song"), audio, rate)
+    return tmp / "song.flac"
 
 
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     reg = load_registry()
+    song = _short_song(tmp, "music_a", 2.0)
     cfg = parse_config(make_config(
-        tmp, fixtures=[{"sine_440": {"duration": 1.0}}, "music_a"], precision=["fp32", "all-fp16", SEARCH],
+        tmp, fixtures=[{"sine_440": {"duration": 1.0}}, str(song)], precision=["fp32", "all-fp16", SEARCH],
     ), registry=reg)
     with Store(cfg.store.path) as store:
         run_id = Run(cfg, reg, store).execute()
@@ -85,8 +100,9 @@ def test_the_plots_show_what_the_store_holds(report_run):
     # the trace has one point per evaluation of the (single) search
     assert rep.plotted["search-1.png"] == search[0].info["search"]["evaluations"]
     assert _has_colour(rep.images["search-1.png"], "#2ca02c") > 0  # at least one passing evaluation, green
-    # stems: one bar per (trial on music_a, stem)
-    on_song = [t for t in trials if t.fixture == "music_a" and t.status == "ok"]
+    # stems: one bar per (trial on the song, stem)
+    on_song = [t for t in trials if t.fixture == "song" and t.status == "ok"]
+    assert on_song
     assert rep.plotted["stems.png"] == len(on_song) * 4
 
 
@@ -110,18 +126,18 @@ def _headless(exe: str, *args: str) -> subprocess.CompletedProcess[str]:
                            "--no-first-run", "--hide-scrollbars", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_the_report_renders_in_headless_chromium(report_run, tmp_path):
+def _browser_check(rep, run_id: str, tmp_path: Path, height: int) -> np.ndarray:
+    """Render ``rep`` in headless Chromium: a screenshot that is not blank, every image decoded (read back from
+    the live DOM), the page naming the run, nothing fetched from the network. Returns the screenshot's pixels."""
     exe = _chromium()
-    r = report_run
-    page = r["rep"].path
+    page = rep.path
     text = page.read_text()
     assert not re.search(r"""(src|href)=["']https?://""", text)  # self-contained: nothing from the network
     shot = tmp_path / "shot.png"
-    res = _headless(exe, "--window-size=1280,2200", f"--screenshot={shot}", page.as_uri())
+    res = _headless(exe, f"--window-size=1280,{height}", f"--screenshot={shot}", page.as_uri())
     assert shot.exists(), res.stderr[-2000:]
     px = _pixels(shot)
     assert px.shape[0] >= 1000 and px.std() > 20 and len(_colours(shot)) > 20  # not blank
-    # every image decoded (naturalWidth > 0), and the page names the run: read back from the live DOM
     probe = tmp_path / "probe.html"
     script = ("<script>window.addEventListener('load',()=>{document.body.setAttribute('data-probe',JSON.stringify("
               "{widths:[...document.images].map(i=>i.naturalWidth),title:document.title,"
@@ -131,8 +147,45 @@ def test_the_report_renders_in_headless_chromium(report_run, tmp_path):
     m = re.search(r'data-probe="([^"]*)"', res.stdout)
     assert m, res.stderr[-2000:]
     seen = json.loads(html.unescape(m.group(1)))
-    assert len(seen["widths"]) == len(r["rep"].images) and all(w > 0 for w in seen["widths"]), seen["widths"]
-    assert r["run_id"] in seen["title"] and r["run_id"] in seen["h1"]
+    assert len(seen["widths"]) == len(rep.images) and all(w > 0 for w in seen["widths"]), seen["widths"]
+    assert run_id in seen["title"] and run_id in seen["h1"]
+    return px
+
+
+def test_the_report_renders_in_headless_chromium(report_run, tmp_path):
+    """The main job's shape (fixed policies beside a partition-cost sensitivity search, a song with stems): every
+    figure in the browser, no label outside its figure (matplotlib's renderer checks each text's box)."""
+    r = report_run
+    _browser_check(r["rep"], r["run_id"], tmp_path, 2200)
+    assert r["rep"].layout_problems == []
+    assert set(r["rep"].images) >= {"pareto.png", "precision-map.png", "search-1.png", "stems.png"}
+
+
+def test_a_40_combination_report_stays_readable_in_the_browser(tmp_path):
+    """40 combinations (2 surgeries x 5 policies x 2 STFT backends x 2 compute units), as a plugin study makes:
+    the Pareto plot numbers every point and lists it in a table, no label leaves its figure, the leaderboard
+    labels stay distinct, and Chromium renders the page with every image."""
+    reg = load_registry()
+    policies = ["fp32", "all-fp16", "curated-fp32", {"modules": {"keep_fp32": ["", "decoder.*"]}},
+                {"modules": {"keep_fp32": ["", "decoder.*", "tdecoder.*"]}}]
+    cfg = parse_config(make_config(
+        tmp_path, fixtures=[{"sine_440": {"duration": 0.5}}], surgery=["full-hybrid", "external-norm"],
+        precision=policies, stft=["torch", "numpy"],
+        compute=[{"torch": {"device": "cpu"}}, {"torch": {"device": "cpu", "low_dtype": "bf16"}}],
+    ), registry=reg)
+    with Store(cfg.store.path) as store:
+        run_id = Run(cfg, reg, store).execute()
+        trials = store.trials([run_id])
+        assert len(trials) == 40 and all(t.status == "ok" for t in trials), [t.reason for t in trials if t.status != "ok"]
+        rep = build_report(store, run_id, tmp_path / "rep")
+    assert rep.layout_problems == []
+    assert rep.plotted["pareto.png"] == 40  # one numbered point per combination
+    page = rep.path.read_text()
+    numbers = re.findall(r"<tr><td>(\d+)</td>", page)
+    assert sorted({int(n) for n in numbers}) == list(range(1, 41))  # the table under the plot lists every number
+    labels = re.findall(r"modules\[[^<]*", page)
+    assert len({lab for lab in labels}) >= 2  # the two modules policies read differently
+    _browser_check(rep, run_id, tmp_path, 4000)
 
 
 def test_report_cli_and_its_errors(report_run, tmp_path):

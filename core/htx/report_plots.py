@@ -89,17 +89,22 @@ def pareto_plot(summary: list[dict[str, Any]], target: float, path: Path, labels
             numbered.append({"n": n, "combination": _combo_label(r, labels, varying) or labels["precision"].get(r["precision"], r["precision"]),
                              "unit": name, "snr_db": r["snr_db"], "model_ms": r["model_ms"], "pass": r.get("pass")})
             plotted.append((r["model_ms"], y))
+    times = [p[0] for p in plotted if p[0] > 0]
+    if times and max(times) / min(times) > 10:
+        ax.set_xscale("log")  # before numbering: the clusters are found on screen
+        ticker = _ticker()
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+        # minor ticks labelled at 2x and 5x only: 80, 90 and 100 would run into each other
+        ax.xaxis.set_minor_formatter(ticker.FuncFormatter(
+            lambda v, _pos: f"{v:g}" if v > 0 and f"{v / 10 ** math.floor(math.log10(v)):.0f}" in ("2", "5") else ""))
     ax.margins(x=0.06, y=0.1)  # room for the numbers of the outermost points inside the axes
     ax.autoscale_view()
-    _number_points(ax, plotted)
+    numbers = _number_points(ax, plotted)
     front = _front(plotted)
     if len(front) > 1:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#555555", linewidth=1, alpha=0.7,
                 label="front: no point is both faster and better")
     ax.axhline(target, color="#333333", linestyle="--", linewidth=1, label=f"target {target:g} dB")
-    times = [p[0] for p in plotted if p[0] > 0]
-    if times and max(times) / min(times) > 10:
-        ax.set_xscale("log")
     ax.set_xlabel("model ms per segment" + (" (hollow markers: emulator time, not device latency)" if any_emulated else "")
                   + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel(f"worst SNR over fixtures (dB; triangles: above {cap:g})")
@@ -107,14 +112,50 @@ def pareto_plot(summary: list[dict[str, Any]], target: float, path: Path, labels
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
+    _declutter(fig, numbers)
     if problems is not None:
         problems += [f"pareto: {t!r} outside the figure" for t in outside(fig)]
+        problems += [f"pareto: labels {a!r} and {b!r} overlap" for a, b in overlapping(fig, numbers)]
     fig.savefig(path)
     plt.close(fig)
     return drawn, numbered
 
 
-def _number_points(ax: Any, points: list[tuple[float, float]], near_x: float = 28.0, near_y: float = 12.0) -> None:
+def _ticker() -> Any:
+    import matplotlib.ticker
+
+    return matplotlib.ticker
+
+
+def overlapping(fig: Any, texts: list[Any]) -> list[tuple[str, str]]:
+    """Pairs of ``texts`` whose boxes overlap on the rendered figure (matplotlib's renderer)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[:i] if ba.overlaps(bb)]
+
+
+def _declutter(fig: Any, texts: list[Any], step_px: float = 3.0, tries: int = 40) -> None:
+    """Nudge point labels apart: each label (top to bottom) that overlaps one already placed moves down, then up,
+    in small steps until it sits clear; measured with matplotlib's renderer, so long labels are handled too."""
+    if not texts:
+        return
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    points_per_px = 72.0 / fig.dpi
+    placed: list[Any] = []
+    for text in sorted(texts, key=lambda t: -t.get_window_extent(renderer).y0):
+        x0, y0 = text.xyann
+        for k in range(tries + 1):
+            shift = (k + 1) // 2 * step_px * (-1 if k % 2 else 1) if k else 0.0
+            text.xyann = (x0, y0 + shift * points_per_px * 2)
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(p) for p in placed):
+                break
+        placed.append(text.get_window_extent(renderer))
+
+
+def _number_points(ax: Any, points: list[tuple[float, float]], near_x: float = 28.0, near_y: float = 12.0) -> list[Any]:
     """Number the points 1..n; points that sit within a label's size of each other on screen (chained: single
     linkage) share one label ("7,8,9,10"), so numbers never sit on each other however tightly points cluster."""
     screen = ax.transData.transform(points) if points else []
@@ -132,13 +173,15 @@ def _number_points(ax: Any, points: list[tuple[float, float]], near_x: float = 2
     groups: dict[int, list[int]] = {}
     for i in range(len(points)):
         groups.setdefault(root(i), []).append(i)
+    texts = []
     for members in groups.values():
         left = min(members, key=lambda i: screen[i][0])
         top = max(screen[i][1] for i in members)
         x, _ = points[left]
         y = ax.transData.inverted().transform((screen[left][0], top))[1]
-        ax.annotate(",".join(str(i + 1) for i in sorted(members)), (x, y), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points", color="#222222")
+        texts.append(ax.annotate(",".join(str(i + 1) for i in sorted(members)), (x, y), fontsize=7, xytext=(4, 6),
+                                 textcoords="offset points", color="#222222"))
+    return texts
 
 
 def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -478,6 +478,8 @@ class Prepared:
         self.inner = inner
         self.example_inputs = example_inputs
         self.op_list = ops
+        #: placement per FP16 set: counting casts runs a forward pass, and a grid's trials share assignments
+        self.placements: dict[frozenset[str], Placement] = {}
 
 
 class TorchUnit(ComputeUnit):
@@ -543,7 +545,14 @@ class TorchUnit(ComputeUnit):
         return Prepared(inner, inputs, listing)
 
     def placement(self, prepared: Prepared, assignment: Assignment) -> Placement:
-        """Precision segments in execution order, and the dtype casts one forward pass executes."""
+        """Precision segments in execution order, and the dtype casts one forward pass executes (counted once per
+        FP16 set and kept: the trials of other fixtures and STFT backends share it)."""
+        key = frozenset(assignment.fp16)
+        if key not in prepared.placements:
+            prepared.placements[key] = self._placement(prepared, assignment)
+        return prepared.placements[key]
+
+    def _placement(self, prepared: Prepared, assignment: Assignment) -> Placement:
         runs = placement_runs(prepared.op_list, assignment)
         counter: Counter[str] = Counter()
         lazy = self.params.casts == "lazy"

@@ -1,0 +1,93 @@
+"""The torch unit's ``compile: inductor`` mode on the CPU: trials run compiled (compile time reported apart, the
+runtime says so), the numerics stay within FP16 noise of the eager per-op path, searches evaluate on the eager
+path, and where inductor cannot run the unit says ``unavailable: ...``. The CUDA side is in tests/test_gpu.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_config
+from htx.config import parse_config
+from htx.plugins import load_registry, module_plugin
+from htx.run import Run
+from htx.store import Store
+from htx_plugins.compute.torch_unit import TorchUnit, inductor_available
+
+
+#: One encoder/decoder level and no transformer: the smallest HTDemucs graph (inductor compiles it in ~25 s on
+#: 2 cores, the tiny test model in ~55-75 s). The attention path is compiled in tests/test_gpu.py (CUDA).
+SMALL_GRAPH = {"random": {"channels": 8, "depth": 1, "t_layers": 0, "segment": 1, "seed": 0}}
+
+
+def test_a_compiled_trial_is_within_fp16_noise_of_the_eager_one(tmp_path):
+    """Same assignment (all FP16), same fixture: the compiled row's SNR against FP32 is the eager row's or better
+    (inductor keeps FP32 inside a fused kernel, rounding to FP16 only where a kernel writes), never more than
+    3 dB worse; FP16 really ran (below 100 dB); compile time is reported apart from latency."""
+    reg = load_registry()
+    data = make_config(tmp_path, compute=[{"torch": {"device": "cpu"}}, {"torch": {"device": "cpu", "compile": "inductor"}}],
+                       precision=["all-fp16"], latency={"warmup": 1, "repeats": 2}, model=SMALL_GRAPH)
+    cfg = parse_config(data, registry=reg)
+    with Store(cfg.store.path) as store:
+        run_id = Run(cfg, reg, store).execute()
+        trials = {t.runtime: t for t in store.trials([run_id])}
+    assert set(trials) == {"torch:cpu", "torch:cpu:inductor"}
+    eager, compiled = trials["torch:cpu"], trials["torch:cpu:inductor"]
+    assert eager.status == compiled.status == "ok", (eager.reason, compiled.reason)
+    assert compiled.metrics["compile_s"] > 0 and "compile_s" not in eager.metrics
+    assert compiled.metrics["snr_db"] > eager.metrics["snr_db"] - 3, (compiled.metrics["snr_db"], eager.metrics["snr_db"])
+    assert compiled.metrics["snr_db"] < 100 and compiled.metrics["model_ms"] > 0
+
+
+class _Counting(TorchUnit):
+    """The torch unit, counting which forward each caller asked for."""
+
+    name = "counting-torch"
+    calls: dict[str, int] = {"compile": 0, "search_forward": 0}
+
+    def compile(self, prepared, assignment):
+        type(self).calls["compile"] += 1
+        return super().compile(prepared, assignment)
+
+    def search_forward(self, prepared, assignment):
+        type(self).calls["search_forward"] += 1
+        return super().search_forward(prepared, assignment)
+
+
+def test_a_search_evaluates_on_search_forward_and_its_trials_on_compile(tmp_path):
+    _Counting.calls = {"compile": 0, "search_forward": 0}
+    plugin = module_plugin("counting", htx_register_compute_units=lambda register: register(_Counting))
+    reg = load_registry(extra_plugins=(plugin,))
+    data = make_config(tmp_path, compute=[{"counting-torch": {"device": "cpu"}}],
+                       fixtures=[{"sine_440": {"duration": 0.5}}, {"white_noise": {"duration": 0.5}}],
+                       precision=[{"bisect": {"criterion": {"snr_db": 75}, "max_evaluations": 6}}])
+    cfg = parse_config(data, registry=reg)
+    with Store(cfg.store.path) as store:
+        run_id = Run(cfg, reg, store).execute()
+        trials = store.trials([run_id])
+    assert [t.status for t in trials] == ["ok", "ok"], [t.reason for t in trials]
+    evaluations = trials[0].metrics["evaluations"]
+    assert evaluations > 1
+    assert _Counting.calls["search_forward"] >= evaluations  # every evaluation on the fast-to-rebuild path
+    assert _Counting.calls["compile"] == len(trials)  # the trials (one per fixture) run the deployable forward
+
+
+def test_compiled_mode_says_unavailable_where_inductor_cannot_run(monkeypatch):
+    assert TorchUnit(TorchUnit.Params(device="cpu", compile="inductor")).runtime == "torch:cpu:inductor"
+    ok, why = inductor_available(torch.device("mps"))
+    assert not ok and "cpu or cuda" in why and "compile: off" in why
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    unit = TorchUnit(TorchUnit.Params(device="cpu", compile="inductor"))
+    ok, why = unit.available()
+    assert not ok and "C++ compiler" in why and "compile: off" in why
+    assert TorchUnit(TorchUnit.Params(device="cpu")).available() == (True, "")  # the eager path needs none
+
+
+def test_a_bad_compile_value_is_a_config_error_with_the_choices(tmp_path):
+    from htx.errors import ConfigError
+
+    data = make_config(tmp_path, compute=[{"torch": {"device": "cpu", "compile": "inductr"}}])
+    with pytest.raises(ConfigError, match="inductor"):
+        parse_config(data, registry=load_registry())
