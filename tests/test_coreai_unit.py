@@ -96,3 +96,72 @@ def test_unavailable_without_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_coreai)
     ok, why = CoreAIUnit().available()
     assert not ok and why.startswith("Core AI needs Python >= 3.11 and pip install 'htx[coreai]'")
+
+
+class _FakeDesc:
+    name = "main"
+
+    def __init__(self, inputs: list[str], outputs: list[str]) -> None:
+        self.input_names, self.output_names = inputs, outputs
+
+
+class _FakeFunction:
+    """Stands in for a loaded Core AI function: runs the same typed program in torch (the runtime mocked)."""
+
+    def __init__(self, module, n_outputs: int) -> None:
+        self.module = module
+        self.desc = _FakeDesc(["spec_cac", "mix"], [f"out_{i}" for i in range(n_outputs)])
+        self.feeds: list[dict] = []
+
+
+def test_the_native_path_with_the_runtime_mocked(prepared, tmp_path, monkeypatch):
+    """On macOS 27 the unit converts each assignment to an .aimodel once, loads it on the chosen units and feeds
+    it named float32 arrays; outputs come back in the function's order. The runtime is mocked here (this is Linux):
+    the fake function runs the same typed program, so native outputs equal the emulated ones exactly."""
+    from htx_plugins.compute.coreai import native
+    from htx_plugins.compute.coreai.program import typed_program
+
+    _, prep, inner, inputs = prepared
+    unit_e = CoreAIUnit(CoreAIUnit.Params(runtime="emulated"))  # auto would go native under the mock
+    loaded: list[tuple[str, str]] = []
+
+    def load_function(path, units):
+        assert path.is_dir() and (path / "main.mlirb").exists()  # a real .aimodel was written
+        loaded.append((path.name, units))
+        asg = fake_assignments[path.name]
+        ep, _ = typed_program(prep.exported, asg)
+        return _FakeFunction(ep.module(), 2)
+
+    def call(function, feed):
+        assert list(feed) == function.desc.input_names and all(a.dtype.name == "float32" for a in feed.values())
+        function.feeds.append(feed)
+        with torch.no_grad():
+            outs = function.module(*(torch.from_numpy(a) for a in feed.values()))
+        return {name: t.numpy() for name, t in zip(function.desc.output_names, outs)}
+
+    monkeypatch.setattr(native, "runtime_available", lambda: (True, ""))
+    monkeypatch.setattr(native, "load_function", load_function)
+    monkeypatch.setattr(native, "call", call)
+    unit = CoreAIUnit(CoreAIUnit.Params(runtime="auto", units="cpu_only"))
+    assert unit.available() == (True, "") and not unit.emulated and unit.runtime == "coreai:native[cpu_only]"
+    prep.cache_dir = tmp_path
+    a16 = Assignment.all_fp16(unit.ops(prep))
+    fake_assignments = {f"typed-{native.assignment_tag(frozenset(a.fp16))}.aimodel": a for a in (a16, Assignment.all_fp32())}
+    fwd = unit.compile(prep, a16)
+    out = fwd(*inputs)
+    emulated = unit_e.compile(prep, a16)(*inputs)
+    assert len(out) == len(emulated) and all(torch.equal(a, b) for a, b in zip(out, emulated))
+    unit.compile(prep, a16)  # the .aimodel is converted once per assignment, then loaded from the cache
+    assert loaded == [(fwd.path.name, "cpu_only")] * 2 and len(list((tmp_path / "coreai").iterdir())) == 1
+    assert unit.placement(prep, a16).casts == unit_e.placement(prep, a16).casts  # from the typed program
+
+
+def test_native_where_the_runtime_is_missing_is_unavailable_with_the_reason():
+    from htx_plugins.compute.coreai import native
+
+    ok, why = native.runtime_available()
+    assert not ok and "macOS 27" in why  # this is Linux
+    unit = CoreAIUnit(CoreAIUnit.Params(runtime="native"))
+    ok, why = unit.available()
+    assert not ok and why.startswith("runtime native: the Core AI runtime needs macOS 27") and "runtime: auto or emulated" in why
+    assert CoreAIUnit().emulated and CoreAIUnit().runtime == "coreai:emulated"  # auto emulates here

@@ -1,10 +1,12 @@
 """``coreai`` compute unit: Apple's Core AI (``.aimodel``), the inner model exported and typed per assignment.
 
-Off macOS 27 the Core AI runtime cannot load a model (``AIModel.load`` needs it), so trials run the typed
-exported program itself in torch: every op assigned FP16 runs in FP16 between casts, every other op in FP32,
-exactly the program ``export`` converts (rows say ``coreai:emulated``). ``export`` converts that program with
-coreai-torch and writes the ``.aimodel``; its summary (op distribution, compute types) is read back through the
-runtime's asset API, which works on Linux. Native execution on macOS 27 is not implemented here.
+On macOS 27 with the Core AI runtime (``runtime: native``, or ``auto``) each assignment's typed program is
+converted to an ``.aimodel`` (cached per assignment), loaded with ``AIModel.load`` and run natively: rows say
+``coreai:native[units]`` and their latency is the device's (:mod:`.native`; unit-tested with the runtime mocked,
+untested on hardware). Elsewhere the runtime cannot load a model, so trials run the typed exported program itself
+in torch: every op assigned FP16 runs in FP16 between casts, every other op in FP32, exactly the program
+``export`` converts (rows say ``coreai:emulated``). ``export`` writes the ``.aimodel``; its summary (op
+distribution, compute types) is read back through the runtime's asset API, which works on Linux.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -26,6 +28,7 @@ from htx.api import (
     UnavailableError,
     placement_runs,
 )
+from htx_plugins.compute.coreai import native
 from htx_plugins.compute.coreai.program import (
     Exported,
     available,
@@ -37,12 +40,17 @@ from htx_plugins.compute.coreai.program import (
 
 
 class CoreAIParams(Params):
-    pass
+    #: ``auto``: native where the Core AI runtime runs (macOS 27), emulated elsewhere; ``native`` is
+    #: unavailable without the runtime (it never falls back silently); ``emulated`` always emulates.
+    runtime: Literal["auto", "native", "emulated"] = "auto"
+    #: Native only: ``default`` lets the runtime choose (Neural Engine, GPU, CPU); ``cpu_only`` pins the CPU.
+    units: Literal["default", "cpu_only"] = "default"
 
 
 @dataclass
 class CoreAIPrepared:
     exported: Exported
+    cache_dir: Path | None = None
     programs: OrderedDict[frozenset[str], Any] = field(default_factory=OrderedDict)
     #: what the last export wrote: the runtime's summary of the asset and the casts typed into the program
     export_report: dict[str, Any] = field(default_factory=dict)
@@ -53,31 +61,51 @@ class CoreAIUnit(ComputeUnit):
 
     Example config::
 
-        compute: [coreai]      # rows are coreai:emulated off macOS 27 (the typed program run in torch)
+        compute:
+          - coreai                                   # native on macOS 27, coreai:emulated elsewhere
+          - coreai: {runtime: native, units: cpu_only}   # unavailable off macOS 27
     """
 
     name = "coreai"
     Params = CoreAIParams
-    emulated = True
     MAX_PROGRAMS = 4
 
+    @property
+    def resolved_runtime(self) -> str:
+        if self.params.runtime == "auto":
+            return "native" if native.runtime_available()[0] else "emulated"
+        return self.params.runtime
+
+    @property
+    def emulated(self) -> bool:  # type: ignore[override]
+        return self.resolved_runtime == "emulated"
+
     def available(self) -> tuple[bool, str]:
-        return available()
+        ok, why = available()
+        if not ok:
+            return ok, why
+        if self.params.runtime == "native":
+            ok, why = native.runtime_available()
+            if not ok:
+                return False, f"runtime native: {why} (use runtime: auto or emulated to emulate it)"
+        return True, ""
 
     @property
     def runtime(self) -> str:
-        return "coreai:emulated"
+        return "coreai:emulated" if self.emulated else f"coreai:native[{self.params.units}]"
 
     def prepare(self, inner: InnerModel, example_inputs: tuple[torch.Tensor, ...], cache_dir: Path | None = None) -> CoreAIPrepared:
         ok, why = self.available()
         if not ok:
             raise UnavailableError(why)
-        return CoreAIPrepared(export_program(inner, example_inputs))
+        return CoreAIPrepared(export_program(inner, example_inputs), Path(cache_dir) if cache_dir is not None else None)
 
     def ops(self, prepared: CoreAIPrepared) -> list[OpInfo]:
         return list(prepared.exported.ops)
 
     def compile(self, prepared: CoreAIPrepared, assignment: Assignment) -> Any:
+        if not self.emulated:
+            return self._native(prepared, assignment)
         key = frozenset(assignment.fp16)
         module = prepared.programs.get(key)
         if module is None:
@@ -92,6 +120,19 @@ class CoreAIUnit(ComputeUnit):
                 return tuple(module(*(a.to("cpu", torch.float32) for a in args)))
 
         return forward
+
+    def _native(self, prepared: CoreAIPrepared, assignment: Assignment) -> native.NativeForward:
+        """The assignment's typed ``.aimodel`` (converted once, kept under the cache), loaded on the runtime."""
+        import tempfile
+
+        fp16 = frozenset(assignment.fp16)
+        folder = (prepared.cache_dir or Path(tempfile.gettempdir()) / "htx") / "coreai"
+        path = folder / f"typed-{native.assignment_tag(fp16)}.aimodel"
+        if not path.exists():
+            ep, _ = typed_program(prepared.exported, assignment)
+            folder.mkdir(parents=True, exist_ok=True)
+            save_aimodel(ep, path)
+        return native.NativeForward(native.load_function(path, self.params.units), path)
 
     def placement(self, prepared: CoreAIPrepared, assignment: Assignment) -> Placement:
         """Precision segments of the compute ops in execution order, and the casts typed into the program."""
