@@ -84,7 +84,8 @@ def test_validate_is_unchanged_for_a_good_config(tmp_path):
 def test_a_store_that_cannot_be_written_is_a_clear_error_and_the_run_resumes(tmp_path):
     """A real write failure: `ulimit -f` (a stand-in for a full disk) in a child shell. The driver says which
     store and why, exits 1 with no traceback, the store stays intact, and `--resume` completes the run once
-    the limit is gone. (Marking the run failed is a write too: under the limit it stays `running`.)"""
+    the limit is gone. Marking the run failed is a write too, so under the limit the driver cannot; the next open
+    finds its driver gone and marks it interrupted, with the resume command (`htx show` prints it)."""
     import sqlite3
     import subprocess
     import sys
@@ -104,6 +105,10 @@ def test_a_store_that_cannot_be_written_is_a_clear_error_and_the_run_resumes(tmp
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     with Store(db) as store:
         run_id = store.latest_run_id()
+        run = store.get_run(run_id)
+    assert run["status"] == "interrupted" and f"htx run --resume {run_id}" in run["status_note"], run
+    shown = CliRunner().invoke(app, ["show", run_id, "--db", str(db)])
+    assert shown.exit_code == 0 and "status=interrupted" in shown.output and "stopped without marking the run" in shown.output
     res = CliRunner().invoke(app, ["run", "--resume", run_id, "--db", str(db), "--no-progress"])
     assert res.exit_code == 0, res.output
     with Store(db) as store:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -143,7 +144,7 @@ class Run:
             # an interrupted search is run again; failed trials only with --retry-failed
             done = {t for t, st in statuses.items() if st != "interrupted" and not (retry_failed and st == "failed")}
             self._record_died(run, specs, done)
-            self.store.update_run(resume, status="running", current_trial=None)
+            self.store.update_run(resume, status="running", current_trial=None, driver_pid=os.getpid(), host=platform.node())
         else:
             self.run_id = self.store.create_run(
                 self.cfg.name, self.cfg.model_dump(mode="json"), self.config_path, __version__, platform.node()

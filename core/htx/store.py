@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import sqlite3
 import time
 import uuid
@@ -21,6 +22,19 @@ from htx.axes import axis_names
 from htx.errors import HtxError
 
 SCHEMA_VERSION = 1
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except OSError:
+        return True
+    return True
+
 
 def schema() -> str:
     """The tables, with one ``trials`` column per axis of :data:`htx.axes.AXES`."""
@@ -40,7 +54,8 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at REAL NOT NULL,
     finished_at REAL,
     n_trials INTEGER NOT NULL DEFAULT 0,
-    current_trial TEXT               -- the trial an in-process serial run is running (crash marker)
+    current_trial TEXT,              -- the trial an in-process serial run is running (crash marker)
+    driver_pid INTEGER               -- the process driving a running run (on ``host``)
 );
 CREATE TABLE IF NOT EXISTS trials (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -192,8 +207,11 @@ class Store:
             for stmt in schema().split(";"):
                 if stmt.strip():
                     self.conn.execute(stmt)
-            if "current_trial" not in {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}:
+            run_cols = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+            if "current_trial" not in run_cols:
                 self.conn.execute("ALTER TABLE runs ADD COLUMN current_trial TEXT")  # a store from before it
+            if "driver_pid" not in run_cols:
+                self.conn.execute("ALTER TABLE runs ADD COLUMN driver_pid INTEGER")
             cols = {r[1] for r in self.conn.execute("PRAGMA table_info(trials)")}
             for name in axis_names():  # an axis added since this store was made
                 if name not in cols:
@@ -237,9 +255,9 @@ class Store:
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         with self._tx() as c:
             c.execute(
-                "INSERT INTO runs (run_id, name, config_path, config_json, status, htx_version, host, created_at) "
-                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
-                (run_id, name, config_path, json.dumps(config, sort_keys=True), htx_version, host, time.time()),
+                "INSERT INTO runs (run_id, name, config_path, config_json, status, htx_version, host, created_at, driver_pid) "
+                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                (run_id, name, config_path, json.dumps(config, sort_keys=True), htx_version, host, time.time(), os.getpid()),
             )
         return run_id
 
@@ -257,12 +275,32 @@ class Store:
             known = [r["run_id"] for r in self.list_runs()][:5]
             hint = f" Recent runs: {', '.join(known)}." if known else f" No runs in {self.path}; run `htx run CONFIG` first."
             raise HtxError(f"no run {run_id!r} in {self.path}.{hint}")
-        return dict(zip([d[0] for d in cur.description], row))
+        return self._settled(dict(zip([d[0] for d in cur.description], row)))
 
     def list_runs(self) -> list[dict[str, Any]]:
         cur = self.conn.execute("SELECT * FROM runs ORDER BY created_at DESC")
         cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        return [self._settled(dict(zip(cols, r))) for r in cur.fetchall()]
+
+    def _settled(self, run: dict[str, Any]) -> dict[str, Any]:
+        """A ``running`` run whose driver process is gone (on this host) is ``interrupted``: its driver stopped
+        without saying so (killed, or the store could not be written then). Marked so in the store where it
+        can be written; said in ``status_note`` either way."""
+        pid = run.get("driver_pid")
+        note = (f"its driver (pid {pid}) stopped without marking the run (killed, or the store could not be "
+                f"written); htx run --resume {run['run_id']} --db {self.path} continues it")
+        if run.get("status") == "interrupted" and pid and run.get("finished_at") is None:
+            run["status_note"] = note  # marked by an earlier open (a Ctrl-C marks finished_at)
+            return run
+        if run.get("status") != "running" or not pid or run.get("host") != platform.node() or _alive(int(pid)):
+            return run
+        run["status"], run["status_note"] = "interrupted", note
+        try:
+            with self._tx() as c:
+                c.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ? AND status = 'running'", (run["run_id"],))
+        except HtxError:
+            pass  # a read-only or full store: the note says it all the same
+        return run
 
     def latest_run_id(self) -> str | None:
         row = self.conn.execute("SELECT run_id FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()

@@ -38,6 +38,8 @@ def show(
     cfg = json.loads(run["config_json"])
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["created_at"]))
     o.print(f"[bold]run {run_id}[/bold]  {run['name']}  status={run['status']}  created {created}  host={run['host']}  htx {run['htx_version']}", highlight=False)
+    if run.get("status_note"):
+        o.print(f"[yellow]status {run['status']}: {run['status_note']}[/yellow]", highlight=False)
     o.print(f"config: {run['config_path'] or '(stored)'}", highlight=False)
     o.print(f"model: {run['model_source']} (hash {run['model_hash']})", highlight=False)
     o.print("axes: " + "; ".join(f"{a}: {', '.join(_entry(e) for e in cfg.get(a, []))}" for a in axis_names()), highlight=False)
