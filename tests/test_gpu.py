@@ -70,7 +70,7 @@ def test_compiled_torch_unit_on_cuda(setup):
     """compile: inductor: compiled once per assignment (cached), replayed as a CUDA graph, FP16 really run, and
     at least as close to FP32 as the eager per-op path (fusion keeps FP32 inside a kernel), within 3 dB."""
     inner, inputs = setup
-    cpu_ref = [t.detach() for t in inner(*inputs)]
+    cpu_ref = [t.detach() for t in inner.cpu()(*inputs)]  # an earlier test's prepare moved it to the GPU
     eager = TorchUnit(TorchUnit.Params(device="cuda"))
     comp = TorchUnit(TorchUnit.Params(device="cuda", compile="inductor"))
     assert comp.available() == (True, "") and comp.runtime == "torch:cuda:inductor"
