@@ -122,6 +122,13 @@ def test_a_run_a_search_and_the_exported_model(tmp_path):
     via_unit = prep.compute.compile(prep.prepared, found_assignment(prep, search))(*args)
     for a, b in zip(alone, via_unit):
         assert np.array_equal(a, b.numpy())
+    # the exported graph as "another tool's model" through htx's pipeline: the same worst-case SNR as the unit's
+    def alone_forward(*xs):
+        return tuple(torch.from_numpy(o) for o in sess.run(None, {i.name: x.numpy() for i, x in zip(sess.get_inputs(), xs)}))
+
+    other = session.evaluate_forward(spec, alone_forward)
+    own = session.evaluate(spec, found_assignment(prep, search))
+    assert other.snr_db == pytest.approx(own.snr_db, abs=1e-6) and other.snr_db >= 80
 
 
 def found_assignment(prep, search) -> Assignment:
