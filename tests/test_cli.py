@@ -44,3 +44,22 @@ def test_fixtures_list():
     assert res.exit_code == 0
     for name in ("silence", "sine_440", "white_noise"):
         assert name in res.output
+
+
+def test_show_prints_entry_keys_and_reasons_with_their_brackets(tmp_path):
+    """Entry keys (`torch[device='cuda']`) and reasons are data, not rich markup: `show` printed `torch` for both
+    compute entries of a grid (eager and compiled), so the failing rows could not be told apart."""
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("needs a machine without CUDA, so the cuda entries are unavailable")
+    cfg = write_config(tmp_path, compute=[{"torch": {"device": "cuda"}}, {"torch": {"device": "cuda", "compile": "inductor"}}])
+    db = tmp_path / "htx.sqlite"
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", str(cfg), "--no-progress"]).exit_code == 0
+    res = runner.invoke(app, ["show", "latest", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    assert "torch[device='cuda']" in res.output and "torch[compile='inductor',device='cuda']" in res.output, res.output
+    assert "compute torch[device=cuda] unavailable" in res.output

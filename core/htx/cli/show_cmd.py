@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from htx.axes import axis_names
 from htx.config import DEFAULT_DB
@@ -37,12 +38,12 @@ def show(
         trials = {t.trial_id: t for t in store.trials([run_id])}
     cfg = json.loads(run["config_json"])
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["created_at"]))
-    o.print(f"[bold]run {run_id}[/bold]  {run['name']}  status={run['status']}  created {created}  host={run['host']}  htx {run['htx_version']}", highlight=False)
+    o.print(f"[bold]run {escape(run_id)}[/bold]  {escape(str(run['name']))}  status={run['status']}  created {created}  host={run['host']}  htx {run['htx_version']}", highlight=False)
     if run.get("status_note"):
-        o.print(f"[yellow]status {run['status']}: {run['status_note']}[/yellow]", highlight=False)
-    o.print(f"config: {run['config_path'] or '(stored)'}", highlight=False)
-    o.print(f"model: {run['model_source']} (hash {run['model_hash']})", highlight=False)
-    o.print("axes: " + "; ".join(f"{a}: {', '.join(_entry(e) for e in cfg.get(a, []))}" for a in axis_names()), highlight=False)
+        o.print(f"[yellow]status {run['status']}: {escape(run['status_note'])}[/yellow]", highlight=False)
+    o.print(f"config: {run['config_path'] or '(stored)'}", highlight=False, markup=False)
+    o.print(f"model: {run['model_source']} (hash {run['model_hash']})", highlight=False, markup=False)
+    o.print("axes: " + "; ".join(f"{a}: {', '.join(_entry(e) for e in cfg.get(a, []))}" for a in axis_names()), highlight=False, markup=False)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -50,7 +51,8 @@ def show(
     for r in rows:
         if r["status"] != "ok":
             combo = " x ".join(str(r[a]) for a in (*axis_names(), "fixture"))
-            o.print(f"  [red]{r['status']}[/red] {r['trial']} {combo}: {r['reason']}", highlight=False)
+            # escaped: entry keys (torch[device='cuda']) and reasons hold brackets rich would read as markup
+            o.print(f"  [red]{r['status']}[/red] {r['trial']} {escape(combo)}: {escape(str(r['reason']))}", highlight=False)
     if trial is not None:
         show_trial(o, run_id, trials, trial)
         return
