@@ -105,5 +105,5 @@ def export(
     n_fp16 = len(assignment.fp16)
     n = sum(op.compute for op in target.ops)
     o.print(f"wrote {path} in {time.perf_counter() - t0:.1f} s: trial {trial_id} of run {run_id}, "
-            f"{target_spec.surgery.key()} on {target.compute.label}", highlight=False)
-    o.print(f"{n_fp16} of {n} compute ops in FP16, from {how}", highlight=False)
+            f"{target_spec.surgery.key()} on {target.compute.label}", highlight=False, markup=False)
+    o.print(f"{n_fp16} of {n} compute ops in FP16, from {how}", highlight=False, markup=False)

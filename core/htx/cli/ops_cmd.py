@@ -89,9 +89,9 @@ def ops(
                                "first_nonfinite": source_op["op"] if source_op else None, "ops": shown}, indent=1))
         return
     o = out()
-    o.print(f"trial {trial_id} of run {run_id}: {trial_label(rec)}", highlight=False)
+    o.print(f"trial {trial_id} of run {run_id}: {trial_label(rec)}", highlight=False, markup=False)
     o.print(f"recorded on {prep.compute.runtime} with the assignment from {source}: "
-            f"{len(assignment.fp16)} of {sum(op.compute for op in prep.ops)} compute ops in FP16", highlight=False)
+            f"{len(assignment.fp16)} of {sum(op.compute for op in prep.ops)} compute ops in FP16", highlight=False, markup=False)
     table = Table(show_lines=False)
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("op", "left"), ("module", "left"), ("type", "left"), ("dtype", "left"), ("max |x|", "right"), ("NaN", "right"),
