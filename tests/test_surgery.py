@@ -386,7 +386,7 @@ def test_path_model_checked_by_runner_before_any_trial(registry, tmp_path):
 
 @pytest.mark.slow
 def test_parity_full_size_all_variants(registry):
-    """The default (full-size, 26.9 M parameters) HTDemucs: every variant against one original forward on one
+    """The default (full-size, 26.9 M parameters) HTDemucs: every exact variant against one original forward on one
     10 s segment (full-hybrid's small-model checks are in test_parity.py)."""
     model = random_htdemucs(0)
     assert sum(p.numel() for p in model.parameters()) > 26_000_000
@@ -398,7 +398,5 @@ def test_parity_full_size_all_variants(registry):
         ok, max_diff = _within(out, ref)
         assert ok, f"{name}: max abs diff {max_diff:.3e}"
         print(f"{name}: full-size max abs diff {max_diff:.3e}")
-    out, _ = _pipeline(_surgery(registry, "time-only"), model, mix)
-    snr = _snr(out, ref)
-    print(f"time-only: full-size SNR vs the hybrid output {snr:.1f} dB")
-    assert torch.isfinite(out).all() and snr > 0
+    # time-only (not exact: it drops the spectral branch) is checked on the small model (test_time_only_*);
+    # at full size it only added one more full-size forward.
