@@ -88,6 +88,10 @@ def test_the_plots_show_what_the_store_holds(report_run):
     # no title, label or legend of any plot falls outside its figure (matplotlib's renderer measures them)
     assert rep.layout_problems == []
     html_text = rep.path.read_text()
+    # the summary keeps the columns that differ; one surgery, one STFT, one unit are said once above it
+    summary_html = html_text.split("<h2>Summary")[1].split("<h2>")[0]
+    assert "In every row: surgery <code>full-hybrid</code>" in summary_html
+    assert "<th>surgery</th>" not in summary_html and "<th>precision</th>" in summary_html
     assert "<th>#</th><th>combination</th>" in html_text  # the numbered points, listed under the plot
     # the map is the search answer's, one cell per compute op, and its FP32 ops are drawn red
     search = [t for t in trials if t.info.get("search")]

@@ -135,7 +135,12 @@ def build_report(store: Store, run_id: str, out_dir: Path, trial_id: str | None 
             ("snr_db", "worst SNR dB"), ("pass", "pass"), ("sdr_delta_db", "mean ΔSDR dB"), ("fp16_op_fraction", "FP16 share"),
             ("partitions", "partitions"), ("model_ms", "model ms" + (" (emulated rows: emulator time)" if emulated else "")),
             ("evaluations", "evaluations")]
-    sections.append("<h2>Summary (one row per combination)</h2>" + _table(summary, cols))
+    # descriptive columns that hold one value in every row go above the table, so the table fits the page
+    same = [(k, h) for k, h in cols[: len(axis_names()) + 3] if len(summary) > 1 and len({str(r.get(k)) for r in summary}) == 1]
+    shown = [c for c in cols if c not in same]
+    common = ("<p>In every row: " + "; ".join(f"{html.escape(h)} <code>{html.escape(str(summary[0].get(k)))}</code>"
+                                             for k, h in same) + ".</p>") if same else ""
+    sections.append("<h2>Summary (one row per combination)</h2>" + common + _table(summary, shown))
 
     # precision map ----------------------------------------------------------------------------------
     chosen = next((t for t in trials if t.trial_id == trial_id), None) if trial_id else choose_map_trial(trials, by_trial)
