@@ -52,6 +52,20 @@ def tiny_inner(batch: int = 1):
     return FullHybrid().build(model), (spec_to_cac(TorchSTFT().stft(mix)), mix)
 
 
+def hide_module(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+    """Make ``import module`` fail as if the package were not installed (an optional extra left out)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def importer(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == module:
+            raise ImportError(f"No module named '{module}'", name=module)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", importer)
+
+
 def write_config(tmp_path: Path, name: str = "cfg.yaml", **overrides: Any) -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(make_config(tmp_path, **overrides), sort_keys=False))

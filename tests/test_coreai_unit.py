@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_config, tiny_inner
+from conftest import hide_module, make_config, tiny_inner
 from htx.api import Assignment, key_mismatches, load_registry, parse_config
 from htx.cli import app
 from htx.run import Run
@@ -84,16 +84,7 @@ def test_htx_export_of_a_torch_trial_as_aimodel(tmp_path):
 
 
 def test_unavailable_without_the_extra(monkeypatch):
-    import builtins
-
-    real = builtins.__import__
-
-    def no_coreai(name, *args, **kwargs):
-        if name == "coreai_torch":
-            raise ImportError("No module named 'coreai_torch'", name="coreai_torch")
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_coreai)
+    hide_module(monkeypatch, "coreai_torch")
     ok, why = CoreAIUnit().available()
     assert not ok and why.startswith("Core AI needs Python >= 3.11 and pip install 'htx[coreai]'")
 

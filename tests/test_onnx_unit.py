@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_config, tiny_inner
+from conftest import hide_module, make_config, tiny_inner
 from htx.api import Assignment, key_mismatches, load_registry, parse_config
 from htx.cli import app
 from htx.run import Run
@@ -143,16 +143,7 @@ def test_unavailable_provider_and_missing_extra(tmp_path, monkeypatch):
         run.execute()
         (t,) = store.trials([run.run_id])
     assert t.status == "unavailable" and "TensorrtExecutionProvider is not in this onnxruntime" in t.reason
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_onnx(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError("No module named 'onnxruntime'", name="onnxruntime")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    hide_module(monkeypatch, "onnxruntime")
     ok, why = OnnxUnit().available()
     assert not ok and "pip install 'htx[onnx]'" in why
 
