@@ -135,7 +135,7 @@ def overlapping(fig: Any, texts: list[Any]) -> list[tuple[str, str]]:
     return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[:i] if ba.overlaps(bb)]
 
 
-def _declutter(fig: Any, texts: list[Any], step_px: float = 3.0, tries: int = 40) -> None:
+def _declutter(fig: Any, texts: list[Any], step_px: float = 6.0, tries: int = 40) -> None:
     """Nudge point labels apart: each label (top to bottom) that overlaps one already placed moves down, then up,
     in small steps until it sits clear; measured with matplotlib's renderer, so long labels are handled too."""
     if not texts:
@@ -148,7 +148,7 @@ def _declutter(fig: Any, texts: list[Any], step_px: float = 3.0, tries: int = 40
         x0, y0 = text.xyann
         for k in range(tries + 1):
             shift = (k + 1) // 2 * step_px * (-1 if k % 2 else 1) if k else 0.0
-            text.xyann = (x0, y0 + shift * points_per_px * 2)
+            text.xyann = (x0, y0 + shift * points_per_px)
             box = text.get_window_extent(renderer)
             if not any(box.overlaps(p) for p in placed):
                 break

@@ -23,14 +23,13 @@ from htx.errors import HtxError
 
 SCHEMA_VERSION = 1
 
+
 def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host."""
+    """Whether a process ``pid`` exists on this host (another user's process counts: signal 0 is refused)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # someone else's process
     except OSError:
         return True
     return True
