@@ -52,8 +52,27 @@ def demucs_spec(x: torch.Tensor, n_fft: int = 4096, dtype: torch.dtype = torch.f
     return z.reshape(*other, z.shape[-2], z.shape[-1])
 
 
-def demucs_ispec(z: torch.Tensor, length: int, n_fft: int = 4096) -> torch.Tensor:
-    """``HTDemucs._ispec``: complex ``[..., n_fft // 2, T]`` -> ``[..., length]``."""
+def istft_fold(z: torch.Tensor, n_fft: int, hop: int, length: int) -> torch.Tensor:
+    """``torch.istft(z, n_fft, hop, window=hann, normalized=True, center=True, length=length)`` for complex
+    ``[N, n_fft // 2 + 1, T]`` without its data-dependent checks (the window-envelope test reads a value back
+    from the device), so that it traces into a graph: inverse real FFT, window, overlap-add (``fold``), divided
+    by the summed squared window. Matches ``torch.istft`` to float rounding."""
+    frames = z.shape[-1]
+    window = torch.hann_window(n_fft, dtype=z.real.dtype, device=z.device)
+    y = torch.fft.irfft(z.transpose(1, 2), n=n_fft, dim=-1, norm="ortho") * window  # [N, T, n_fft]
+    out_len = (frames - 1) * hop + n_fft
+
+    def overlap_add(x: torch.Tensor) -> torch.Tensor:  # [M, T, n_fft] -> [M, out_len]
+        return F.fold(x.transpose(1, 2), (1, out_len), (1, n_fft), stride=(1, hop)).reshape(x.shape[0], out_len)
+
+    envelope = overlap_add(window.pow(2).expand(1, frames, n_fft))
+    start = n_fft // 2
+    return overlap_add(y)[:, start: start + length] / envelope[:, start: start + length]
+
+
+def demucs_ispec(z: torch.Tensor, length: int, n_fft: int = 4096, traceable: bool = False) -> torch.Tensor:
+    """``HTDemucs._ispec``: complex ``[..., n_fft // 2, T]`` -> ``[..., length]``. ``traceable``: the inverse
+    is :func:`istft_fold` (no device read-back, so a compiled graph can hold it) instead of ``torch.istft``."""
     hop = hop_length(n_fft)
     *other, freqs, frames = z.shape
     z = z.reshape(-1, freqs, frames)
@@ -67,6 +86,8 @@ def demucs_ispec(z: torch.Tensor, length: int, n_fft: int = 4096) -> torch.Tenso
     pad = hop // 2 * 3
     le = hop * int(math.ceil(length / hop)) + 2 * pad
     real_dtype = z.real.dtype
+    if traceable:
+        return istft_fold(z, n_fft, hop, le)[..., pad: pad + length].reshape(*other, length)
     x = torch.istft(
         z, n_fft, hop, window=torch.hann_window(n_fft, dtype=real_dtype, device=z.device), win_length=n_fft,
         normalized=True, length=le, center=True,

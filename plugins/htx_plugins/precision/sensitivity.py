@@ -157,8 +157,9 @@ class _Search:
         self.groups: list[_Node] | None = None  # first-order: op groups with calibrated per-fixture powers
         self.group_powers: dict[str, dict[str, float]] = {}
         self.merged: dict[str, int] | None = None  # what partition merging did to the answer
-        self.removed_in_group = 0  # members the minimize pass removed in one evaluation (trust_estimate_db)
+        self.removed_in_group = 0  # members the minimize pass removed in one evaluation (on the estimate)
         self.estimate_scale: float | None = None  # measured / predicted noise of the set minimized (trust_estimate_db)
+        self.trimmed = 0  # ops returned to FP16 from the ends of FP32 regions
 
     @property
     def evaluations(self) -> int:
@@ -295,10 +296,16 @@ class _Search:
         fp32 = {op.name for n in taken for op in n.ops}
         if self.passes(all_names - fp32, "verify"):
             status = "verified"
-        else:  # repair: binary search along the ranking for the shortest prefix of `rest` to add
-            lo, hi = 0, len(rest)
-            if not self.passes(frozenset(), "all-fp32"):
-                return frozenset(), False, "unreachable: even all-FP32 fails"
+        else:  # repair: the shortest prefix of `rest` to add, galloping (1, 2, 4, ...) then binary search
+            lo, hi = 0, 1
+            while True:
+                hi = min(hi, len(rest))
+                extra = {op.name for n in rest[:hi] for op in n.ops}
+                if self.passes(all_names - fp32 - extra, "repair" if hi < len(rest) else "all-fp32"):
+                    break
+                if hi == len(rest):
+                    return frozenset(), False, "unreachable: even all-FP32 fails"
+                lo, hi = hi, hi * 2
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 extra = {op.name for n in rest[:mid] for op in n.ops}
@@ -311,29 +318,26 @@ class _Search:
             if not self.passes(all_names - fp32, "verify"):
                 return all_names - fp32, False, "repair did not pass"
         self.selected = len(fp32)
+        if minimize and self.p.cost != "fp32_ops" and self.p.hop_ops > 0:
+            weight = {op.name: n.power for n in taken + rest for op in n.ops}
+            return self.minimize_regions(all_names, fp32, weight, status)
         if minimize:
             weight = {op.name: n.power for n in taken + rest for op in n.ops}
+            fp32 = self._remove_by_estimate(all_names, fp32, weight)  # a few group evaluations
             order = sorted(fp32, key=lambda name: (weight.get(name, 0.0), -self._cost_drop(fp32, name)))
             bar = self._bar_power()
             trust = self.p.trust_estimate_db if self.groups is not None and bar is not None else None
+            scale = self.estimate_scale or 1.0
             kept = 0
-            if trust is not None:
-                # Recalibrate at the set being minimized: noise is not quite additive, so the all-FP16 calibration
-                # can be off by several dB near a high bar; the measured noise of this set scales the estimates.
-                fp16_now = all_names - fp32
-                predicted = sum(n.power for n in taken + rest if all(op.name in fp16_now for op in n.ops))
-                if predicted > 0 and math.isfinite(predicted) and self._noise(fp16_now) > 0:
-                    self.estimate_scale = self._noise(fp16_now) / predicted
-                    weight = {k: v * self.estimate_scale for k, v in weight.items()}
-                # remove, in one evaluation, the lightest members the estimates say are unneeded
-                fp32, order = self._remove_group(all_names, fp32, order, weight, bar, trust)
             for name in order:  # lightest first; each try is one evaluation
-                if trust is not None and self._noise(all_names - fp32) + weight.get(name, 0.0) > bar * 10 ** (trust / 10):
+                if trust is not None and self._noise(all_names - fp32) + weight.get(name, 0.0) * scale > bar * 10 ** (trust / 10):
                     kept += 1  # its removal is predicted to miss the bar by more than `trust` dB: not tried
                     continue
                 trial = fp32 - {name}
                 if self.passes(all_names - trial, "minimize"):
                     fp32 = trial
+            if self.removed_in_group:
+                status += f", {self.removed_in_group} members removed in one group evaluation on the estimate"
             if kept:
                 status += (f", minimal on the estimate: {kept} of {len(fp32)} members kept on the estimate alone "
                            f"(removal predicted to miss the bar by > {trust:g} dB), the rest checked")
@@ -351,23 +355,6 @@ class _Search:
         m = self.cached(fp16)
         snr = None if m is None else m.snr_db
         return 0.0 if snr is None else (math.inf if not math.isfinite(snr) and snr < 0 else 10 ** (-snr / 10))
-
-    def _remove_group(self, all_names: frozenset[str], fp32: set[str], order: list[str], weight: dict[str, float],
-                      bar: float, trust: float) -> tuple[set[str], list[str]]:
-        """One evaluation for the lightest members whose summed estimate keeps the predicted noise ``trust`` dB
-        under the bar; if that set passes they all go, else nothing does (each is then tried alone)."""
-        room = (bar - self._noise(all_names - fp32)) * 10 ** (-trust / 10)
-        group: list[str] = []
-        total = 0.0
-        for name in order:
-            if total + weight.get(name, 0.0) > room:
-                break
-            group.append(name)
-            total += weight.get(name, 0.0)
-        if len(group) >= 2 and self.passes(all_names - (fp32 - set(group)), "minimize-group"):
-            self.removed_in_group = len(group)
-            return fp32 - set(group), [n for n in order if n not in group]
-        return fp32, order
 
     def merge(self, fp16: frozenset[str], status: str) -> tuple[frozenset[str], bool, str]:
         """``cost: partitions | latency``: fill short FP16 gaps between FP32 islands (fewer Neural Engine <-> CPU
@@ -388,6 +375,109 @@ class _Search:
                 return fp16, True, status + f"; merging ({what}) measured no faster ({t1:.2f} vs {t0:.2f} ms), kept unmerged"
         self.merged = {"gaps": gaps, "partitions_before": before, "partitions_after": after, "fp32_ops_added": filled}
         return merged, True, status.replace(", 1-minimal (checked)", ", 1-minimal (checked) before merging") + f"; then {what} (verified)"
+
+    def minimize_regions(self, all_names: frozenset[str], fp32: set[str], weight: dict[str, float],
+                         status: str) -> tuple[frozenset[str], bool, str]:
+        """``cost: partitions | latency``: minimize regions, not ops. Remove the members the estimates say are
+        unneeded in a few group evaluations, fill the short FP16 gaps (:func:`merge_gaps`), then try to return
+        each FP32 region to FP16 whole, lightest first (one evaluation each)."""
+        order = [op.name for op in self.ctx.ops if op.compute]
+        fp32 = self._remove_by_estimate(all_names, fp32, weight)
+        fp16 = all_names - fp32
+        before = self.cost_partitions(fp16)
+        merged, filled, gaps = merge_gaps(order, fp16, self.p.hop_ops)
+        notes = []
+        if filled:
+            what = f"{gaps} FP16 gaps filled: partitions {before} -> {self.cost_partitions(merged)}, +{filled} FP32 ops"
+            if not self.passes(merged, "merge"):
+                notes.append(f"merging ({what}) failed verification, kept unmerged")
+            elif self.p.cost == "latency" and not self._faster(merged, fp16):
+                notes.append(f"merging ({what}) measured no faster, kept unmerged")
+            else:
+                fp16 = merged
+                notes.append(what)
+        dropped = 0
+        for region in sorted(fp32_regions(order, fp16), key=lambda r: sum(weight.get(n, 0.0) for n in r)):
+            trial = fp16 | frozenset(region)
+            if self.passes(trial, "minimize-region"):
+                fp16, dropped = trial, dropped + 1
+        trimmed = self._trim_edges(order, fp16, weight)
+        fp16 = fp16 | trimmed
+        after = self.cost_partitions(fp16)
+        self.merged = {"gaps": gaps, "partitions_before": before, "partitions_after": after,
+                       "fp32_ops_added": filled, "regions_dropped": dropped, "ops_trimmed": len(trimmed)} if filled else None
+        if self.removed_in_group:
+            status += f", {self.removed_in_group} members removed in one group evaluation on the estimate"
+        status += "; " + "; ".join(notes + [
+            f"{dropped} FP32 regions returned to FP16, {len(trimmed)} ops from region ends; region-minimal (checked): "
+            f"no FP32 region of the answer can return to FP16 whole"])
+        return fp16, True, status
+
+    def _trim_edges(self, order: list[str], fp16: frozenset[str], weight: dict[str, float]) -> frozenset[str]:
+        """Return ops at the ends of FP32 regions to FP16 (fewer FP32 ops, same partitions): from each end, 1, 2,
+        4, ... ops at a time while the removal passes, tried only where the estimates (recalibrated at the
+        current set) predict it stays under the bar. An end at the program's first or last op stays (its
+        removal would add a partition). Returns the ops returned to FP16."""
+        bar = self._bar_power()
+        out: set[str] = set()
+        first, last = order[0], order[-1]
+        for region in fp32_regions(order, fp16):
+            for side in (region, region[::-1]):
+                if side[0] in (first, last):
+                    continue
+                k, at = 1, 0
+                while at + k < len(side) and not out.issuperset(side[at:at + k]):
+                    chunk = [n for n in side[at:at + k] if n not in out]
+                    trial = fp16 | out | frozenset(chunk)
+                    if bar is not None and self.groups is not None:
+                        now = fp16 | out
+                        if self._predicted(trial, now) > bar:
+                            break
+                    if not self.passes(trial, "minimize-edge"):
+                        break
+                    out |= set(chunk)
+                    at, k = at + k, k * 2
+        self.trimmed = len(out)
+        return frozenset(out)
+
+    def _predicted(self, trial: frozenset[str], now: frozenset[str]) -> float:
+        """Noise of ``trial`` predicted from the measured noise of ``now`` plus the estimates of the ops added."""
+        added = sum(n.power for n in self.groups or [] if all(op.name in trial for op in n.ops)
+                    and not all(op.name in now for op in n.ops))
+        return self._noise(now) + added * (self.estimate_scale or 1.0)
+
+    def _faster(self, a: frozenset[str], b: frozenset[str]) -> bool:
+        t0, t1 = ((self.cached(x) or {}).get("model_ms") for x in (b, a))
+        return t0 is None or t1 is None or t1 < t0
+
+    def _remove_by_estimate(self, all_names: frozenset[str], fp32: set[str], weight: dict[str, float]) -> set[str]:
+        """Remove, in one evaluation, the lightest members whose summed estimate (recalibrated at this set) fits
+        under the bar; on failure halve the group (at most 4 tries). Needs gradients and an SNR bar."""
+        bar = self._bar_power()
+        if self.groups is None or bar is None:
+            return fp32
+        fp16_now = all_names - fp32
+        noise = self._noise(fp16_now)
+        predicted = sum(n.power for n in self.groups if all(op.name in fp16_now for op in n.ops))
+        scale = noise / predicted if predicted > 0 and math.isfinite(predicted) and noise > 0 else 1.0
+        self.estimate_scale = scale
+        room = bar - noise
+        group: list[str] = []
+        total = 0.0
+        for name in sorted(fp32, key=lambda n: weight.get(n, 0.0)):
+            w = weight.get(name, 0.0) * scale
+            if not math.isfinite(w) or total + w > room:
+                break
+            group.append(name)
+            total += w
+        for _ in range(4):
+            if len(group) < 2:
+                break
+            if self.passes(all_names - (fp32 - set(group)), "minimize-group"):
+                self.removed_in_group = len(group)
+                return fp32 - set(group)
+            group = group[: len(group) // 2]
+        return fp32
 
     def cost_partitions(self, fp16: frozenset[str]) -> int:
         return placement_runs(self.ctx.ops, Assignment(fp16))["partitions"]
@@ -421,6 +511,20 @@ def merge_gaps(order: list[str], fp16: frozenset[str], hop_ops: float) -> tuple[
         low -= set(best[1])
         filled += len(best[1])
         gaps += 1
+
+
+def fp32_regions(order: list[str], fp16: frozenset[str]) -> list[list[str]]:
+    """The maximal runs of FP32 ops in execution ``order``."""
+    regions: list[list[str]] = []
+    prev = True
+    for name in order:
+        low = name in fp16
+        if not low:
+            if prev:
+                regions.append([])
+            regions[-1].append(name)
+        prev = low
+    return regions
 
 
 def _budget(criterion: Criterion, targets: Any, margin_db: float) -> float:
