@@ -37,6 +37,42 @@ def test_a_compiled_trial_is_within_fp16_noise_of_the_eager_one(tmp_path):
     assert compiled.metrics["compile_s"] > 0 and "compile_s" not in eager.metrics
     assert compiled.metrics["snr_db"] > eager.metrics["snr_db"] - 3, (compiled.metrics["snr_db"], eager.metrics["snr_db"])
     assert compiled.metrics["snr_db"] < 100 and compiled.metrics["model_ms"] > 0
+    # the torch STFT runs inside the compiled graph: one model stage covers STFT, model and iSTFT
+    assert compiled.metrics["segment_graph"] == 1 and "stft_ms" not in compiled.metrics
+    assert "segment_graph" not in eager.metrics and eager.metrics["stft_ms"] > 0
+
+
+class _Segment(TorchUnit):
+    """The torch unit that takes the whole segment path like a compiled unit, but runs it eagerly (no compile:
+    the wiring and the in-graph STFT's numerics, at eager cost)."""
+
+    name = "segment-torch"
+    wrapped: list[str] = []
+
+    def compile_segment(self, prepared, assignment, wrap):
+        type(self).wrapped.append(str(getattr(wrap, "key", None)))
+        return wrap(self.search_forward(prepared, assignment))
+
+
+def test_the_segment_path_takes_the_in_graph_stft_and_matches_the_staged_pipeline(tmp_path):
+    """With the torch STFT the unit gets the whole segment (its in-graph STFT and overlap-add iSTFT); the numpy
+    STFT offers no in-graph form, so its trial runs the stages around the model forward. Same assignment: the
+    two rows agree to float rounding."""
+    _Segment.wrapped = []
+    plugin = module_plugin("segment", htx_register_compute_units=lambda register: register(_Segment))
+    reg = load_registry(extra_plugins=(plugin,))
+    data = make_config(tmp_path, compute=[{"segment-torch": {"device": "cpu"}}], stft=["torch", "numpy"],
+                       fixtures=[{"white_noise": {"duration": 0.5}}], precision=["all-fp16"])
+    cfg = parse_config(data, registry=reg)
+    with Store(cfg.store.path) as store:
+        run_id = Run(cfg, reg, store).execute()
+        trials = {t.stft: t for t in store.trials([run_id])}
+    assert _Segment.wrapped == ["torch"]
+    fused, staged = trials["torch"], trials["numpy"]
+    assert fused.status == staged.status == "ok", (fused.reason, staged.reason)
+    assert fused.metrics["segment_graph"] == 1 and "stft_ms" not in fused.metrics
+    assert "segment_graph" not in staged.metrics and staged.metrics["istft_ms"] > 0
+    assert abs(fused.metrics["snr_db"] - staged.metrics["snr_db"]) < 0.5, (fused.metrics["snr_db"], staged.metrics["snr_db"])
 
 
 class _Counting(TorchUnit):

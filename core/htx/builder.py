@@ -164,12 +164,20 @@ class TrialBuilder:
                  search: bool = False) -> Pipeline:
         """The segment pipeline of ``prep`` under ``assignment`` (``None``: not compiled, for recording);
         ``search``: the unit's fast-to-rebuild forward (``search_forward``) that a search evaluates with."""
-        method = "search_forward" if search else "compile"
-        forward = call_plugin(prep.compute, method, prep.prepared, assignment) if assignment is not None else None
-        return Pipeline(
-            prep.inner, forward, stft, self.workspace.model.model.nfft, prep.compute.device,
+        pipe = Pipeline(
+            prep.inner, None, stft, self.workspace.model.model.nfft, prep.compute.device,
             sync=prep.compute.synchronize, needs_stft=prep.surgery.needs_stft,
         )
+        if assignment is None:
+            return pipe
+        if not search:  # a unit that compiles graphs may take the whole segment path, STFT and iSTFT included
+            in_graph = call_plugin(stft, "in_graph", check=_check_in_graph) if stft is not None else None
+            if in_graph is not None or not prep.surgery.needs_stft:
+                pipe.segment = call_plugin(prep.compute, "compile_segment", prep.prepared, assignment,
+                                           pipe.segment_wrapper(in_graph), check=_check_callable)
+        if pipe.segment is None:
+            pipe.forward = call_plugin(prep.compute, "search_forward" if search else "compile", prep.prepared, assignment)
+        return pipe
 
     def pipeline_for(self, spec: TrialSpec) -> tuple[Pipeline, Prepared, AssignmentInfo]:
         """The pipeline one trial of ``spec`` runs (prepared model, assignment, STFT backend)."""
@@ -244,6 +252,20 @@ def _check_inner(value: Any, where: str) -> InnerModel:
     if not isinstance(value, InnerModel):
         raise PluginError(f"{where} returned {type(value).__name__}, expected an htx InnerModel (an nn.Module subclass of it)")
     return value
+
+
+
+def _check_in_graph(value: Any, where: str) -> Any:
+    """``STFTBackend.in_graph`` returns None or a pair of callables."""
+    if value is None or (isinstance(value, tuple) and len(value) == 2 and all(callable(f) for f in value)):
+        return value
+    raise PluginError(f"{where} returned {type(value).__name__}, expected None or a (stft, istft) pair of callables")
+
+
+def _check_callable(value: Any, where: str) -> Any:
+    if value is None or callable(value):
+        return value
+    raise PluginError(f"{where} returned {type(value).__name__}, expected a callable or None")
 
 
 __all__ = ["AssignmentInfo", "Prepared", "TrialBuilder"]

@@ -50,6 +50,37 @@ class Pipeline:
         self.sync = sync
         self.needs_stft = needs_stft
         self.times = StageTimes()
+        #: one compiled callable for the whole segment path (``mix -> stems``), when the compute unit compiled
+        #: one (:meth:`htx.api.ComputeUnit.compile_segment`): the STFT and iSTFT then run inside its graph and
+        #: the ``model`` stage time covers all three
+        self.segment: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def compile_s(self) -> float | None:
+        """Seconds spent compiling the forward or segment graph so far; None when neither is compiled."""
+        values = [getattr(f, "compile_s", None) for f in (self.forward, self.segment)]
+        numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return sum(numbers) if numbers else None
+
+    def segment_wrapper(
+        self, in_graph: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] | None,
+    ) -> Callable[[Callable[..., Any]], Callable[[torch.Tensor], torch.Tensor]]:
+        """``wrap(forward)``: the segment path around a model forward, ``mix [B, C, L] -> stems [B, S, C, L]``,
+        with the STFT backend's in-graph ``(stft, istft)`` (:meth:`htx.api.STFTBackend.in_graph`), for a unit
+        that traces it whole. ``in_graph`` may be None only for a surgery that needs no STFT."""
+        if in_graph is None and self.needs_stft:
+            raise HtxError("a segment graph of a surgery that needs an STFT needs the backend's in-graph STFT")
+
+        def wrap(forward: Callable[..., Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+            def segment(mix: torch.Tensor) -> torch.Tensor:
+                spec = spec_to_cac(in_graph[0](mix, self.n_fft)) if in_graph is not None else None
+                args, ctx = self.inner.host_pre(spec, mix)
+                outs = forward(*args)
+                return self.waveform(tuple(outs), ctx, mix.shape[-1], istft=None if in_graph is None else in_graph[1])
+            return segment
+
+        wrap.key = None if in_graph is None or self.stft is None else self.stft.label  # type: ignore[attr-defined]
+        return wrap
 
     def reset_times(self) -> None:
         self.times = StageTimes()
@@ -85,6 +116,11 @@ class Pipeline:
 
     def __call__(self, mix: torch.Tensor) -> torch.Tensor:
         length = mix.shape[-1]
+        segment = self.segment
+        if segment is not None:
+            mix = mix.to(self.device, torch.float32)
+            with torch.no_grad():
+                return self._timed(self.times.model, lambda: segment(mix)).float()
         forward = self.forward
         if forward is None:
             raise HtxError("this pipeline was built for recording (no assignment compiled); it cannot run")

@@ -96,6 +96,15 @@ class ComputeUnit(Plugin):
         measures the answer runs ``compile``. Same numerics contract as ``compile``; default: ``compile``."""
         return self.compile(prepared, assignment)
 
+    def compile_segment(self, prepared: Any, assignment: Assignment,
+                        wrap: Callable[[Forward], Callable[[torch.Tensor], torch.Tensor]]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Optional: one compiled callable for a whole segment batch, ``mix [B, C, L] -> stems [B, S, C, L]``.
+        ``wrap(forward)`` is the segment path around this unit's model forward (the STFT backend's in-graph STFT,
+        the surgery's host steps, the forward, the iSTFT); a unit that compiles graphs traces it whole, so the
+        STFT and iSTFT run inside the graph. ``None`` (default): the pipeline runs the stages around
+        ``compile``'s forward. Same numerics contract as ``compile``."""
+        return None
+
     def record(self, prepared: Any, assignment: Assignment, inputs: tuple[torch.Tensor, ...]) -> dict[str, OpStats]:
         raise NotImplementedError(f"compute unit {self.name!r} cannot record per-op statistics")
 

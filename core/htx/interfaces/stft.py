@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 
 import torch
 
@@ -60,6 +61,13 @@ class STFTBackend(Plugin):
     kind = "stft"
     #: True when the backend reproduces a platform library it cannot call here (results say so).
     emulated: bool = False
+
+    def in_graph(self) -> tuple[Callable[[torch.Tensor, int], torch.Tensor], Callable[[torch.Tensor, int, int], torch.Tensor]] | None:
+        """Optional: ``(stft, istft)`` in plain torch ops with no read-back from the device (no input checks,
+        no data-dependent branches), same signatures and numerics as :meth:`stft` / :meth:`istft`, so that a
+        compiled compute unit can trace them into one graph with the model
+        (:meth:`htx.api.ComputeUnit.compile_segment`). ``None`` (default): they run outside the model's graph."""
+        return None
 
     @abstractmethod
     def stft(self, x: torch.Tensor, n_fft: int = 4096) -> torch.Tensor:

@@ -433,9 +433,10 @@ class _Compiled:
     total time spent tracing and compiling (first call per shape), kept out of any latency.
     """
 
-    def __init__(self, eager: Any, graphs: bool) -> None:
+    def __init__(self, eager: Any, graphs: bool, device: torch.device, tf32: bool) -> None:
         self.eager = eager
         self.graphs = graphs
+        self.device, self.tf32 = device, tf32
         self.by_shape: dict[tuple, Any] = {}
         self.compile_s = 0.0
 
@@ -447,15 +448,15 @@ class _Compiled:
         t0 = time.perf_counter()
         with torch.no_grad():
             self.eager(*inputs)  # fills the weight and host-copy caches outside the trace
-            with tf32_allowed(self.eager.device, self.eager.tf32):
+            with tf32_allowed(self.device, self.tf32):
                 gm = make_fx(self.eager)(*inputs)
         gm.graph.eliminate_dead_code()  # host-side constant building whose device copy is cached
         gm.recompile()
         compiled = torch.compile(gm, backend="inductor", fullgraph=True, dynamic=False)
-        tf32 = self.eager.tf32
+        tf32, device = self.tf32, self.device
 
         def run(*args: torch.Tensor) -> Any:
-            with torch.no_grad(), tf32_allowed(self.eager.device, tf32):
+            with torch.no_grad(), tf32_allowed(device, tf32):
                 return compiled(*args)
 
         fn: Any = _Graphed(run) if self.graphs else run
@@ -570,11 +571,24 @@ class TorchUnit(ComputeUnit):
         else the eager per-op dispatch (a CUDA graph of it on CUDA)."""
         if self.params.compile == "off":
             return self.search_forward(prepared, assignment)
-        key = (id(prepared), frozenset(assignment.fp16))
+        return self._cached_compile(prepared, assignment, None)
+
+    def compile_segment(self, prepared: Prepared, assignment: Assignment, wrap: Any) -> Any:
+        """With ``compile: inductor``: the whole segment path (``wrap`` of the assignment's eager forward: STFT,
+        host steps, model, iSTFT) traced and compiled as one graph, cached like :meth:`compile`."""
+        if self.params.compile == "off":
+            return None
+        return self._cached_compile(prepared, assignment, wrap)
+
+    def _cached_compile(self, prepared: Prepared, assignment: Assignment, wrap: Any) -> _Compiled:
+        """The compiled forward (``wrap`` None) or segment path of ``assignment``, kept per assignment (the last
+        few): a grid's trials of one assignment (fixtures, STFT backends) compile once."""
+        key = (id(prepared), frozenset(assignment.fp16), None if wrap is None else getattr(wrap, "key", id(wrap)))
         cached = self._compiled.pop(key, None)
         if cached is None:
-            cached = _Compiled(self._eager(prepared, assignment, host_copies=self.device.type == "cuda"),
-                               graphs=self.device.type == "cuda" and self.params.cuda_graphs)
+            eager = self._eager(prepared, assignment, host_copies=self.device.type == "cuda")
+            cached = _Compiled(eager if wrap is None else wrap(eager), self.device.type == "cuda" and self.params.cuda_graphs,
+                               self.device, self.params.tf32)
         self._compiled[key] = cached
         while len(self._compiled) > _COMPILED_KEPT:
             self._compiled.pop(next(iter(self._compiled)))
@@ -613,8 +627,6 @@ class TorchUnit(ComputeUnit):
                 out = inner(*inputs)
             return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.dtype == low else t, out)
 
-        forward.tf32 = tf32  # type: ignore[attr-defined]
-        forward.device = dev  # type: ignore[attr-defined]
         return forward
 
     def fp16_noise(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -38,6 +39,20 @@ class TorchSTFT(STFTBackend):
 
     name = "torch"
     Params = TorchSTFTParams
+
+    def in_graph(self) -> tuple[Callable[[torch.Tensor, int], torch.Tensor], Callable[[torch.Tensor, int, int], torch.Tensor]]:
+        """The same STFT without the input checks, and the iSTFT as an explicit overlap-add (``torch.istft``
+        reads its window envelope back from the device): traceable into a compiled graph."""
+        real = getattr(torch, self.params.dtype)
+        cplx = torch.complex128 if self.params.dtype == "float64" else torch.complex64
+
+        def stft(x: torch.Tensor, n_fft: int = 4096) -> torch.Tensor:
+            return demucs_spec(x, n_fft, real).to(torch.complex64)
+
+        def istft(z: torch.Tensor, length: int, n_fft: int = 4096) -> torch.Tensor:
+            return demucs_ispec(z.to(cplx), length, n_fft, traceable=True).to(torch.float32)
+
+        return stft, istft
 
     def stft(self, x: torch.Tensor, n_fft: int = 4096) -> torch.Tensor:
         from htx_plugins.stft.checks import check_signal
