@@ -280,9 +280,7 @@ def run(
         return unit, prepared
 
     def pipeline_run(unit: Any, prepared: Any, assignment: Assignment, batch: int) -> tuple[float, list[float], np.ndarray, float, float | None]:
-        fwd = unit.compile(prepared, assignment)
-        pipe = Pipeline(inner, fwd, stft, model.nfft, dev, sync=_sync)
-
+        pipe = _pipeline(unit, prepared, assignment, inner, stft, model.nfft)
         fn = padded_to_batch(pipe, batch)
 
         def sep() -> torch.Tensor:
@@ -290,9 +288,9 @@ def run(
 
         wall, samples, out = timed(sep, repeats)
         mem = peak_mem(sep)
-        if getattr(fwd, "failed", None):
-            say(f"    (CUDA graph capture failed, ran eagerly: {fwd.failed[:160]})")
-        return wall, samples, out.float().cpu().numpy(), mem, getattr(fwd, "compile_s", None)
+        if getattr(pipe.forward, "failed", None):
+            say(f"    (CUDA graph capture failed, ran eagerly: {pipe.forward.failed[:160]})")
+        return wall, samples, out.float().cpu().numpy(), mem, pipe.compile_s
 
     from htx_plugins.precision.static import CURATED_DEFAULT
 
@@ -466,14 +464,21 @@ def _bisect(prepared_by_low, ops, inner, stft, model, cpu_model, mix, ref_np, se
             "evaluations": result.evaluations or ctx.evaluations, "search_s": search_s, "batch": batch}
 
 
+def _pipeline(unit: Any, prepared: Any, assignment: Assignment, inner: Any, stft: Any, n_fft: int) -> Pipeline:
+    """The pipeline a trial of ``unit`` runs (as the builder makes it): on ``compile: inductor`` the whole
+    segment (the torch STFT, model, iSTFT) is one compiled graph, else the stages run around the forward."""
+    pipe = Pipeline(inner, None, stft, n_fft, torch.device("cuda"), sync=_sync)
+    pipe.segment = unit.compile_segment(prepared, assignment, pipe.segment_wrapper(stft.in_graph()))
+    if pipe.segment is None:
+        pipe.forward = unit.compile(prepared, assignment)
+    return pipe
+
+
 def _profile(unit_prepared, choose, inner, stft, model, mix, seg_len, batch) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     unit, prepared = unit_prepared
-    ops = unit.ops(prepared)
-    fwd = unit.compile(prepared, choose(ops))
-    pipe = Pipeline(inner, fwd, stft, model.nfft, torch.device("cuda"), sync=_sync)
-
+    pipe = _pipeline(unit, prepared, choose(unit.ops(prepared)), inner, stft, model.nfft)
     fn = padded_to_batch(pipe, batch)
 
     separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch)  # warm (captures graphs)
