@@ -33,27 +33,47 @@ top-level modules, the heaviest subtree is split into its children until the sub
 to less than the bar allows: a few evaluations per op that matters rather than one per op. The ranking,
 its method and every probe are in the search log (``summary.ranking``, ``rank_method``, ``rank_note``).
 
-**Select, verify, repair, minimize.** The FP32 set is the leaves taken out of FP16 by the ranking. It is
-verified by one evaluation against the criterion (every criterion bisect has: ``finite``, ``within_tol``,
-``targets``, ``{snr_db: X}``); if it fails (noise powers are only roughly additive), a binary search along
-the ranking adds the next-heaviest subtrees until it passes. Then a removal pass, lightest member first,
-drops every member the criterion does not need: the answer is 1-minimal, with bisect's guarantee, unless
-``max_evaluations`` / ``max_seconds`` cut the pass short, which the answer then says.
+**Select, verify, repair.** The FP32 set is the leaves taken out of FP16 by the ranking. It is verified by
+one evaluation against the criterion (every criterion bisect has: ``finite``, ``within_tol``, ``targets``,
+``{snr_db: X}``); if it fails (noise powers are only roughly additive), the next-heaviest subtrees along the
+ranking are added, galloping (1, 2, 4, ... subtrees) and then binary search, until it passes: a short repair
+costs one or two evaluations, a long one at most ``2 log2 n + 1``. Every evaluation of a set that passes is
+also run on the sibling rows (the grid's other STFT backends), so "verified" means verified on every row.
 
-**Cost.** ``cost: fp32_ops`` (default) counts FP32 ops; ``partitions`` counts the precision segments in
-execution order (the placement audit: each FP32 island is a Neural Engine <-> CPU hop); ``latency`` is the
-model time the verification evaluations measured. The removal pass tries the members whose removal lowers
-the cost most first, among members of equal rank; the answer reports its cost.
+**Minimize, cost ``fp32_ops``** (default). With gradients and an SNR bar, the members the estimates
+(recalibrated at the verified set) say are unneeded go in one group evaluation, halved on failure (at most
+4 tries); then a removal pass, lightest member first, drops every member the criterion does not need: the
+answer is 1-minimal, with bisect's guarantee, unless ``max_evaluations`` / ``max_seconds`` cut the pass
+short, which the answer then says. ``trust_estimate_db`` skips the members whose removal the estimates
+predict misses the bar by more than that many dB, and the answer says how many were kept on the estimate
+alone.
 
-**Partition merging** (``cost: partitions`` or ``latency``). FP32 ops cluster: a 1-minimal set scatters
-them over many small islands, each a hop. After the removal pass the FP16 runs of the execution order that
-separate FP32 islands are filled (set FP32), cheapest first by ops per partition removed (a run between two
-islands removes two partitions, one at either end of the program one), while that price is at most
-``hop_ops`` (default 8: one hop is worth 8 FP32 ops). Filling only adds FP32 ops, so the merged set is
-verified by one evaluation (worst case over every row) and kept if it passes; with ``latency`` also only
-if its measured model time is lower. Guarantee: the set before merging is 1-minimal; the answer has no FP16
-run left whose fill costs ``hop_ops`` or less per partition, and it passed verification. The summary's
-``merged`` says what merging did; ``one_minimal`` is then false, since filled ops are not needed for quality.
+**Minimize, cost ``partitions`` or ``latency``: regions, not ops.** FP32 ops cluster (input normalization,
+the last decoders, output de-normalization), and a 1-minimal set scatters them over many small islands, each
+a Neural Engine <-> CPU hop; removing ops one at a time only to fill the gaps again afterwards costs one
+evaluation per op and buys nothing. So after the same group removal on the estimate:
+
+1. *Merge.* The FP16 runs of the execution order that separate FP32 islands are filled (set FP32), cheapest
+   first by ops per partition removed (a run between two islands removes two partitions, one at either end
+   of the program one), while that price is at most ``hop_ops`` (default 8: one hop is worth 8 FP32 ops).
+   One evaluation verifies the merged set (with ``latency``, it is kept only if its measured model time is
+   lower).
+2. *Drop regions.* Each FP32 region (a maximal FP32 run) is tried back in FP16 whole, lightest estimate first:
+   one evaluation per region, and each success removes up to two partitions.
+3. *Trim region ends.* From each end of each region, 1, 2, 4, ... ops go back to FP16 while that passes, tried
+   only where the estimates predict it stays under the bar; an end at the program's first or last op stays
+   (trimming it would add a partition).
+
+Guarantee: the answer passed verification on every row; no FP32 region of it can return to FP16 whole
+("region-minimal (checked)"); no FP16 run is left whose fill costs ``hop_ops`` or less per partition it
+removes, as of the merge. It is not 1-minimal op by op (``one_minimal`` false): ops inside a region may be
+individually unneeded, and filling them is the price of fewer partitions. ``merged`` in the summary says
+what merging did (``gaps``, ``partitions_before``, ``partitions_after``, ``fp32_ops_added``,
+``regions_dropped``, ``ops_trimmed``).
+
+**Cost.** ``cost: fp32_ops`` counts FP32 ops; ``partitions`` counts the precision segments in execution order
+(the placement audit); ``latency`` is the model time the verification evaluations measured. The answer
+reports its cost.
 
 **Frontier.** ``bars: [40, 50, 60, 70]`` returns, from the same probes, the verified set for each SNR bar
 (the criterion's own answer is the one minimized); the trial stores them (``htx show`` prints the frontier).
