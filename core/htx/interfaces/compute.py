@@ -139,4 +139,21 @@ class ComputeUnit(Plugin):
             torch.cuda.synchronize(self.device)
 
 
-__all__ = ["ComputeUnit", "Forward"]
+def resolve_runtime(requested: str, native_available: Callable[[], tuple[bool, str]]) -> str:
+    """A unit's ``runtime: auto | native | emulated``: ``auto`` is ``native`` where ``native_available()`` says
+    the platform runtime can run, else ``emulated``; the other two stand as asked."""
+    if requested == "auto":
+        return "native" if native_available()[0] else "emulated"
+    return requested
+
+
+def native_unavailable(requested: str, native_available: Callable[[], tuple[bool, str]]) -> str | None:
+    """Why ``runtime: native`` cannot run here, said the way ``available()`` says it; None when it can or when
+    another runtime was asked for (``auto`` falls back to the emulator instead)."""
+    if requested != "native":
+        return None
+    ok, why = native_available()
+    return None if ok else f"runtime native: {why} (use runtime: auto or emulated to emulate it)"
+
+
+__all__ = ["ComputeUnit", "Forward", "native_unavailable", "resolve_runtime"]

@@ -26,7 +26,9 @@ from htx.api import (
     Params,
     Placement,
     UnavailableError,
+    native_unavailable,
     placement_runs,
+    resolve_runtime,
 )
 from htx_plugins.compute.coreai import native
 from htx_plugins.compute.coreai.program import (
@@ -72,9 +74,7 @@ class CoreAIUnit(ComputeUnit):
 
     @property
     def resolved_runtime(self) -> str:
-        if self.params.runtime == "auto":
-            return "native" if native.runtime_available()[0] else "emulated"
-        return self.params.runtime
+        return resolve_runtime(self.params.runtime, native.runtime_available)
 
     @property
     def emulated(self) -> bool:  # type: ignore[override]
@@ -84,11 +84,8 @@ class CoreAIUnit(ComputeUnit):
         ok, why = available()
         if not ok:
             return ok, why
-        if self.params.runtime == "native":
-            ok, why = native.runtime_available()
-            if not ok:
-                return False, f"runtime native: {why} (use runtime: auto or emulated to emulate it)"
-        return True, ""
+        why = native_unavailable(self.params.runtime, native.runtime_available)
+        return (False, why) if why else (True, "")
 
     @property
     def runtime(self) -> str:

@@ -21,12 +21,14 @@ from htx.api import (
     Params,
     Placement,
     UnavailableError,
+    native_unavailable,
     is_compute,
     model_prefix,
     number_ops,
     placement_runs,
     portable_module,
     project_noise,
+    resolve_runtime,
 )
 from htx_plugins.compute.coreml import native
 from htx_plugins.compute.coreml.convert import (
@@ -105,9 +107,7 @@ class CoreMLUnit(ComputeUnit):
 
     @property
     def resolved_runtime(self) -> str:
-        if self.params.runtime == "auto":
-            return "native" if native.runtime_available()[0] else "emulated"
-        return self.params.runtime
+        return resolve_runtime(self.params.runtime, native.runtime_available)
 
     @property
     def emulated(self) -> bool:  # type: ignore[override]
@@ -128,10 +128,9 @@ class CoreMLUnit(ComputeUnit):
         return torch.device(self.params.device)
 
     def available(self) -> tuple[bool, str]:
-        if self.params.runtime == "native":
-            ok, why = native.runtime_available()
-            if not ok:
-                return False, f"runtime native: {why} (use runtime: auto or emulated to emulate it)"
+        why = native_unavailable(self.params.runtime, native.runtime_available)
+        if why:
+            return False, why
         if self.emulated and self.params.device == "cuda" and not torch.cuda.is_available():
             return False, "device cuda: CUDA is not available (no GPU or a CPU-only torch build)"
         return True, ""
