@@ -127,3 +127,30 @@ def test_a_bad_compile_value_is_a_config_error_with_the_choices(tmp_path):
     data = make_config(tmp_path, compute=[{"torch": {"device": "cpu", "compile": "inductr"}}])
     with pytest.raises(ConfigError, match="inductor"):
         parse_config(data, registry=load_registry())
+
+
+def test_channels_last_rewrites_every_convolution_and_keeps_the_numerics():
+    """The graph pass behind ``channels_last: true``: 2-D convolutions (plain and transposed, dilated, grouped)
+    take channels-last operands, 1-D ones become 2-D of height 1; outputs equal the original graph's."""
+    from torch import nn
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from htx_plugins.compute.torch_unit import channels_last_convolutions
+
+    torch.manual_seed(0)
+    c1, t1 = nn.Conv1d(4, 8, 3, stride=2, padding=1), nn.ConvTranspose1d(8, 4, 4, stride=2, output_padding=1)
+    c2, t2 = nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2), nn.ConvTranspose2d(8, 4, (4, 1), stride=(2, 1))
+
+    def f(x1, x2):
+        return t1(torch.relu(c1(x1))), t2(c2(x2))
+
+    x1, x2 = torch.randn(2, 4, 37), torch.randn(2, 4, 16, 9)
+    with torch.no_grad():
+        gm = make_fx(f)(x1, x2)
+        assert channels_last_convolutions(gm) == (2, 2)
+        gm.recompile()
+        got, want = gm(x1, x2), f(x1, x2)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="compile: inductor"):
+        TorchUnit.Params(device="cpu", channels_last=True)

@@ -271,10 +271,11 @@ def run(
                  + ("torch.compile (default mode), " if compiled_peer else "eager, ") + "autocast fp16")
     expert = peer_rows.get("expert compiled autocast fp16")
 
-    def build(low: str, batch: int, graphs: bool = True, group_norm: str = "auto", compile_mode: str = "off",
-              tf32: bool = False) -> tuple[Any, Any]:
-        unit = TorchUnit(TorchUnit.Params(device="cuda", low_dtype=low, cuda_graphs=graphs, group_norm=group_norm,
-                                          compile=compile_mode, tf32=tf32))
+    def build(low: str, batch: int, compile_mode: str = "off", **params: Any) -> tuple[Any, Any]:
+        return build_from({"device": "cuda", "low_dtype": low, "compile": compile_mode, **params}, batch)
+
+    def build_from(params: dict[str, Any], batch: int) -> tuple[Any, Any]:
+        unit = TorchUnit(TorchUnit.Params(**params))
         ex = 0.1 * torch.randn(batch, 2, seg_len, device=dev)
         prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex, model.nfft)), ex))
         return unit, prepared
@@ -309,10 +310,13 @@ def run(
     rec["n_ops"] = sum(o.compute for o in ops)
 
     built: dict[str, tuple[Any, Any]] = {}  # row -> (unit, prepared): the profile reuses the fastest row's compile
+    #: row -> (unit params, assignment): what the sweep and the profile rebuild the fastest row from
+    recipes: dict[str, tuple[dict[str, Any], Assignment]] = {}
 
     def measure(name: str, unit_prepared: tuple[Any, Any], assignment: Assignment, path: str, kind: str) -> dict[str, Any]:
         unit, prepared = unit_prepared
         built[name] = unit_prepared
+        recipes[name] = (unit.params.model_dump(), assignment)
         wall, samples, out, mem, compile_s = pipeline_run(unit, prepared, assignment, policy_batch)
         m = accuracy(ref_np, out, 1e-3, 1e-4)
         row = results[name] = {
@@ -342,6 +346,7 @@ def run(
             results["bisect"] = _bisect(prepared_by_low, ops, inner, stft, model, cpu_model, mix, ref_np, seg_len,
                                         policy_batch, pipeline_run, base_s, seconds, say)
             bisect_fp32 = results["bisect"]["fp32_ops"]
+            recipes["bisect"] = (prepared_by_low["fp16"][0].params.model_dump(), Assignment.keep_fp32(ops, bisect_fp32))
             throughput(results["bisect"], "fp16")
             if expert:
                 results["bisect"]["vs_expert_compiled"] = expert["wall_s"] / results["bisect"]["wall_s"]
@@ -359,6 +364,16 @@ def run(
             row["fp32_ops"] = bisect_fp32
         measure("bf16 compiled", build("bf16", policy_batch, compile_mode="inductor"), Assignment.all_fp16(ops), "inductor", "bf16")
         measure("tf32 compiled", build("fp16", policy_batch, compile_mode="inductor", tf32=True), Assignment.all_fp32(), "inductor", "tf32")
+        # channels-last convolutions on the best FP16 answer (the bisect one, else all-fp16)
+        name, asg = ("bisect compiled channels-last", Assignment.keep_fp32(ops, bisect_fp32)) if bisect_fp32 is not None \
+            else ("all-fp16 compiled channels-last", Assignment.all_fp16(ops))
+        try:
+            row = measure(name, build("fp16", policy_batch, compile_mode="inductor", channels_last=True), asg, "inductor", "fp16")
+            if bisect_fp32 is not None:
+                row["fp32_ops"] = bisect_fp32
+        except Exception as exc:  # a layout the compiler or cuDNN rejects: say so, keep the other rows
+            results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            say(f"  {name}: failed ({type(exc).__name__}: {str(exc)[:200]})")
 
     # quality bars: the fastest htx row at each bar, and how it compares with the expert pipeline
     bars = {}
@@ -381,38 +396,27 @@ def run(
         + (f" = {100 * fr:.1f}% of dense FP16 peak" if fr else ""))
     checkpoint()
 
-    def chooser(name: str) -> tuple[str, Callable[[list], Assignment], str]:
-        base = name.replace(" compiled", "")
-        mode = "inductor" if name.endswith("compiled") else "off"
-        if base in policies:
-            return policies[base][0], policies[base][1], mode
-        if base == "tf32":
-            return "fp16", lambda o: Assignment.all_fp32(), mode
-        keep = list(results[name].get("fp32_ops") or bisect_fp32 or [])
-        return "fp16", lambda o: Assignment.keep_fp32(o, keep), mode
-
-    low, choose, mode = chooser(fastest)
-    tf32_fastest = fastest.startswith("tf32")
+    params, chosen = recipes[fastest]
     if sweep:
         sweep_rows = {}
         for b in batch_sizes:
-            unit, prepared = build(low, b, compile_mode=mode, tf32=tf32_fastest)
-            wall, _, _, mem, _ = pipeline_run(unit, prepared, choose(unit.ops(prepared)), b)
+            unit, prepared = build_from(params, b)
+            wall, _, _, mem, _ = pipeline_run(unit, prepared, chosen, b)
             sweep_rows[b] = {"wall_s": wall, "speedup": base_s / wall, "peak_mem_mb": mem}
             say(f"  batch {b:3d}: {wall * 1000:8.1f} ms  x{base_s / wall:5.2f}  peak {mem:7.0f} MiB")
         rec["batch_sweep"] = {"policy": fastest, "results": sweep_rows}
         ablations = {}
-        for label, kw in (("no CUDA graphs", {"graphs": False}), ("native group_norm", {"group_norm": "native"})):
-            unit, prepared = build(low, policy_batch, compile_mode=mode, tf32=tf32_fastest, **kw)
-            wall, _, _, _, _ = pipeline_run(unit, prepared, choose(unit.ops(prepared)), policy_batch)
+        for label, kw in (("no CUDA graphs", {"cuda_graphs": False}), ("native group_norm", {"group_norm": "native"})):
+            unit, prepared = build_from({**params, **kw}, policy_batch)
+            wall, _, _, _, _ = pipeline_run(unit, prepared, chosen, policy_batch)
             ablations[label] = {"policy": fastest, "wall_s": wall, "speedup": base_s / wall}
             say(f"  {fastest} with {label}: {wall * 1000:.1f} ms  x{base_s / wall:.2f}")
         rec["ablations"] = ablations
         checkpoint()
 
     # profile of the fastest row: where the GPU time goes
-    unit_p = built.get(fastest) or build(low, policy_batch, compile_mode=mode, tf32=tf32_fastest)
-    rec["profile"] = {"policy": fastest, **_profile(unit_p, choose, inner, stft, model, mix, seg_len, policy_batch)}
+    unit_p = built.get(fastest) or build_from(params, policy_batch)
+    rec["profile"] = {"policy": fastest, **_profile(unit_p, chosen, inner, stft, model, mix, seg_len, policy_batch)}
     say(f"profile of {fastest}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rec["profile"]["shares"].items()))
 
     # htx's own overhead: grid expansion + one store write, relative to one trial
@@ -474,11 +478,11 @@ def _pipeline(unit: Any, prepared: Any, assignment: Assignment, inner: Any, stft
     return pipe
 
 
-def _profile(unit_prepared, choose, inner, stft, model, mix, seg_len, batch) -> dict[str, Any]:
+def _profile(unit_prepared, assignment, inner, stft, model, mix, seg_len, batch) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     unit, prepared = unit_prepared
-    pipe = _pipeline(unit, prepared, choose(unit.ops(prepared)), inner, stft, model.nfft)
+    pipe = _pipeline(unit, prepared, assignment, inner, stft, model.nfft)
     fn = padded_to_batch(pipe, batch)
 
     separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch)  # warm (captures graphs)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
@@ -347,6 +348,16 @@ class TorchParams(Params):
     #: (fixed policies, a search's answer) run compiled; a search's evaluations keep the eager path, which is
     #: fast to rebuild. Compile time is reported apart (``compile_s``), never inside latency.
     compile: Literal["off", "inductor"] = "off"
+    #: ``compile: inductor`` only: the traced graph's convolutions take channels-last inputs and weights (a 1-D
+    #: convolution as a 2-D one of height 1), so cuDNN's NHWC kernels need no layout transposes of their own
+    #: and inductor writes their inputs in that layout. Same numerics up to float rounding.
+    channels_last: bool = False
+
+    @model_validator(mode="after")
+    def _channels_last_needs_a_graph(self) -> TorchParams:
+        if self.channels_last and self.compile == "off":
+            raise ValueError("channels_last rewrites the compiled graph: set compile: inductor with it")
+        return self
 
 
 def inductor_available(device: torch.device) -> tuple[bool, str]:
@@ -423,6 +434,40 @@ class _Graphed:
 _COMPILED_KEPT = 4
 
 
+def channels_last_convolutions(gm: Any) -> tuple[int, int]:
+    """Rewrite an aten graph's convolutions to take channels-last inputs and weights: 2-D ones directly, 1-D
+    ones as 2-D convolutions of height 1 (unsqueeze, convolve, squeeze). Returns (2-D, 1-D) counts rewritten."""
+    aten = torch.ops.aten
+    g = gm.graph
+    n2 = n1 = 0
+    for node in list(g.nodes):
+        if node.op != "call_function" or node.target != aten.convolution.default:
+            continue
+        x, w, b, stride, pad, dil, transposed, opad, groups = node.args
+        val = x.meta.get("val") if hasattr(x, "meta") else None
+        dims = getattr(val, "ndim", None)
+        if dims not in (3, 4):
+            continue
+        with g.inserting_before(node):
+            if dims == 3:
+                x = g.call_function(aten.unsqueeze.default, (x, 2))
+                w = g.call_function(aten.unsqueeze.default, (w, 2))
+            xc = g.call_function(aten.clone.default, (x,), {"memory_format": torch.channels_last})
+            wc = g.call_function(aten.clone.default, (w,), {"memory_format": torch.channels_last})
+            if dims == 4:
+                node.args = (xc, wc, b, stride, pad, dil, transposed, opad, groups)
+                n2 += 1
+                continue
+            conv = g.call_function(aten.convolution.default, (xc, wc, b, [1, *stride], [0, *pad], [1, *dil], transposed,
+                                                              [0, *opad], groups))
+            out = g.call_function(aten.squeeze.dim, (conv, 2))
+        node.replace_all_uses_with(out)
+        g.erase_node(node)
+        n1 += 1
+    g.lint()
+    return n2, n1
+
+
 class _Compiled:
     """An assignment's eager forward, traced into an aten graph (its casts included) and compiled with
     ``torch.compile`` (inductor) once per input shape; on CUDA the compiled graph is replayed as a CUDA graph.
@@ -433,10 +478,10 @@ class _Compiled:
     total time spent tracing and compiling (first call per shape), kept out of any latency.
     """
 
-    def __init__(self, eager: Any, graphs: bool, device: torch.device, tf32: bool) -> None:
+    def __init__(self, eager: Any, graphs: bool, device: torch.device, tf32: bool, channels_last: bool = False) -> None:
         self.eager = eager
         self.graphs = graphs
-        self.device, self.tf32 = device, tf32
+        self.device, self.tf32, self.channels_last = device, tf32, channels_last
         self.by_shape: dict[tuple, Any] = {}
         self.compile_s = 0.0
 
@@ -451,6 +496,8 @@ class _Compiled:
             with tf32_allowed(self.device, self.tf32):
                 gm = make_fx(self.eager)(*inputs)
         gm.graph.eliminate_dead_code()  # host-side constant building whose device copy is cached
+        if self.channels_last:
+            channels_last_convolutions(gm)
         gm.recompile()
         compiled = torch.compile(gm, backend="inductor", fullgraph=True, dynamic=False)
         tf32, device = self.tf32, self.device
@@ -588,7 +635,7 @@ class TorchUnit(ComputeUnit):
         if cached is None:
             eager = self._eager(prepared, assignment, host_copies=self.device.type == "cuda")
             cached = _Compiled(eager if wrap is None else wrap(eager), self.device.type == "cuda" and self.params.cuda_graphs,
-                               self.device, self.params.tf32)
+                               self.device, self.params.tf32, self.params.channels_last)
         self._compiled[key] = cached
         while len(self._compiled) > _COMPILED_KEPT:
             self._compiled.pop(next(iter(self._compiled)))
