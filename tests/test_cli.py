@@ -62,4 +62,4 @@ def test_show_prints_entry_keys_and_reasons_with_their_brackets(tmp_path):
     res = runner.invoke(app, ["show", "latest", "--db", str(db)])
     assert res.exit_code == 0, res.output
     assert "torch[device='cuda']" in res.output and "torch[compile='inductor',device='cuda']" in res.output, res.output
-    assert "compute torch[device=cuda] unavailable" in res.output
+    assert "unavailable: compute torch[device=cuda]: CUDA is not available" in res.output

@@ -120,7 +120,7 @@ def test_failures_are_isolated_and_recorded(tmp_path):
     assert oom.status == "failed" and oom.reason.startswith("out of memory: OutOfMemoryError")
     never = trials[("fp32", "never", "sine_440[duration=1.0]")]
     assert never.status == "unavailable"
-    assert never.reason == "unavailable: compute never unavailable: needs hardware this machine lacks"
+    assert never.reason == "unavailable: compute never: needs hardware this machine lacks"
 
 
 def test_a_policy_past_the_timeout_is_a_failed_row_and_the_run_goes_on(tmp_path):

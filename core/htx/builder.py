@@ -91,7 +91,7 @@ class TrialBuilder:
         assert isinstance(stft, STFTBackend)
         ok, why = stft.available()
         if not ok:
-            raise UnavailableError(f"stft {stft.label} unavailable: {why}")
+            raise UnavailableError(f"stft {stft.label}: {why}")
         return stft
 
     @property
@@ -135,7 +135,7 @@ class TrialBuilder:
                 assert isinstance(compute, ComputeUnit)
                 ok, why = compute.available()
                 if not ok:
-                    raise UnavailableError(f"compute {compute.label} unavailable: {why}")
+                    raise UnavailableError(f"compute {compute.label}: {why}")
                 self.say(f"preparing {surgery.label} on {compute.label} ...")
                 spec_cac, mix = self.example_inputs(surgery)
                 host_args, _ = inner.host_pre(spec_cac, mix)

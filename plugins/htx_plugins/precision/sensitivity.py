@@ -421,11 +421,11 @@ class _Search:
             trial = fp16 | frozenset(region)
             if self.passes(trial, "minimize-region"):
                 fp16, dropped = trial, dropped + 1
-        trimmed = self._trim_edges(order, fp16, weight)
+        trimmed = self._trim_edges(order, fp16)
         fp16 = fp16 | trimmed
         after = self.cost_partitions(fp16)
         self.merged = {"gaps": gaps, "partitions_before": before, "partitions_after": after,
-                       "fp32_ops_added": filled, "regions_dropped": dropped, "ops_trimmed": len(trimmed)} if filled else None
+                       "fp32_ops_added": filled, "regions_dropped": dropped, "ops_trimmed": len(trimmed)}
         if self.removed_in_group:
             status += f", {self.removed_in_group} members removed in one group evaluation on the estimate"
         status += "; " + "; ".join(notes + [
@@ -433,7 +433,7 @@ class _Search:
             f"no FP32 region of the answer can return to FP16 whole"])
         return fp16, True, status
 
-    def _trim_edges(self, order: list[str], fp16: frozenset[str], weight: dict[str, float]) -> frozenset[str]:
+    def _trim_edges(self, order: list[str], fp16: frozenset[str]) -> frozenset[str]:
         """Return ops at the ends of FP32 regions to FP16 (fewer FP32 ops, same partitions): from each end, 1, 2,
         4, ... ops at a time while the removal passes, tried only where the estimates (recalibrated at the
         current set) predict it stays under the bar. An end at the program's first or last op stays (its

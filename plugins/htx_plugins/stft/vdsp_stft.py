@@ -371,7 +371,7 @@ class VDSPSTFT(STFTBackend):
         if n_fft not in self._transforms:
             ok, why = self.available()
             if not ok:
-                raise UnavailableError(f"stft {self.label} unavailable: {why}")
+                raise UnavailableError(f"stft {self.label}: {why}")
             self._transforms[n_fft] = VDSPTransform(n_fft, np.dtype(self.params.dtype).type, native=self._native())
         return self._transforms[n_fft]
 

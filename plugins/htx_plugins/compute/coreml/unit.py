@@ -140,7 +140,7 @@ class CoreMLUnit(ComputeUnit):
     def prepare(self, inner: InnerModel, example_inputs: tuple[torch.Tensor, ...], cache_dir: Path | None = None) -> CoreMLPrepared:
         ok, why = self.available()
         if not ok:
-            raise UnavailableError(f"compute {self.label} unavailable: {why}")
+            raise UnavailableError(f"compute {self.label}: {why}")
         conversion = convert_cached(inner, tuple(example_inputs), self.params.target, cache_dir)
         t0 = time.perf_counter()
         graph, _ = cached_graph(conversion)
