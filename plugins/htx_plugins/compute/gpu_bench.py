@@ -153,6 +153,7 @@ def run(
     compiled: bool = True,
     peers: bool = True,
     sweep: bool = False,
+    quick: bool = False,
 ) -> dict[str, Any]:
     """Run the whole benchmark and return (and optionally write) its JSON record.
 
@@ -172,6 +173,7 @@ def run(
     gpu = torch.cuda.get_device_name(0)
     peak = next((v for k, v in PEAKS.items() if k in gpu), None)
     rec: dict[str, Any] = {
+        "quick": quick,
         "device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d"),
         "host": platform.node(), "clip_s": seconds, "repeats": repeats, "complete": False,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
@@ -261,9 +263,10 @@ def run(
                     return inner_fn().float()
             return fn
 
-        peer("apply_model compile+autocast fp16", autocast_apply(apply_model_compiled(model)), "fp16",
-             "demucs apply_model, forward under torch.compile (default mode) and autocast fp16")
-        for compiled_peer in (False, True):
+        if not quick:
+            peer("apply_model compile+autocast fp16", autocast_apply(apply_model_compiled(model)), "fp16",
+                 "demucs apply_model, forward under torch.compile (default mode) and autocast fp16")
+        for compiled_peer in ((True,) if quick else (False, True)):
             name = "expert compiled autocast fp16" if compiled_peer else "expert eager autocast fp16"
             fwd = expert_forward(model, compiled_peer)
             peer(name, lambda fwd=fwd: separate(fwd, mix, seg_len, len(model.sources), 0.25, 1.0, n_segments), "fp16",
@@ -338,7 +341,8 @@ def run(
 
     say(f"htx pipeline, eager per-op dispatch (batch {policy_batch} segments, CUDA graphs):")
     for name, (low, choose) in policies.items():
-        measure(name, prepared_by_low[low], choose(ops), "eager", "tf32" if name == "fp32" else low)
+        if not quick or name == "all-fp16":
+            measure(name, prepared_by_low[low], choose(ops), "eager", "tf32" if name == "fp32" else low)
 
     bisect_fp32: list[str] | None = None
     if bisect:
@@ -362,8 +366,9 @@ def run(
         if bisect_fp32 is not None:
             row = measure("bisect compiled", fp16_c, Assignment.keep_fp32(ops, bisect_fp32), "inductor", "fp16")
             row["fp32_ops"] = bisect_fp32
-        measure("bf16 compiled", build("bf16", policy_batch, compile_mode="inductor"), Assignment.all_fp16(ops), "inductor", "bf16")
-        measure("tf32 compiled", build("fp16", policy_batch, compile_mode="inductor", tf32=True), Assignment.all_fp32(), "inductor", "tf32")
+        if not quick:
+            measure("bf16 compiled", build("bf16", policy_batch, compile_mode="inductor"), Assignment.all_fp16(ops), "inductor", "bf16")
+            measure("tf32 compiled", build("fp16", policy_batch, compile_mode="inductor", tf32=True), Assignment.all_fp32(), "inductor", "tf32")
         # channels-last convolutions on the best FP16 answer (the bisect one, else all-fp16)
         name, asg = ("bisect compiled channels-last", Assignment.keep_fp32(ops, bisect_fp32)) if bisect_fp32 is not None \
             else ("all-fp16 compiled channels-last", Assignment.all_fp16(ops))
@@ -562,9 +567,10 @@ def command(
     peers: bool = typer.Option(True, "--peers/--no-peers", help="also time apply_model compiled + autocast and the expert pipeline (eager, compiled)"),
     sweep: bool = typer.Option(False, "--sweep/--no-sweep", help="also sweep the batch size and the ablations for the fastest row"),
     emulator: bool = typer.Option(False, help="also time the Core ML emulator on CUDA"),
+    quick: bool = typer.Option(False, "--quick", help="the goal rows only: apply_model FP32, the expert compiled, htx all-fp16 eager, bisect, and the compiled all-fp16 / bisect / channels-last rows (no bf16, tf32, apply_model compiled, expert eager)"),
     out: str = typer.Option("experiments/benchmarks/gpu.json", help="where to write the raw JSON"),
     size: str = typer.Option("full", help="full (the default HTDemucs) or small (a smoke run: 8 channels, 1 s segments)"),
 ) -> None:
     """HTDemucs on a CUDA GPU (full size by default): htx's rows, eager and compiled, beside apply_model and an expert's pipeline."""
     run(seconds=seconds, repeats=repeats, policy_batch=batch, bisect=bisect, emulator=emulator, out_json=out, size=size,
-        compiled=compiled, peers=peers, sweep=sweep)
+        compiled=compiled, peers=peers, sweep=sweep, quick=quick)
