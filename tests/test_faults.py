@@ -151,9 +151,9 @@ def test_serial_watchdog_kills_a_trial_that_ignores_its_timeout(tmp_path):
     # trial_timeout_s is also every honest phase's deadline (preparing, the policy, the measurement): 10 s
     # leaves the tiny model's fp32 trial a wide margin on a loaded 2-core machine, where 5 s did not.
     data = make_config(tmp_path, fixtures=FX, precision=["hang", "fp32"], trial_timeout_s=10.0,
-                       executor={"serial": {"hang_grace_s": 1.0}})
+                       executor={"serial": {"hang_grace_s": 1.0, "hang_timeouts": 2}})
     _, trials, run = _execute(data)  # the hang sleeps 600 s: the run ending at all is the watchdog's work
-    assert trials["hang"].status == "failed" and "sent nothing for 31 s" in trials["hang"].reason, trials["hang"].reason
+    assert trials["hang"].status == "failed" and "sent nothing for 21 s (2 x trial_timeout_s" in trials["hang"].reason, trials["hang"].reason
     assert trials["fp32"].status == "ok" and run["status"] == "finished"
 
 

@@ -23,7 +23,9 @@ class LocalExecutor(Strict):
     workers: int | None = Field(None, ge=1, description="worker processes (default: one per CPU core)")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: cores // workers)")
     retries: int = Field(0, ge=0, description="re-runs of a trial whose worker process died")
-    hang_grace_s: float = Field(60.0, gt=0, description="a worker silent for 3 x trial_timeout_s + this is killed")
+    hang_grace_s: float = Field(60.0, gt=0, description="a worker silent for hang_timeouts x trial_timeout_s + this is killed")
+    hang_timeouts: float = Field(3.0, ge=1, description="trial timeouts of silence before a worker is killed (3: a trial's "
+                                 "prepare, policy and measurement phases each get trial_timeout_s)")
 
 
 class RayExecutor(Strict):
@@ -36,7 +38,9 @@ class RayExecutor(Strict):
         default_factory=dict, description="Ray resources per compute unit name or entry key, replacing the unit's own"
     )
     runtime_env: dict[str, Any] = Field(default_factory=dict, description="passed to ray.init (e.g. py_modules)")
-    hang_grace_s: float = Field(60.0, gt=0, description="a task silent for 3 x trial_timeout_s + this is cancelled")
+    hang_grace_s: float = Field(60.0, gt=0, description="a task silent for hang_timeouts x trial_timeout_s + this is cancelled")
+    hang_timeouts: float = Field(3.0, ge=1, description="trial timeouts of silence before a task is cancelled (3: a trial's "
+                                 "prepare, policy and measurement phases each get trial_timeout_s)")
 
     @field_validator("address")
     @classmethod
@@ -54,14 +58,16 @@ class SerialExecutor(Strict):
     """``executor: serial`` (the default): one trial at a time.
 
     ``isolate: true`` (default) runs them in one child process, so a trial that aborts, segfaults, runs out
-    of memory or hangs past ``3 x trial_timeout_s + hang_grace_s`` becomes a failed row and the run goes on.
+    of memory or hangs past ``hang_timeouts x trial_timeout_s + hang_grace_s`` becomes a failed row and the run goes on.
     Plugins registered in memory only (``module_plugin``) cannot reach a child: such runs, and ``isolate:
     false``, run in this process, where a crash ends the run and ``--resume`` records the trial that was
     running as failed.
     """
 
     isolate: bool = Field(True, description="run trials in a child process (crashes and hangs become failed rows)")
-    hang_grace_s: float = Field(60.0, gt=0, description="a child silent for 3 x trial_timeout_s + this is killed")
+    hang_grace_s: float = Field(60.0, gt=0, description="a child silent for hang_timeouts x trial_timeout_s + this is killed")
+    hang_timeouts: float = Field(3.0, ge=1, description="trial timeouts of silence before a child is killed (3: a trial's "
+                                 "prepare, policy and measurement phases each get trial_timeout_s)")
 
 
 class Executor(Strict):

@@ -8,7 +8,7 @@ transaction, so an interrupted or crashed driver loses nothing and ``htx run --r
 A backend reports, per chunk, ``begin`` (a worker took it), ``start``
 (trial id), ``record`` (a finished trial), ``done``, or ``lost`` (the worker or node died, or it was
 killed). The driver turns a loss into a failed row for the trial that was running, re-submits the
-chunk's other trials, and kills a chunk that stays silent longer than ``3 x trial_timeout_s +
+chunk's other trials, and kills a chunk that stays silent longer than ``hang_timeouts x trial_timeout_s +
 hang_grace_s`` (a trial stuck where the in-process deadline cannot interrupt it).
 """
 
@@ -171,7 +171,7 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
         threads = torch.get_num_threads()
         chunks = grid_chunks(todo)
         backend = LocalPool(payload, 1, threads)
-        retries, grace = 0, executor.serial_opts.hang_grace_s
+        retries, grace, hang_k = 0, executor.serial_opts.hang_grace_s, executor.serial_opts.hang_timeouts
         run.say(f"serial: {len(todo)} trials one at a time in a child process ({threads} torch thread"
                 f"{'s' if threads != 1 else ''}): a crash or hang there becomes a failed row")
     elif executor.kind == "local":
@@ -182,7 +182,7 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
         workers = min(workers, len(chunks))
         threads = opts.threads_per_worker or max(1, cores // workers)
         backend = LocalPool(payload, workers, threads)
-        retries, grace = opts.retries, opts.hang_grace_s
+        retries, grace, hang_k = opts.retries, opts.hang_grace_s, opts.hang_timeouts
         run.say(f"local: {len(todo)} trials in {len(chunks)} chunks on {workers} worker process{'es' if workers != 1 else ''} "
                 f"({threads} torch thread{'s' if threads != 1 else ''} each)")
     else:
@@ -195,14 +195,14 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
                 resources[spec.compute.key()] = trial_resources(spec, run.registry, ray_opts.resources)
         backend = RayBackend(ray_opts, payload, run.workspace.shared_data(), resources, run.say)
         chunks = make_chunks(todo, backend.slots, run.builder.is_search, cost)
-        retries, grace = ray_opts.retries, ray_opts.hang_grace_s
+        retries, grace, hang_k = ray_opts.retries, ray_opts.hang_grace_s, ray_opts.hang_timeouts
         run.say(f"ray: {len(todo)} trials in {len(chunks)} chunks on a cluster with {backend.slots} CPUs")
-    hang_limit = 3 * cfg.trial_timeout_s + grace
+    hang_limit = hang_k * cfg.trial_timeout_s + grace
     report = ExecutorReport(executor.kind, backend.slots, len(chunks))
     t0 = time.perf_counter()
     report.started_at = time.time()
     try:
-        _drive(run, backend, chunks, n_done, n_total, retries, hang_limit, report)
+        _drive(run, backend, chunks, n_done, n_total, retries, hang_limit, report, f"{hang_k:g} x trial_timeout_s + hang_grace_s")
     finally:
         backend.close()
     report.wall_s = time.perf_counter() - t0
@@ -225,7 +225,7 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
 
 
 def _drive(run: Run, backend: Backend, chunks: list[Chunk], n_done: int, n_total: int, retries: int,
-           hang_limit: float, report: ExecutorReport) -> None:
+           hang_limit: float, report: ExecutorReport, hang_rule: str = "") -> None:
     states: dict[int, _ChunkState] = {}
     attempts: Counter[str] = Counter()
     next_id = max(c.id for c in chunks) + 1
@@ -288,7 +288,7 @@ def _drive(run: Run, backend: Backend, chunks: list[Chunk], n_done: int, n_total
         for st in states.values():
             if st.active and st.kill_reason is None and now - st.last_event > hang_limit:
                 st.kill_reason = (
-                    f"timeout: the worker sent nothing for {hang_limit:g} s (3 x trial_timeout_s + hang_grace_s) "
+                    f"timeout: the worker sent nothing for {hang_limit:g} s ({hang_rule}) "
                     "and was killed"
                 )
                 backend.kill(st.chunk.id)

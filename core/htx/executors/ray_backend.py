@@ -4,7 +4,7 @@ Each task is a streaming generator: it yields ``start`` before and a TrialRecord
 driver writes results as they come, knows which trial was running when a worker or node was lost, and
 measures silence from the moment the task really started (not from submission, since Ray queues tasks
 until a worker with the requested resources is free). Tasks run in the worker's main thread, where the
-in-process deadline (SIGALRM) works as in a serial run; a task silent for ``3 x trial_timeout_s +
+in-process deadline (SIGALRM) works as in a serial run; a task silent for ``hang_timeouts x trial_timeout_s +
 hang_grace_s`` is cancelled with ``ray.cancel(force=True)``, which kills its worker process.
 
 The model is rebuilt by each worker from the config (checked against the driver's content hash); the
