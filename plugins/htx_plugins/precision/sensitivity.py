@@ -440,8 +440,6 @@ class _Search:
         removal would add a partition). Returns the ops returned to FP16."""
         bar = self._bar_power()
         out: set[str] = set()
-        if not order:
-            return frozenset()
         first, last = order[0], order[-1]
         for region in fp32_regions(order, fp16):
             for side in (region, region[::-1]):
