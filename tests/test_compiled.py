@@ -131,7 +131,8 @@ def test_a_bad_compile_value_is_a_config_error_with_the_choices(tmp_path):
 
 def test_channels_last_rewrites_every_convolution_and_keeps_the_numerics():
     """The graph pass behind ``channels_last: true``: 2-D convolutions (plain and transposed, dilated, grouped)
-    take channels-last operands, 1-D ones become 2-D of height 1; outputs equal the original graph's."""
+    take channels-last operands, 1-D ones become 2-D of height 1; outputs equal the original graph's. A view of
+    a convolution's (now channels-last) output, as group norm takes one, still works: it crashed on CUDA."""
     from torch import nn
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -142,7 +143,9 @@ def test_channels_last_rewrites_every_convolution_and_keeps_the_numerics():
     c2, t2 = nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2), nn.ConvTranspose2d(8, 4, (4, 1), stride=(2, 1))
 
     def f(x1, x2):
-        return t1(torch.relu(c1(x1))), t2(c2(x2))
+        y = c1(x1)
+        y = y - y.view(2, 1, -1).mean(-1, keepdim=True)  # group norm's view of a conv output (1-D: channels-last)
+        return t1(torch.relu(y)), t2(c2(x2))
 
     x1, x2 = torch.randn(2, 4, 37), torch.randn(2, 4, 16, 9)
     with torch.no_grad():
