@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import model_validator
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
@@ -350,18 +350,15 @@ class TorchParams(Params):
     compile: Literal["off", "inductor"] = "off"
     #: ``compile: inductor`` only: the traced graph's convolutions take channels-last inputs and weights (a 1-D
     #: convolution as a 2-D one of height 1), so cuDNN's NHWC kernels need no layout transposes of their own
-    #: and inductor writes their inputs in that layout. Same numerics up to float rounding.
+    #: and inductor writes their inputs in that layout. Same numerics up to float rounding. Measured slower on
+    #: an H100 (41.7 vs 30.4 ms, full size, 60 s; experiments/benchmarks/gpu_h100_graph_passes.json): inductor
+    #: then transposes group norm's inputs inside its reductions. Off by default.
     channels_last: bool = False
-    #: ``compile: inductor`` only: 1x1 convolutions with at most this many input channels (demucs's ``DConv``
-    #: expansions: 6, 12, 24 at full size) become multiply-adds that inductor fuses with the group norm and GLU
-    #: after them, instead of cuDNN GEMMs too thin for tensor cores. 0: off. Same math, summed in FP32.
-    pointwise_1x1: int = Field(0, ge=0, le=64)
 
     @model_validator(mode="after")
-    def _graph_passes_need_a_graph(self) -> TorchParams:
-        for name, on in (("channels_last", self.channels_last), ("pointwise_1x1", self.pointwise_1x1)):
-            if on and self.compile == "off":
-                raise ValueError(f"{name} rewrites the compiled graph: set compile: inductor with it")
+    def _channels_last_needs_a_graph(self) -> TorchParams:
+        if self.channels_last and self.compile == "off":
+            raise ValueError("channels_last rewrites the compiled graph: set compile: inductor with it")
         return self
 
 
@@ -481,39 +478,6 @@ def channels_last_convolutions(gm: Any) -> tuple[int, int]:
     return n2, n1
 
 
-def pointwise_1x1_convolutions(gm: Any, max_channels: int) -> int:
-    """Rewrite an aten graph's 1x1 convolutions (stride 1, no padding, one group) with at most ``max_channels``
-    input channels as broadcast multiply-adds over the input channels: inductor unrolls a sum that short into
-    a pointwise expression and fuses it with its neighbours (the group norm and GLU that follow it in demucs's
-    ``DConv``), where cuDNN runs a tensor-core-hostile GEMM of inner size 6..24 and writes the result out.
-    Same math, summed in another order (FP32 inside the fused kernel). Returns how many were rewritten."""
-    aten = torch.ops.aten
-    g = gm.graph
-    n = 0
-    for node in list(g.nodes):
-        if node.op != "call_function" or node.target != aten.convolution.default:
-            continue
-        x, w, b, stride, pad, _dil, transposed, _opad, groups = node.args
-        wv = w.meta.get("val") if hasattr(w, "meta") else None
-        if wv is None or transposed or groups != 1 or any(s != 1 for s in stride) or any(p != 0 for p in pad):
-            continue
-        if any(k != 1 for k in wv.shape[2:]) or wv.shape[1] > max_channels:
-            continue
-        ones = [1] * (wv.ndim - 2)
-        c_out, c_in = wv.shape[:2]
-        with g.inserting_before(node):
-            w_b = g.call_function(aten.view.default, (w, [1, c_out, c_in, *ones]))
-            x_b = g.call_function(aten.unsqueeze.default, (x, 1))
-            out = g.call_function(aten.sum.dim_IntList, (g.call_function(aten.mul.Tensor, (x_b, w_b)), [2]))
-            if b is not None:
-                out = g.call_function(aten.add.Tensor, (out, g.call_function(aten.view.default, (b, [1, c_out, *ones]))))
-        node.replace_all_uses_with(out)
-        g.erase_node(node)
-        n += 1
-    g.lint()
-    return n
-
-
 class _Compiled:
     """An assignment's eager forward, traced into an aten graph (its casts included) and compiled with
     ``torch.compile`` (inductor) once per input shape; on CUDA the compiled graph is replayed as a CUDA graph.
@@ -524,11 +488,10 @@ class _Compiled:
     total time spent tracing and compiling (first call per shape), kept out of any latency.
     """
 
-    def __init__(self, eager: Any, graphs: bool, device: torch.device, tf32: bool, channels_last: bool = False,
-                 pointwise_1x1: int = 0) -> None:
+    def __init__(self, eager: Any, graphs: bool, device: torch.device, tf32: bool, channels_last: bool = False) -> None:
         self.eager = eager
         self.graphs = graphs
-        self.device, self.tf32, self.channels_last, self.pointwise_1x1 = device, tf32, channels_last, pointwise_1x1
+        self.device, self.tf32, self.channels_last = device, tf32, channels_last
         self.by_shape: dict[tuple, Any] = {}
         self.compile_s = 0.0
 
@@ -543,14 +506,10 @@ class _Compiled:
             with tf32_allowed(self.device, self.tf32):
                 gm = make_fx(self.eager)(*inputs)
         gm.graph.eliminate_dead_code()  # host-side constant building whose device copy is cached
-        if self.pointwise_1x1:
-            pointwise_1x1_convolutions(gm, self.pointwise_1x1)
         if self.channels_last:
             channels_last_convolutions(gm)
         gm.recompile()
-        # a 1x1 convolution's sum over up to pointwise_1x1 channels is unrolled (inductor's default: 8)
-        options = {"unroll_reductions_threshold": self.pointwise_1x1} if self.pointwise_1x1 > 8 else None
-        compiled = torch.compile(gm, backend="inductor", fullgraph=True, dynamic=False, options=options)
+        compiled = torch.compile(gm, backend="inductor", fullgraph=True, dynamic=False)
         tf32, device = self.tf32, self.device
 
         def run(*args: torch.Tensor) -> Any:
@@ -686,7 +645,7 @@ class TorchUnit(ComputeUnit):
         if cached is None:
             eager = self._eager(prepared, assignment, host_copies=self.device.type == "cuda")
             cached = _Compiled(eager if wrap is None else wrap(eager), self.device.type == "cuda" and self.params.cuda_graphs,
-                               self.device, self.params.tf32, self.params.channels_last, self.params.pointwise_1x1)
+                               self.device, self.params.tf32, self.params.channels_last)
         self._compiled[key] = cached
         while len(self._compiled) > _COMPILED_KEPT:
             self._compiled.pop(next(iter(self._compiled)))
