@@ -14,7 +14,6 @@ from htx.run import Run
 from htx.store import Store
 from htx_plugins.compute.torch_unit import TorchUnit, inductor_available
 
-
 #: One encoder/decoder level and no transformer: the smallest HTDemucs graph (inductor compiles it in ~25 s on
 #: 2 cores, the tiny test model in ~55-75 s). The attention path is compiled in tests/test_gpu.py (CUDA).
 SMALL_GRAPH = {"random": {"channels": 8, "depth": 1, "t_layers": 0, "segment": 1, "seed": 0}}

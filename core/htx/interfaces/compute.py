@@ -156,4 +156,28 @@ def native_unavailable(requested: str, native_available: Callable[[], tuple[bool
     return None if ok else f"runtime native: {why} (use runtime: auto or emulated to emulate it)"
 
 
-__all__ = ["ComputeUnit", "Forward", "native_unavailable", "resolve_runtime"]
+class NativeOrEmulated:
+    """Mixin (before :class:`ComputeUnit`) for a unit whose params have ``runtime: auto | native | emulated`` and
+    that emulates a platform runtime where it cannot run: the unit says how to check for the runtime
+    (:meth:`native_available`); the mixin gives ``resolved_runtime``, ``emulated`` and :meth:`native_unavailable`."""
+
+    params: Any
+
+    def native_available(self) -> tuple[bool, str]:
+        """Whether the platform runtime can run here, and why not."""
+        raise NotImplementedError
+
+    @property
+    def resolved_runtime(self) -> str:
+        return resolve_runtime(self.params.runtime, self.native_available)
+
+    @property
+    def emulated(self) -> bool:
+        return self.resolved_runtime == "emulated"
+
+    def native_unavailable(self) -> str | None:
+        """Why the requested ``runtime: native`` cannot run here (None when it can or was not asked for)."""
+        return native_unavailable(self.params.runtime, self.native_available)
+
+
+__all__ = ["ComputeUnit", "Forward", "NativeOrEmulated", "native_unavailable", "resolve_runtime"]

@@ -22,13 +22,12 @@ from htx.api import (
     Assignment,
     ComputeUnit,
     InnerModel,
+    NativeOrEmulated,
     OpInfo,
     Params,
     Placement,
     UnavailableError,
-    native_unavailable,
     placement_runs,
-    resolve_runtime,
 )
 from htx_plugins.compute.coreai import native
 from htx_plugins.compute.coreai.program import (
@@ -58,7 +57,7 @@ class CoreAIPrepared:
     export_report: dict[str, Any] = field(default_factory=dict)
 
 
-class CoreAIUnit(ComputeUnit):
+class CoreAIUnit(NativeOrEmulated, ComputeUnit):
     """Apple Core AI: the assignment typed into a ``torch.export`` program and converted to ``.aimodel``.
 
     Example config::
@@ -72,19 +71,14 @@ class CoreAIUnit(ComputeUnit):
     Params = CoreAIParams
     MAX_PROGRAMS = 4
 
-    @property
-    def resolved_runtime(self) -> str:
-        return resolve_runtime(self.params.runtime, native.runtime_available)
-
-    @property
-    def emulated(self) -> bool:  # type: ignore[override]
-        return self.resolved_runtime == "emulated"
+    def native_available(self) -> tuple[bool, str]:
+        return native.runtime_available()
 
     def available(self) -> tuple[bool, str]:
         ok, why = available()
         if not ok:
             return ok, why
-        why = native_unavailable(self.params.runtime, native.runtime_available)
+        why = self.native_unavailable()
         return (False, why) if why else (True, "")
 
     @property

@@ -16,19 +16,18 @@ from htx.api import (
     Assignment,
     ComputeUnit,
     InnerModel,
+    NativeOrEmulated,
     OpInfo,
     OpStats,
     Params,
     Placement,
     UnavailableError,
-    native_unavailable,
     is_compute,
     model_prefix,
     number_ops,
     placement_runs,
     portable_module,
     project_noise,
-    resolve_runtime,
 )
 from htx_plugins.compute.coreml import native
 from htx_plugins.compute.coreml.convert import (
@@ -71,7 +70,7 @@ class CoreMLPrepared:
         return self.conversion.sig
 
 
-class CoreMLUnit(ComputeUnit):
+class CoreMLUnit(NativeOrEmulated, ComputeUnit):
     """Core ML ``mlprogram`` conversion with per-op FP16/FP32 (coremltools ``FP16ComputePrecision`` semantics).
 
     ``prepare`` converts the inner model once to an FP32 mlprogram (cached on disk by content hash under
@@ -105,13 +104,8 @@ class CoreMLUnit(ComputeUnit):
             return {"GPU": 1.0}
         return {}
 
-    @property
-    def resolved_runtime(self) -> str:
-        return resolve_runtime(self.params.runtime, native.runtime_available)
-
-    @property
-    def emulated(self) -> bool:  # type: ignore[override]
-        return self.resolved_runtime == "emulated"
+    def native_available(self) -> tuple[bool, str]:
+        return native.runtime_available()
 
     @property
     def runtime(self) -> str:
@@ -128,7 +122,7 @@ class CoreMLUnit(ComputeUnit):
         return torch.device(self.params.device)
 
     def available(self) -> tuple[bool, str]:
-        why = native_unavailable(self.params.runtime, native.runtime_available)
+        why = self.native_unavailable()
         if why:
             return False, why
         if self.emulated and self.params.device == "cuda" and not torch.cuda.is_available():
