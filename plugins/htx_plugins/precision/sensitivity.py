@@ -377,45 +377,45 @@ class _Search:
         return 0.0 if snr is None else (math.inf if not math.isfinite(snr) and snr < 0 else 10 ** (-snr / 10))
 
     def merge(self, fp16: frozenset[str], status: str) -> tuple[frozenset[str], bool, str]:
-        """``cost: partitions | latency``: fill short FP16 gaps between FP32 islands (fewer Neural Engine <-> CPU
-        hops, fewer dtype boundaries), verify the merged set, and keep it if it passes (and, for latency, if
-        its measured model time is lower). Filling only adds FP32 ops, so the merged set rarely fails."""
+        """``cost: partitions | latency`` without minimizing: fill the short FP16 gaps between FP32 islands
+        (:meth:`_merge_checked`) and keep the merged set if it passes."""
         if self.p.cost == "fp32_ops" or self.p.hop_ops <= 0 or not fp16:
             return fp16, True, status
-        merged, filled, gaps = merge_gaps([op.name for op in self.ctx.ops if op.compute], fp16, self.p.hop_ops)
-        if not filled:
+        out, note, info = self._merge_checked(fp16)
+        if note is None:
             return fp16, True, status
-        before, after = self.cost_partitions(fp16), self.cost_partitions(merged)
+        if out is fp16:
+            return fp16, True, f"{status}; {note}"
+        self.merged = info
+        return out, True, status.replace(", 1-minimal (checked)", ", 1-minimal (checked) before merging") + f"; then {note} (verified)"
+
+    def _merge_checked(self, fp16: frozenset[str]) -> tuple[frozenset[str], str | None, dict[str, int]]:
+        """Fill short FP16 gaps between FP32 islands (:func:`merge_gaps`: fewer Neural Engine <-> CPU hops, fewer
+        dtype boundaries) and verify the merged set; for ``cost: latency`` keep it only if its measured model time
+        is lower. Returns (the set kept, a note on what was done or why not (None: no gap to fill), counts of what
+        the kept set changed). Filling only adds FP32 ops, so the merged set rarely fails."""
+        order = [op.name for op in self.ctx.ops if op.compute]
+        merged, filled, gaps = merge_gaps(order, fp16, self.p.hop_ops)
+        before = self.cost_partitions(fp16)
+        kept = {"gaps": 0, "partitions_before": before, "partitions_after": before, "fp32_ops_added": 0}
+        if not filled:
+            return fp16, None, kept
+        after = self.cost_partitions(merged)
         what = f"{gaps} FP16 gaps filled: partitions {before} -> {after}, +{filled} FP32 ops"
         if not self.passes(merged, "merge"):
-            return fp16, True, status + f"; merging ({what}) failed verification, kept unmerged"
-        if self.p.cost == "latency":
-            t0, t1 = ((self.cached(x) or {}).get("model_ms") for x in (fp16, merged))
-            if t0 is not None and t1 is not None and t1 >= t0:
-                return fp16, True, status + f"; merging ({what}) measured no faster ({t1:.2f} vs {t0:.2f} ms), kept unmerged"
-        self.merged = {"gaps": gaps, "partitions_before": before, "partitions_after": after, "fp32_ops_added": filled}
-        return merged, True, status.replace(", 1-minimal (checked)", ", 1-minimal (checked) before merging") + f"; then {what} (verified)"
+            return fp16, f"merging ({what}) failed verification, kept unmerged", kept
+        if self.p.cost == "latency" and not self._faster(merged, fp16):
+            return fp16, f"merging ({what}) measured no faster, kept unmerged", kept
+        return merged, what, {"gaps": gaps, "partitions_before": before, "partitions_after": after, "fp32_ops_added": filled}
 
     def minimize_regions(self, all_names: frozenset[str], fp32: set[str], weight: dict[str, float],
                          status: str) -> tuple[frozenset[str], bool, str]:
         """``cost: partitions | latency``: minimize regions, not ops. Remove the members the estimates say are
-        unneeded in a few group evaluations, fill the short FP16 gaps (:func:`merge_gaps`), then try to return
-        each FP32 region to FP16 whole, lightest first (one evaluation each)."""
+        unneeded in a few group evaluations, fill the short FP16 gaps (:meth:`_merge_checked`), then try to
+        return each FP32 region to FP16 whole, lightest first (one evaluation each), then trim region ends."""
         order = [op.name for op in self.ctx.ops if op.compute]
         fp32 = self._remove_by_estimate(all_names, fp32, weight)
-        fp16 = all_names - fp32
-        before = self.cost_partitions(fp16)
-        merged, filled, gaps = merge_gaps(order, fp16, self.p.hop_ops)
-        notes = []
-        if filled:
-            what = f"{gaps} FP16 gaps filled: partitions {before} -> {self.cost_partitions(merged)}, +{filled} FP32 ops"
-            if not self.passes(merged, "merge"):
-                notes.append(f"merging ({what}) failed verification, kept unmerged")
-            elif self.p.cost == "latency" and not self._faster(merged, fp16):
-                notes.append(f"merging ({what}) measured no faster, kept unmerged")
-            else:
-                fp16 = merged
-                notes.append(what)
+        fp16, note, info = self._merge_checked(all_names - fp32)
         dropped = 0
         for region in sorted(fp32_regions(order, fp16), key=lambda r: sum(weight.get(n, 0.0) for n in r)):
             trial = fp16 | frozenset(region)
@@ -423,12 +423,11 @@ class _Search:
                 fp16, dropped = trial, dropped + 1
         trimmed = self._trim_edges(order, fp16)
         fp16 = fp16 | trimmed
-        after = self.cost_partitions(fp16)
-        self.merged = {"gaps": gaps, "partitions_before": before, "partitions_after": after,
-                       "fp32_ops_added": filled, "regions_dropped": dropped, "ops_trimmed": len(trimmed)}
+        self.merged = {**info, "partitions_after": self.cost_partitions(fp16), "regions_dropped": dropped,
+                       "ops_trimmed": len(trimmed)}
         if self.removed_in_group:
             status += f", {self.removed_in_group} members removed in one group evaluation on the estimate"
-        status += "; " + "; ".join(notes + [
+        status += "; " + "; ".join(([note] if note else []) + [
             f"{dropped} FP32 regions returned to FP16, {len(trimmed)} ops from region ends; region-minimal (checked): "
             f"no FP32 region of the answer can return to FP16 whole"])
         return fp16, True, status
