@@ -144,6 +144,7 @@ def test_the_native_path_with_the_runtime_mocked(prepared, tmp_path, monkeypatch
     assert len(out) == len(emulated) and all(torch.equal(a, b) for a, b in zip(out, emulated))
     unit.compile(prep, a16)  # the .aimodel is converted once per assignment, then loaded from the cache
     assert loaded == [(fwd.path.name, "cpu_only")] * 2 and len(list((tmp_path / "coreai").iterdir())) == 1
+    assert prep.key and fwd.path.parent == tmp_path / "coreai" / prep.key  # a folder per model: no collisions
     assert unit.placement(prep, a16).casts == unit_e.placement(prep, a16).casts  # from the typed program
 
 

@@ -27,6 +27,7 @@ from htx.api import (
     Params,
     Placement,
     UnavailableError,
+    content_key,
     placement_runs,
 )
 from htx_plugins.compute.coreai import native
@@ -52,6 +53,8 @@ class CoreAIParams(Params):
 class CoreAIPrepared:
     exported: Exported
     cache_dir: Path | None = None
+    #: :func:`htx.api.content_key` of the inner model and inputs: names the folder of its typed ``.aimodel`` files
+    key: str = ""
     programs: OrderedDict[frozenset[str], Any] = field(default_factory=OrderedDict)
     #: what the last export wrote: the runtime's summary of the asset and the casts typed into the program
     export_report: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +92,10 @@ class CoreAIUnit(NativeOrEmulated, ComputeUnit):
         ok, why = self.available()
         if not ok:
             raise UnavailableError(why)
-        return CoreAIPrepared(export_program(inner, example_inputs), Path(cache_dir) if cache_dir is not None else None)
+        from importlib.metadata import version
+
+        key = content_key(inner, tuple(example_inputs), "coreai", version("coreai-torch"))
+        return CoreAIPrepared(export_program(inner, example_inputs), Path(cache_dir) if cache_dir is not None else None, key=key)
 
     def ops(self, prepared: CoreAIPrepared) -> list[OpInfo]:
         return list(prepared.exported.ops)
@@ -113,11 +119,12 @@ class CoreAIUnit(NativeOrEmulated, ComputeUnit):
         return forward
 
     def _native(self, prepared: CoreAIPrepared, assignment: Assignment) -> native.NativeForward:
-        """The assignment's typed ``.aimodel`` (converted once, kept under the cache), loaded on the runtime."""
+        """The assignment's typed ``.aimodel`` (converted once, kept under the cache in a folder of the model's
+        content key: two models' programs of one assignment never share a file), loaded on the runtime."""
         import tempfile
 
         fp16 = frozenset(assignment.fp16)
-        folder = (prepared.cache_dir or Path(tempfile.gettempdir()) / "htx") / "coreai"
+        folder = (prepared.cache_dir or Path(tempfile.gettempdir()) / "htx") / "coreai" / prepared.key
         path = folder / f"typed-{native.assignment_tag(fp16)}.aimodel"
         if not path.exists():
             ep, _ = typed_program(prepared.exported, assignment)
