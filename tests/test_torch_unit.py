@@ -86,6 +86,24 @@ def test_group_norm_by_reductions_matches_native(setup):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
 
 
+def test_group_norm_by_reductions_reads_any_layout():
+    """One group or several, 1-D or 2-D, contiguous or channels-last input: native group norm's numbers, and a
+    channels-last input is normalized in place (no copy to contiguous: the output keeps its layout)."""
+    from htx_plugins.compute.torch_unit import _group_norm_by_reductions
+
+    torch.manual_seed(0)
+    for shape, group in (((3, 8, 37), 1), ((3, 8, 37), 4), ((2, 6, 5, 7), 3)):
+        x = torch.randn(*shape)
+        w, b = torch.randn(shape[1]), torch.randn(shape[1])
+        want = torch.nn.functional.group_norm(x, group, w, b, 1e-5)
+        cl = x.unsqueeze(2).contiguous(memory_format=torch.channels_last).squeeze(2) if x.ndim == 3 \
+            else x.contiguous(memory_format=torch.channels_last)
+        for inp in (x, cl):
+            y, mean, rstd = _group_norm_by_reductions(inp, w, b, shape[0], shape[1], 0, group, 1e-5)
+            torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+            assert mean.shape == rstd.shape == (shape[0], group) and y.stride() == inp.stride()
+
+
 def test_record_reports_per_op_stats(setup):
     inner, inputs = setup
     unit = _unit()

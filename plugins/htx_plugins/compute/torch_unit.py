@@ -263,8 +263,12 @@ def _group_norm_by_reductions(
     ``GroupNorm(1, C)`` on a large activation runs on a handful of SMs. Same math and the same internal
     FP32 accumulation as the native kernel, with inputs/outputs in the caller's dtype.
     """
-    xf = x.float().reshape(N, group, -1)
-    var, mean = torch.var_mean(xf, dim=-1, correction=0)
+    # Layout-agnostic: the channel dim is split into groups (a view in any layout) and each group's moments are
+    # reduced over its dims in place, so a channels-last input (``channels_last: true``) is read as it lies
+    # instead of being copied to contiguous first.
+    spatial = tuple(range(2, x.ndim + 1))
+    xf = x.float().unflatten(1, (group, C // group))  # [N, group, C/group, *S]
+    var, mean = torch.var_mean(xf, dim=spatial, correction=0)
     rstd = torch.rsqrt(var + eps)  # [N, group]
     # Fold normalization and affine into one multiply-add per element: y = x * a + c.
     a = rstd.repeat_interleave(C // group, dim=1)  # [N, C]
@@ -274,8 +278,9 @@ def _group_norm_by_reductions(
         c = c * weight.float()[None]
     if bias is not None:
         c = c + bias.float()[None]
-    y = torch.addcmul(c[:, :, None].to(x.dtype), x.reshape(N, C, -1), a[:, :, None].to(x.dtype))
-    return y.reshape(x.shape), mean.to(x.dtype), rstd.to(x.dtype)  # y is in x's dtype already; stats are [N, group]
+    per_channel = (N, C) + (1,) * (x.ndim - 2)
+    y = torch.addcmul(c.reshape(per_channel).to(x.dtype), x, a.reshape(per_channel).to(x.dtype))
+    return y, mean.to(x.dtype), rstd.to(x.dtype)  # y is in x's dtype already; stats are [N, group]
 
 
 _CONV_FUNCS = {F.conv1d: "conv", F.conv2d: "conv", F.conv_transpose1d: "conv_transpose", F.conv_transpose2d: "conv_transpose"}
