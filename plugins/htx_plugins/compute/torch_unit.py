@@ -355,9 +355,8 @@ class TorchParams(Params):
     compile: Literal["off", "inductor"] = "off"
     #: ``compile: inductor`` only: the traced graph's convolutions take channels-last inputs and weights (a 1-D
     #: convolution as a 2-D one of height 1), so cuDNN's NHWC kernels need no layout transposes of their own
-    #: and inductor writes their inputs in that layout. Same numerics up to float rounding. Measured slower on
-    #: an H100 (41.7 vs 30.4 ms, full size, 60 s; experiments/benchmarks/gpu_h100_graph_passes.json): inductor
-    #: then transposes group norm's inputs inside its reductions. Off by default.
+    #: and inductor writes their inputs in that layout. Same numerics up to float rounding. Measured on an H100
+    #: (full size, 60 s; experiments/benchmarks/gpu_h100_graph_passes.json): 28.7 vs 29.0 ms, 1%. Off by default.
     channels_last: bool = False
 
     @model_validator(mode="after")
