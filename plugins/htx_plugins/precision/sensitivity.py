@@ -384,7 +384,7 @@ class _Search:
         out, note, info = self._merge_checked(fp16)
         if note is None:
             return fp16, True, status
-        if out == fp16:  # merging was tried and not kept
+        if out is fp16:
             return fp16, True, f"{status}; {note}"
         self.merged = info
         return out, True, status.replace(", 1-minimal (checked)", ", 1-minimal (checked) before merging") + f"; then {note} (verified)"
