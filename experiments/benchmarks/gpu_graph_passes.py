@@ -1,0 +1,106 @@
+"""The compiled segment graph with and without ``channels_last`` (the record ``gpu_h100_graph_passes.json``).
+
+Full-size HTDemucs (random init, seed 0), a 60 s generated song, every segment in one batch, ``compile: inductor``
+on the ``torch`` STFT backend, all-FP16. Per variant: median wall time of ``separate`` over 7 runs, compile time,
+SNR against the first variant's output, and the torch profiler's GPU time by kernel category. On a CUDA machine::
+
+    python experiments/benchmarks/gpu_graph_passes.py [full|small] > log; the JSON goes to $OUT or /tmp
+
+The record's first run also measured a pass that computed thin 1x1 convolutions as fused multiply-adds
+(``pointwise_1x1``); it was slower and dropped: ``git show 9a4eac5:plugins/htx_plugins/compute/torch_unit.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+from htx.api import Assignment, random_htdemucs
+from htx.pipeline import Pipeline
+from htx.separation import separate
+from htx.spectrogram import spec_to_cac
+from htx_plugins.compute.gpu_bench import SIZES, _sync, categorize, padded_to_batch, test_clip, timed
+from htx_plugins.compute.torch_unit import TorchUnit
+from htx_plugins.stft.torch_stft import TorchSTFT
+from htx_plugins.surgery.full_hybrid import FullHybrid
+
+T0 = time.time()
+
+
+def say(*parts: Any) -> None:
+    print(f"[{time.time() - T0:6.1f}s]", *parts, flush=True)
+
+
+def gpu_profile(fn: Any) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        _sync()
+    kernels: dict[str, float] = {}
+    for evt in prof.key_averages():
+        t = getattr(evt, "self_device_time_total", 0)
+        if t:
+            kernels[evt.key] = kernels.get(evt.key, 0.0) + t
+    total = sum(kernels.values()) or 1.0
+    shares: dict[str, float] = {}
+    for name, t in kernels.items():
+        shares[categorize(name)] = shares.get(categorize(name), 0.0) + t / total
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:14]
+    return {"gpu_ms": total / 1000, "shares": {k: round(v, 3) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
+            "top": [(k[:100], round(v / 1000, 3)) for k, v in top]}
+
+
+def main(size: str = "full") -> dict[str, Any]:
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.mha.set_fastpath_enabled(False)
+    model = random_htdemucs(0, **SIZES[size]).to(dev).eval()
+    seg_len = int(model.segment * model.samplerate)
+    clip, _ = test_clip(60.0 if size == "full" else 4.0)
+    mix = clip.to(dev)
+    n_seg = math.ceil(mix.shape[-1] / int(0.75 * seg_len))
+    inner, stft = FullHybrid().build(model), TorchSTFT()
+    # group norm by reductions on the CPU too: it is what a channels-last input meets on CUDA
+    group_norm = "auto" if dev.type == "cuda" else "reduce"
+    say("device", torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "segments", n_seg)
+    out_path = os.path.join(os.environ.get("OUT", "/tmp"), "gpu_graph_passes.json")
+    res: dict[str, Any] = {}
+    ref = None
+    for name, channels_last in (("compiled segment graph", False), ("channels-last", True)):
+        unit = TorchUnit(TorchUnit.Params(device=dev.type, compile="inductor", channels_last=channels_last,
+                                          group_norm=group_norm))
+        ex = 0.1 * torch.randn(n_seg, 2, seg_len, device=dev)
+        prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex, model.nfft)), ex))
+        pipe = Pipeline(inner, None, stft, model.nfft, dev, sync=_sync)
+        pipe.segment = unit.compile_segment(prepared, Assignment.all_fp16(unit.ops(prepared)),
+                                            pipe.segment_wrapper(stft.in_graph()))
+        fn = padded_to_batch(pipe, n_seg)
+
+        def sep(fn: Any = fn) -> torch.Tensor:
+            return separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, n_seg)
+
+        wall, samples, out = timed(sep, 7)
+        row: dict[str, Any] = {"wall_ms": wall * 1000, "samples_ms": [s * 1000 for s in samples], "compile_s": pipe.compile_s}
+        out = out.float()
+        if ref is None:
+            ref = out
+        else:
+            row["vs_first_db"] = float(10 * torch.log10(ref.pow(2).mean() / (out - ref).pow(2).mean().clamp_min(1e-30)))
+        if dev.type == "cuda":
+            row.update(gpu_profile(sep))
+        res[name] = row
+        with open(out_path, "w") as f:
+            json.dump(res, f, indent=1)
+        say(name, {k: v for k, v in row.items() if k not in ("top", "samples_ms")})
+        torch._dynamo.reset()
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "full")
