@@ -17,18 +17,28 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LocalExecutor(Strict):
+class HangLimits(Strict):
+    """How long a worker (a local pool's process, a serial run's child, a Ray task) may stay silent before it is
+    killed: ``hang_timeouts x trial_timeout_s + hang_grace_s``."""
+
+    hang_grace_s: float = Field(60.0, gt=0, description="a worker silent for hang_timeouts x trial_timeout_s + this is killed")
+    hang_timeouts: float = Field(3.0, ge=1, description="trial timeouts of silence before a worker is killed (3: a trial's "
+                                 "prepare, policy and measurement phases each get trial_timeout_s)")
+
+    def hang_limit(self, trial_timeout_s: float) -> tuple[float, str]:
+        """Seconds of silence after which a worker is killed, and the rule that gave them (for its failed row)."""
+        return self.hang_timeouts * trial_timeout_s + self.hang_grace_s, f"{self.hang_timeouts:g} x trial_timeout_s + hang_grace_s"
+
+
+class LocalExecutor(HangLimits):
     """``executor: {local: {workers: N}}``: a pool of worker processes on this machine."""
 
     workers: int | None = Field(None, ge=1, description="worker processes (default: one per CPU core)")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (default: cores // workers)")
     retries: int = Field(0, ge=0, description="re-runs of a trial whose worker process died")
-    hang_grace_s: float = Field(60.0, gt=0, description="a worker silent for hang_timeouts x trial_timeout_s + this is killed")
-    hang_timeouts: float = Field(3.0, ge=1, description="trial timeouts of silence before a worker is killed (3: a trial's "
-                                 "prepare, policy and measurement phases each get trial_timeout_s)")
 
 
-class RayExecutor(Strict):
+class RayExecutor(HangLimits):
     """``executor: {ray: {address: local|auto|ray://host:port}}``: trials as Ray tasks (``pip install 'htx[ray]'``)."""
 
     address: str = "local"
@@ -38,9 +48,6 @@ class RayExecutor(Strict):
         default_factory=dict, description="Ray resources per compute unit name or entry key, replacing the unit's own"
     )
     runtime_env: dict[str, Any] = Field(default_factory=dict, description="passed to ray.init (e.g. py_modules)")
-    hang_grace_s: float = Field(60.0, gt=0, description="a task silent for hang_timeouts x trial_timeout_s + this is cancelled")
-    hang_timeouts: float = Field(3.0, ge=1, description="trial timeouts of silence before a task is cancelled (3: a trial's "
-                                 "prepare, policy and measurement phases each get trial_timeout_s)")
 
     @field_validator("address")
     @classmethod
@@ -54,7 +61,7 @@ EXECUTOR_KINDS = ("serial", "local", "ray")
 RAY_INSTALL = "pip install 'htx[ray]'"
 
 
-class SerialExecutor(Strict):
+class SerialExecutor(HangLimits):
     """``executor: serial`` (the default): one trial at a time.
 
     ``isolate: true`` (default) runs them in one child process, so a trial that aborts, segfaults, runs out
@@ -65,9 +72,6 @@ class SerialExecutor(Strict):
     """
 
     isolate: bool = Field(True, description="run trials in a child process (crashes and hangs become failed rows)")
-    hang_grace_s: float = Field(60.0, gt=0, description="a child silent for hang_timeouts x trial_timeout_s + this is killed")
-    hang_timeouts: float = Field(3.0, ge=1, description="trial timeouts of silence before a child is killed (3: a trial's "
-                                 "prepare, policy and measurement phases each get trial_timeout_s)")
 
 
 class Executor(Strict):

@@ -42,6 +42,7 @@ from htx.store import TrialRecord
 from htx.trial import new_record, trial_label
 
 if TYPE_CHECKING:
+    from htx.config_executor import HangLimits
     from htx.run import Run
 
 
@@ -167,11 +168,12 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
         fixture = run.workspace.fixtures.get(spec.fixture_index)
         return fixture.get().duration if fixture is not None and fixture.ok else 0.0
 
+    hang: HangLimits  # the executor's options: how long a worker may stay silent
     if executor.kind == "serial":
         threads = torch.get_num_threads()
         chunks = grid_chunks(todo)
         backend = LocalPool(payload, 1, threads)
-        retries, grace, hang_k = 0, executor.serial_opts.hang_grace_s, executor.serial_opts.hang_timeouts
+        retries, hang = 0, executor.serial_opts
         run.say(f"serial: {len(todo)} trials one at a time in a child process ({threads} torch thread"
                 f"{'s' if threads != 1 else ''}): a crash or hang there becomes a failed row")
     elif executor.kind == "local":
@@ -182,7 +184,7 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
         workers = min(workers, len(chunks))
         threads = opts.threads_per_worker or max(1, cores // workers)
         backend = LocalPool(payload, workers, threads)
-        retries, grace, hang_k = opts.retries, opts.hang_grace_s, opts.hang_timeouts
+        retries, hang = opts.retries, opts
         run.say(f"local: {len(todo)} trials in {len(chunks)} chunks on {workers} worker process{'es' if workers != 1 else ''} "
                 f"({threads} torch thread{'s' if threads != 1 else ''} each)")
     else:
@@ -195,14 +197,14 @@ def execute(run: Run, todo: list[TrialSpec], n_done: int, n_total: int,
                 resources[spec.compute.key()] = trial_resources(spec, run.registry, ray_opts.resources)
         backend = RayBackend(ray_opts, payload, run.workspace.shared_data(), resources, run.say)
         chunks = make_chunks(todo, backend.slots, run.builder.is_search, cost)
-        retries, grace, hang_k = ray_opts.retries, ray_opts.hang_grace_s, ray_opts.hang_timeouts
+        retries, hang = ray_opts.retries, ray_opts
         run.say(f"ray: {len(todo)} trials in {len(chunks)} chunks on a cluster with {backend.slots} CPUs")
-    hang_limit = hang_k * cfg.trial_timeout_s + grace
+    hang_limit, hang_rule = hang.hang_limit(cfg.trial_timeout_s)
     report = ExecutorReport(executor.kind, backend.slots, len(chunks))
     t0 = time.perf_counter()
     report.started_at = time.time()
     try:
-        _drive(run, backend, chunks, n_done, n_total, retries, hang_limit, report, f"{hang_k:g} x trial_timeout_s + hang_grace_s")
+        _drive(run, backend, chunks, n_done, n_total, retries, hang_limit, report, hang_rule)
     finally:
         backend.close()
     report.wall_s = time.perf_counter() - t0
