@@ -156,3 +156,41 @@ def test_channels_last_rewrites_every_convolution_and_keeps_the_numerics():
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="compile: inductor"):
         TorchUnit.Params(device="cpu", channels_last=True)
+
+
+def test_pad_channels_widens_thin_convolutions_and_keeps_the_numerics():
+    """The graph pass behind ``pad_channels: true``: a convolution with 6 input or 6 output channels (1-D and
+    2-D, with and without bias) convolves 8, the extra outputs sliced off; transposed and grouped ones are left
+    alone; outputs equal the original graph's, with the channels-last pass after it too."""
+    from torch import nn
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from htx_plugins.compute.torch_unit import channels_last_convolutions, pad_thin_convolutions
+
+    torch.manual_seed(0)
+    down, up = nn.Conv1d(48, 6, 3, padding=2, dilation=2), nn.Conv1d(6, 96, 1, bias=False)
+    first = nn.Conv2d(4, 6, (8, 1), stride=(4, 1))
+    kept = (nn.ConvTranspose1d(6, 6, 4, stride=2), nn.Conv1d(6, 6, 3, groups=2), nn.Conv1d(8, 16, 1))
+
+    def f(x1, x2):
+        y = up(torch.nn.functional.gelu(down(x1)))
+        return y, first(x2), kept[0](y[:, :6]), kept[1](y[:, :6]), kept[2](y[:, :8])
+
+    x1, x2 = torch.randn(2, 48, 37), torch.randn(1, 4, 64, 9)
+    with torch.no_grad():
+        want = f(x1, x2)
+        for channels_last in (False, True):
+            gm = make_fx(f)(x1, x2)
+            assert pad_thin_convolutions(gm) == 3
+            convs = [n for n in gm.graph.nodes if n.target == torch.ops.aten.convolution.default]
+            weights = sorted(tuple(n.args[1].meta["val"].shape) for n in convs)
+            assert weights == [(6, 3, 3), (6, 6, 4), (8, 8, 8, 1), (8, 48, 3), (16, 8, 1), (96, 8, 1)]
+            if channels_last:
+                assert channels_last_convolutions(gm) == (1, 5)
+            gm.recompile()
+            got = gm(x1, x2)
+            for g, w in zip(got, want):
+                assert g.shape == w.shape
+                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="compile: inductor"):
+        TorchUnit.Params(device="cpu", pad_channels=True)

@@ -1,13 +1,17 @@
-"""The compiled segment graph with and without ``channels_last`` (the record ``gpu_h100_graph_passes.json``).
+"""Graph passes of the compiled segment graph, timed side by side (the records ``gpu_h100_graph_passes.json``).
 
 Full-size HTDemucs (random init, seed 0), a 60 s generated song, every segment in one batch, ``compile: inductor``
-on the ``torch`` STFT backend, all-FP16. Per variant: median wall time of ``separate`` over 7 runs, compile time,
-SNR against the first variant's output, and the torch profiler's GPU time by kernel category. On a CUDA machine::
+on the ``torch`` STFT backend, all-FP16. Per variant (a set of ``TorchUnit`` options): median wall time of
+``separate`` over 7 runs, compile time, SNR against the first variant's output, and the torch profiler's GPU time
+by kernel category. With ``expert``, the expert pipeline of the GPU-latency issue (batched segments, whole model,
+``torch.compile``, autocast fp16) is timed in the same process, and every variant gets its ratio to it. On a CUDA
+machine::
 
-    python experiments/benchmarks/gpu_graph_passes.py [full|small] > log; the JSON goes to $OUT or /tmp
+    python experiments/benchmarks/gpu_graph_passes.py [full|small] [variant,...|all] [expert] > log
 
-The record's first run also measured a pass that computed thin 1x1 convolutions as fused multiply-adds
-(``pointwise_1x1``); it was slower and dropped: ``git show 9a4eac5:plugins/htx_plugins/compute/torch_unit.py``.
+The JSON goes to $OUT or /tmp. The first record run also measured a pass that computed thin 1x1 convolutions as
+fused multiply-adds (``pointwise_1x1``); it was slower and dropped: ``git show
+9a4eac5:plugins/htx_plugins/compute/torch_unit.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from htx.api import Assignment, random_htdemucs
 from htx.pipeline import Pipeline
 from htx.separation import separate
 from htx.spectrogram import spec_to_cac
-from htx_plugins.compute.gpu_bench import SIZES, _sync, categorize, padded_to_batch, test_clip, timed
+from htx_plugins.compute.gpu_bench import (
+    SIZES,
+    _sync,
+    categorize,
+    expert_forward,
+    padded_to_batch,
+    test_clip,
+    timed,
+)
 from htx_plugins.compute.torch_unit import TorchUnit
 from htx_plugins.stft.torch_stft import TorchSTFT
 from htx_plugins.surgery.full_hybrid import FullHybrid
@@ -57,7 +69,18 @@ def gpu_profile(fn: Any) -> dict[str, Any]:
             "top": [(k[:100], round(v / 1000, 3)) for k, v in top]}
 
 
-def main(size: str = "full") -> dict[str, Any]:
+#: variant -> TorchUnit options on top of ``compile: inductor``
+VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "channels-last": {"channels_last": True},
+    "cudnn-benchmark": {"cudnn_benchmark": True},
+    "pad-channels": {"pad_channels": True},
+    "pad + benchmark": {"pad_channels": True, "cudnn_benchmark": True},
+    "pad + benchmark + channels-last": {"pad_channels": True, "cudnn_benchmark": True, "channels_last": True},
+}
+
+
+def main(size: str = "full", names: list[str] | None = None, expert: bool = False) -> dict[str, Any]:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.mha.set_fastpath_enabled(False)
     model = random_htdemucs(0, **SIZES[size]).to(dev).eval()
@@ -72,9 +95,23 @@ def main(size: str = "full") -> dict[str, Any]:
     out_path = os.path.join(os.environ.get("OUT", "/tmp"), "gpu_graph_passes.json")
     res: dict[str, Any] = {}
     ref = None
-    for name, channels_last in (("compiled segment graph", False), ("channels-last", True)):
-        unit = TorchUnit(TorchUnit.Params(device=dev.type, compile="inductor", channels_last=channels_last,
-                                          group_norm=group_norm))
+    expert_s = None
+    if expert and dev.type == "cuda":
+        fwd = expert_forward(model, True)
+
+        def run_expert() -> torch.Tensor:
+            return separate(fwd, mix, seg_len, len(model.sources), 0.25, 1.0, n_seg)
+
+        t0 = time.perf_counter()
+        run_expert()
+        first = time.perf_counter() - t0
+        expert_s, samples, _ = timed(run_expert, 7)
+        res["expert compiled autocast fp16"] = {"wall_ms": expert_s * 1000, "samples_ms": [x * 1000 for x in samples],
+                                                "first_call_s": first}
+        say("expert", res["expert compiled autocast fp16"])
+        torch._dynamo.reset()
+    for name in names or list(VARIANTS):
+        unit = TorchUnit(TorchUnit.Params(device=dev.type, compile="inductor", group_norm=group_norm, **VARIANTS[name]))
         ex = 0.1 * torch.randn(n_seg, 2, seg_len, device=dev)
         prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex, model.nfft)), ex))
         pipe = Pipeline(inner, None, stft, model.nfft, dev, sync=_sync)
@@ -85,8 +122,17 @@ def main(size: str = "full") -> dict[str, Any]:
         def sep(fn: Any = fn) -> torch.Tensor:
             return separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, n_seg)
 
-        wall, samples, out = timed(sep, 7)
-        row: dict[str, Any] = {"wall_ms": wall * 1000, "samples_ms": [s * 1000 for s in samples], "compile_s": pipe.compile_s}
+        try:
+            wall, samples, out = timed(sep, 7)
+        except Exception as exc:  # a pass the compiler or cuDNN rejects: say so, keep the other variants
+            res[name] = {"options": VARIANTS[name], "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            say(name, "failed", res[name]["error"])
+            torch._dynamo.reset()
+            continue
+        row: dict[str, Any] = {"options": VARIANTS[name], "wall_ms": wall * 1000, "samples_ms": [s * 1000 for s in samples],
+                               "compile_s": pipe.compile_s}
+        if expert_s:
+            row["vs_expert_compiled"] = expert_s / wall
         out = out.float()
         if ref is None:
             ref = out
@@ -103,4 +149,6 @@ def main(size: str = "full") -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "full")
+    chosen = sys.argv[2] if len(sys.argv) > 2 else "all"
+    main(sys.argv[1] if len(sys.argv) > 1 else "full", None if chosen == "all" else chosen.split(","),
+         "expert" in sys.argv[3:])

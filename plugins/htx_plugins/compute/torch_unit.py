@@ -358,11 +358,21 @@ class TorchParams(Params):
     #: and inductor writes their inputs in that layout. Same numerics up to float rounding. Measured on an H100
     #: (full size, 60 s; experiments/benchmarks/gpu_h100_graph_passes.json): 28.7 vs 29.0 ms, 1%. Off by default.
     channels_last: bool = False
+    #: ``compile: inductor`` only: convolutions whose input or output channel count is not a multiple of 8
+    #: (HTDemucs's DConv bottlenecks of 6 and 12 channels, the 2- and 4-channel first layers) get zero channels
+    #: up to the next multiple (zero weights, zero inputs; the extra outputs sliced off), so cuDNN can pick its
+    #: tensor-core kernels instead of aligned-by-2 FMA ones. Same numerics up to float rounding.
+    pad_channels: bool = False
+    #: ``compile: inductor`` on CUDA only: cuDNN times its algorithms for each convolution shape while the
+    #: graph is compiled (``torch.backends.cudnn.benchmark``) and the CUDA graph keeps the fastest. Adds
+    #: seconds to ``compile_s``, never to latency.
+    cudnn_benchmark: bool = False
 
     @model_validator(mode="after")
-    def _channels_last_needs_a_graph(self) -> TorchParams:
-        if self.channels_last and self.compile == "off":
-            raise ValueError("channels_last rewrites the compiled graph: set compile: inductor with it")
+    def _graph_options_need_a_graph(self) -> TorchParams:
+        for name in ("channels_last", "pad_channels", "cudnn_benchmark"):
+            if getattr(self, name) and self.compile == "off":
+                raise ValueError(f"{name} applies to the compiled graph: set compile: inductor with it")
         return self
 
 
@@ -396,6 +406,20 @@ def tf32_allowed(device: torch.device, allowed: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(device: torch.device, on: bool) -> Iterator[None]:
+    """Set ``torch.backends.cudnn.benchmark`` for the duration (no-op off CUDA)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 class _Graphed:
@@ -482,6 +506,70 @@ def channels_last_convolutions(gm: Any) -> tuple[int, int]:
     return n2, n1
 
 
+def _meta(node: Any, like: Any, shape: Any) -> Any:
+    """``node`` with a shape-only ``val`` (what the later passes read), typed like ``like``."""
+    node.meta["val"] = torch.empty(tuple(shape), dtype=like.dtype, device="meta")
+    return node
+
+
+def _padded_constant(gm: Any, node: Any, pad: list[int]) -> Any:
+    """``node`` zero-padded by ``pad`` (``F.pad`` order): a new graph constant when ``node`` is one, else a
+    ``constant_pad_nd`` node."""
+    g = gm.graph
+    val = node.meta["val"]
+    shape = list(val.shape)
+    for k in range(len(pad) // 2):
+        shape[-1 - k] += pad[2 * k] + pad[2 * k + 1]
+    if node.op == "get_attr":
+        owner = gm
+        *path, leaf = node.target.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        padded = torch.nn.functional.pad(getattr(owner, leaf), pad)
+        k = 0
+        while hasattr(gm, f"_htx_padded_{k}"):
+            k += 1
+        gm.register_buffer(f"_htx_padded_{k}", padded)
+        return _meta(g.get_attr(f"_htx_padded_{k}"), val, shape)
+    return _meta(g.call_function(torch.ops.aten.constant_pad_nd.default, (node, pad, 0.0)), val, shape)
+
+
+def pad_thin_convolutions(gm: Any, multiple: int = 8) -> int:
+    """Rewrite an aten graph's (non-transposed, ungrouped) convolutions whose input or output channel count is
+    not a multiple of ``multiple``: the input and the weight get zero channels up to it, the extra output
+    channels (zero weights, zero bias) are sliced off. Returns how many convolutions were rewritten."""
+    aten = torch.ops.aten
+    g = gm.graph
+    n = 0
+    for node in list(g.nodes):
+        if node.op != "call_function" or node.target != aten.convolution.default:
+            continue
+        x, w, b, stride, pad, dil, transposed, opad, groups = node.args
+        xv, wv = (getattr(a, "meta", {}).get("val") for a in (x, w))
+        if xv is None or wv is None or transposed or groups != 1:
+            continue
+        cout, cin = wv.shape[0], wv.shape[1]
+        pin, pout = -cin % multiple, -cout % multiple
+        if not (pin or pout):
+            continue
+        spatial = [0, 0] * (wv.ndim - 2)
+        with g.inserting_before(node):
+            if pin:
+                x = _padded_constant(gm, x, spatial + [0, pin])
+            w = _padded_constant(gm, w, spatial + [0, pin, 0, pout])
+            if pout and b is not None:
+                b = _padded_constant(gm, b, [0, pout])
+            out_shape = list(node.meta["val"].shape)
+            conv = _meta(g.call_function(aten.convolution.default, (x, w, b, stride, pad, dil, transposed, opad, groups)),
+                         node.meta["val"], [out_shape[0], cout + pout, *out_shape[2:]])
+            out = _meta(g.call_function(aten.slice.Tensor, (conv, 1, 0, cout)), node.meta["val"], out_shape) if pout else conv
+        node.replace_all_uses_with(out)
+        g.erase_node(node)
+        n += 1
+    g.lint()
+    return n
+
+
 class _Compiled:
     """An assignment's eager forward, traced into an aten graph (its casts included) and compiled with
     ``torch.compile`` (inductor) once per input shape; on CUDA the compiled graph is replayed as a CUDA graph.
@@ -492,10 +580,10 @@ class _Compiled:
     total time spent tracing and compiling (first call per shape), kept out of any latency.
     """
 
-    def __init__(self, eager: Any, graphs: bool, device: torch.device, tf32: bool, channels_last: bool = False) -> None:
+    def __init__(self, eager: Any, graphs: bool, device: torch.device, params: TorchParams) -> None:
         self.eager = eager
         self.graphs = graphs
-        self.device, self.tf32, self.channels_last = device, tf32, channels_last
+        self.device, self.params = device, params
         self.by_shape: dict[tuple, Any] = {}
         self.compile_s = 0.0
 
@@ -507,17 +595,20 @@ class _Compiled:
         t0 = time.perf_counter()
         with torch.no_grad():
             self.eager(*inputs)  # fills the weight and host-copy caches outside the trace
-            with tf32_allowed(self.device, self.tf32):
+            with tf32_allowed(self.device, self.params.tf32):
                 gm = make_fx(self.eager)(*inputs)
         gm.graph.eliminate_dead_code()  # host-side constant building whose device copy is cached
-        if self.channels_last:
+        if self.params.pad_channels:
+            pad_thin_convolutions(gm)
+        if self.params.channels_last:
             channels_last_convolutions(gm)
         gm.recompile()
         compiled = torch.compile(gm, backend="inductor", fullgraph=True, dynamic=False)
-        tf32, device = self.tf32, self.device
+        tf32, benchmark, device = self.params.tf32, self.params.cudnn_benchmark, self.device
 
         def run(*args: torch.Tensor) -> Any:
-            with torch.no_grad(), tf32_allowed(device, tf32):
+            # cuDNN's benchmark picks at the warm-up calls before capture; the CUDA graph replays its picks
+            with torch.no_grad(), tf32_allowed(device, tf32), cudnn_benchmark(device, benchmark):
                 return compiled(*args)
 
         fn: Any = _Graphed(run) if self.graphs else run
@@ -649,7 +740,7 @@ class TorchUnit(ComputeUnit):
         if cached is None:
             eager = self._eager(prepared, assignment, host_copies=self.device.type == "cuda")
             cached = _Compiled(eager if wrap is None else wrap(eager), self.device.type == "cuda" and self.params.cuda_graphs,
-                               self.device, self.params.tf32, self.params.channels_last)
+                               self.device, self.params)
         self._compiled[key] = cached
         while len(self._compiled) > _COMPILED_KEPT:
             self._compiled.pop(next(iter(self._compiled)))
