@@ -287,3 +287,30 @@ def test_the_hybrid_surgery_in_the_docs_runs_as_a_real_trial(tmp_path):
         recs = {t.surgery: t for t in store.trials([run.run_id])}
     assert recs["my-host-norm"].status == "ok", recs["my-host-norm"].reason
     assert recs["my-host-norm"].metrics["snr_db"] > 100 and recs["full-hybrid"].metrics["snr_db"] > 100
+
+
+def test_a_compute_unit_that_returns_no_forward_is_named():
+    """``compile`` must return a callable and ``compile_segment`` a callable or None: anything else is a
+    PluginError naming the unit and method, not a TypeError deep in a trial."""
+    import pytest
+
+    from htx.calls import call_plugin, check_callable, optional
+    from htx.errors import PluginError
+    from htx_plugins.compute.torch_unit import TorchUnit
+
+    class Junk(TorchUnit):
+        name = "junk-unit"
+
+        def compile(self, prepared, assignment):
+            return 7
+
+        def compile_segment(self, prepared, assignment, wrap):
+            return "graph"
+
+    unit = Junk(Junk.Params(device="cpu"))
+    with pytest.raises(PluginError, match=r"compute 'junk-unit'.compile\(\) returned int, expected a callable$"):
+        call_plugin(unit, "compile", None, None, check=check_callable)
+    with pytest.raises(PluginError, match=r"compile_segment\(\) returned str, expected a callable or None$"):
+        call_plugin(unit, "compile_segment", None, None, None, check=optional(check_callable))
+    assert call_plugin(unit, "compile_segment", None, None, None, check=optional(lambda v, w: v)) == "graph"
+    assert optional(check_callable)(None, "w") is None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from htx.calls import call_plugin, check_list_of
+from htx.calls import call_plugin, check_callable, check_list_of, optional
 from htx.config import PluginEntry
 from htx.errors import PluginError, UnavailableError
 from htx.failures import deadline
@@ -170,14 +170,16 @@ class TrialBuilder:
         )
         if assignment is None:
             return pipe
-        if not search:  # a unit that compiles graphs may take the whole segment path, STFT and iSTFT included
-            in_graph = call_plugin(stft, "in_graph", check=_check_in_graph) if stft is not None else None
-            if in_graph is not None or not prep.surgery.needs_stft:
-                pipe.segment = call_plugin(prep.compute, "compile_segment", prep.prepared, assignment,
-                                           pipe.segment_wrapper(in_graph), check=_check_callable)
-        if pipe.segment is None:
-            pipe.forward = call_plugin(prep.compute, "search_forward" if search else "compile", prep.prepared, assignment)
-        return pipe
+        if search:
+            pipe.forward = call_plugin(prep.compute, "search_forward", prep.prepared, assignment, check=check_callable)
+            return pipe
+        # a unit that compiles graphs may take the whole segment path, STFT and iSTFT included
+        in_graph = call_plugin(stft, "in_graph", check=_check_in_graph) if stft is not None else None
+        return pipe.compile_with(
+            in_graph,
+            lambda wrap: call_plugin(prep.compute, "compile_segment", prep.prepared, assignment, wrap,
+                                     check=optional(check_callable)),
+            lambda: call_plugin(prep.compute, "compile", prep.prepared, assignment, check=check_callable))
 
     def pipeline_for(self, spec: TrialSpec) -> tuple[Pipeline, Prepared, AssignmentInfo]:
         """The pipeline one trial of ``spec`` runs (prepared model, assignment, STFT backend)."""
@@ -260,12 +262,6 @@ def _check_in_graph(value: Any, where: str) -> Any:
     if value is None or (isinstance(value, tuple) and len(value) == 2 and all(callable(f) for f in value)):
         return value
     raise PluginError(f"{where} returned {type(value).__name__}, expected None or a (stft, istft) pair of callables")
-
-
-def _check_callable(value: Any, where: str) -> Any:
-    if value is None or callable(value):
-        return value
-    raise PluginError(f"{where} returned {type(value).__name__}, expected a callable or None")
 
 
 __all__ = ["AssignmentInfo", "Prepared", "TrialBuilder"]

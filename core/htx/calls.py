@@ -54,9 +54,24 @@ def check_list_of(typ: type) -> Callable[[Any, str], list[Any]]:
 
 
 def check_callable(value: Any, w: str) -> Any:
+    """A ``check`` for a callable."""
     if not callable(value):
         raise PluginError(f"{w} returned {type(value).__name__}, expected a callable")
     return value
 
 
-__all__ = ["call_plugin", "check_callable", "check_list_of", "where"]
+def optional(check: Callable[[Any, str], T]) -> Callable[[Any, str], T | None]:
+    """``check`` that also lets ``None`` through (a method whose ``None`` means "not this way")."""
+
+    def checked(value: Any, w: str) -> T | None:
+        if value is None:
+            return None
+        try:
+            return check(value, w)
+        except PluginError as exc:
+            raise PluginError(f"{exc} or None") from None
+
+    return checked
+
+
+__all__ = ["call_plugin", "check_callable", "check_list_of", "optional", "where"]

@@ -82,6 +82,21 @@ class Pipeline:
         wrap.key = None if in_graph is None or self.stft is None else self.stft.label  # type: ignore[attr-defined]
         return wrap
 
+    def compile_with(
+        self,
+        in_graph: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] | None,
+        compile_segment: Callable[[Callable[..., Any]], Callable[[torch.Tensor], torch.Tensor] | None],
+        compile_forward: Callable[[], Callable[..., Any]],
+    ) -> Pipeline:
+        """Take the unit's compiled segment graph, ``compile_segment(wrap)`` of :meth:`segment_wrapper`, where the
+        STFT backend has an in-graph STFT (or the surgery needs none) and the unit gives one (not None); else
+        its compiled forward, ``compile_forward()``, between the staged STFT and iSTFT."""
+        if in_graph is not None or not self.needs_stft:
+            self.segment = compile_segment(self.segment_wrapper(in_graph))
+        if self.segment is None:
+            self.forward = compile_forward()
+        return self
+
     def reset_times(self) -> None:
         self.times = StageTimes()
 

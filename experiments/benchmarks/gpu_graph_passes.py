@@ -26,14 +26,13 @@ from typing import Any
 import torch
 
 from htx.api import Assignment, random_htdemucs
-from htx.pipeline import Pipeline
 from htx.separation import separate
 from htx.spectrogram import spec_to_cac
 from htx_plugins.compute.gpu_bench import (
     SIZES,
-    _sync,
-    categorize,
+    _pipeline,
     expert_forward,
+    kernel_profile,
     padded_to_batch,
     test_clip,
     timed,
@@ -47,26 +46,6 @@ T0 = time.time()
 
 def say(*parts: Any) -> None:
     print(f"[{time.time() - T0:6.1f}s]", *parts, flush=True)
-
-
-def gpu_profile(fn: Any) -> dict[str, Any]:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        _sync()
-    kernels: dict[str, float] = {}
-    for evt in prof.key_averages():
-        t = getattr(evt, "self_device_time_total", 0)
-        if t:
-            kernels[evt.key] = kernels.get(evt.key, 0.0) + t
-    total = sum(kernels.values()) or 1.0
-    shares: dict[str, float] = {}
-    for name, t in kernels.items():
-        shares[categorize(name)] = shares.get(categorize(name), 0.0) + t / total
-    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:14]
-    return {"gpu_ms": total / 1000, "shares": {k: round(v, 3) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
-            "top": [(k[:100], round(v / 1000, 3)) for k, v in top]}
 
 
 #: variant -> TorchUnit options on top of ``compile: inductor``
@@ -114,9 +93,7 @@ def main(size: str = "full", names: list[str] | None = None, expert: bool = Fals
         unit = TorchUnit(TorchUnit.Params(device=dev.type, compile="inductor", group_norm=group_norm, **VARIANTS[name]))
         ex = 0.1 * torch.randn(n_seg, 2, seg_len, device=dev)
         prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex, model.nfft)), ex))
-        pipe = Pipeline(inner, None, stft, model.nfft, dev, sync=_sync)
-        pipe.segment = unit.compile_segment(prepared, Assignment.all_fp16(unit.ops(prepared)),
-                                            pipe.segment_wrapper(stft.in_graph()))
+        pipe = _pipeline(unit, prepared, Assignment.all_fp16(unit.ops(prepared)), inner, stft, model.nfft, dev)
         fn = padded_to_batch(pipe, n_seg)
 
         def sep(fn: Any = fn) -> torch.Tensor:
@@ -139,11 +116,11 @@ def main(size: str = "full", names: list[str] | None = None, expert: bool = Fals
         else:
             row["vs_first_db"] = float(10 * torch.log10(ref.pow(2).mean() / (out - ref).pow(2).mean().clamp_min(1e-30)))
         if dev.type == "cuda":
-            row.update(gpu_profile(sep))
+            row.update(kernel_profile(sep, top=14))
         res[name] = row
         with open(out_path, "w") as f:
             json.dump(res, f, indent=1)
-        say(name, {k: v for k, v in row.items() if k not in ("top", "samples_ms")})
+        say(name, {k: v for k, v in row.items() if k not in ("top_kernels", "samples_ms")})
         torch._dynamo.reset()
     return res
 

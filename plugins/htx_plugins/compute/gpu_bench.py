@@ -473,27 +473,22 @@ def _bisect(prepared_by_low, ops, inner, stft, model, cpu_model, mix, ref_np, se
             "evaluations": result.evaluations or ctx.evaluations, "search_s": search_s, "batch": batch}
 
 
-def _pipeline(unit: Any, prepared: Any, assignment: Assignment, inner: Any, stft: Any, n_fft: int) -> Pipeline:
+def _pipeline(unit: Any, prepared: Any, assignment: Assignment, inner: Any, stft: Any, n_fft: int,
+              device: torch.device | None = None) -> Pipeline:
     """The pipeline a trial of ``unit`` runs (as the builder makes it): on ``compile: inductor`` the whole
     segment (the torch STFT, model, iSTFT) is one compiled graph, else the stages run around the forward."""
-    pipe = Pipeline(inner, None, stft, n_fft, torch.device("cuda"), sync=_sync)
-    pipe.segment = unit.compile_segment(prepared, assignment, pipe.segment_wrapper(stft.in_graph()))
-    if pipe.segment is None:
-        pipe.forward = unit.compile(prepared, assignment)
-    return pipe
+    return Pipeline(inner, None, stft, n_fft, device or torch.device("cuda"), sync=_sync).compile_with(
+        stft.in_graph(), lambda wrap: unit.compile_segment(prepared, assignment, wrap),
+        lambda: unit.compile(prepared, assignment))
 
 
-def _profile(unit_prepared, assignment, inner, stft, model, mix, seg_len, batch) -> dict[str, Any]:
+def kernel_profile(fn: Callable[[], Any], top: int = 12) -> dict[str, Any]:
+    """GPU time of one call of ``fn`` (warmed already): total, shares by kernel category, the ``top`` kernels."""
     from torch.profiler import ProfilerActivity, profile
 
-    unit, prepared = unit_prepared
-    pipe = _pipeline(unit, prepared, assignment, inner, stft, model.nfft)
-    fn = padded_to_batch(pipe, batch)
-
-    separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch)  # warm (captures graphs)
     _sync()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch)
+        fn()
         _sync()
     kernels: dict[str, float] = {}
     for evt in prof.key_averages():
@@ -506,9 +501,17 @@ def _profile(unit_prepared, assignment, inner, stft, model, mix, seg_len, batch)
     for name, t in kernels.items():
         c = categorize(name)
         shares[c] = shares.get(c, 0.0) + t / total
-    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1])[:top]
     return {"total_gpu_ms": total / 1000.0, "shares": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
-            "top_kernels": [{"name": k[:120], "ms": v / 1000.0, "share": v / total} for k, v in top]}
+            "top_kernels": [{"name": k[:120], "ms": v / 1000.0, "share": v / total} for k, v in ranked]}
+
+
+def _profile(unit_prepared, assignment, inner, stft, model, mix, seg_len, batch) -> dict[str, Any]:
+    unit, prepared = unit_prepared
+    pipe = _pipeline(unit, prepared, assignment, inner, stft, model.nfft)
+    fn = padded_to_batch(pipe, batch)
+    separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch)  # warm (captures graphs)
+    return kernel_profile(lambda: separate(fn, mix, seg_len, len(model.sources), 0.25, 1.0, batch))
 
 
 def _overhead(trial_s: float) -> dict[str, Any]:
