@@ -179,7 +179,6 @@ class _Search:
         self.merged: dict[str, int] | None = None  # what partition merging did to the answer
         self.removed_in_group = 0  # members the minimize pass removed in one evaluation (on the estimate)
         self.estimate_scale: float | None = None  # measured / predicted noise of the set minimized (trust_estimate_db)
-        self.trimmed = 0  # ops returned to FP16 from the ends of FP32 regions
 
     @property
     def evaluations(self) -> int:
@@ -338,11 +337,10 @@ class _Search:
             if not self.passes(all_names - fp32, "verify"):
                 return all_names - fp32, False, "repair did not pass"
         self.selected = len(fp32)
+        weight = {op.name: n.power for n in taken + rest for op in n.ops}
         if minimize and self.p.cost != "fp32_ops" and self.p.hop_ops > 0:
-            weight = {op.name: n.power for n in taken + rest for op in n.ops}
             return self.minimize_regions(all_names, fp32, weight, status)
         if minimize:
-            weight = {op.name: n.power for n in taken + rest for op in n.ops}
             fp32 = self._remove_by_estimate(all_names, fp32, weight)  # a few group evaluations
             order = sorted(fp32, key=lambda name: (weight.get(name, 0.0), -self._cost_drop(fp32, name)))
             bar = self._bar_power()
@@ -384,7 +382,7 @@ class _Search:
         out, note, info = self._merge_checked(fp16)
         if note is None:
             return fp16, True, status
-        if out is fp16:
+        if out == fp16:
             return fp16, True, f"{status}; {note}"
         self.merged = info
         return out, True, status.replace(", 1-minimal (checked)", ", 1-minimal (checked) before merging") + f"; then {note} (verified)"
@@ -456,14 +454,17 @@ class _Search:
                         break
                     out |= set(chunk)
                     at, k = at + k, k * 2
-        self.trimmed = len(out)
         return frozenset(out)
 
+    def _estimate(self, fp16: frozenset[str], but_not: frozenset[str] = frozenset()) -> float:
+        """First-order noise power of ``fp16``: the summed calibrated powers of the op groups wholly in it (and
+        not wholly in ``but_not``)."""
+        return sum(n.power for n in self.groups or [] if all(op.name in fp16 for op in n.ops)
+                   and not (but_not and all(op.name in but_not for op in n.ops)))
+
     def _predicted(self, trial: frozenset[str], now: frozenset[str]) -> float:
-        """Noise of ``trial`` predicted from the measured noise of ``now`` plus the estimates of the ops added."""
-        added = sum(n.power for n in self.groups or [] if all(op.name in trial for op in n.ops)
-                    and not all(op.name in now for op in n.ops))
-        return self._noise(now) + added * (self.estimate_scale or 1.0)
+        """Noise of ``trial`` predicted from the measured noise of ``now`` plus the estimates of the groups it adds."""
+        return self._noise(now) + self._estimate(trial, now) * (self.estimate_scale or 1.0)
 
     def _faster(self, a: frozenset[str], b: frozenset[str]) -> bool:
         t0, t1 = ((self.cached(x) or {}).get("model_ms") for x in (b, a))
@@ -477,7 +478,7 @@ class _Search:
             return fp32
         fp16_now = all_names - fp32
         noise = self._noise(fp16_now)
-        predicted = sum(n.power for n in self.groups if all(op.name in fp16_now for op in n.ops))
+        predicted = self._estimate(fp16_now)
         scale = noise / predicted if predicted > 0 and math.isfinite(predicted) and noise > 0 else 1.0
         self.estimate_scale = scale
         room = bar - noise
