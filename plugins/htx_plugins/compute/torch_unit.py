@@ -362,16 +362,16 @@ class TorchParams(Params):
     #: (HTDemucs's DConv bottlenecks of 6 and 12 channels, the 2- and 4-channel first layers) get zero channels
     #: up to the next multiple (zero weights, zero inputs; the extra outputs sliced off), so cuDNN can pick its
     #: tensor-core kernels instead of aligned-by-2 FMA ones. Same numerics up to float rounding.
-    pad_channels: bool = False
+    pad_channels: bool = True
     #: ``compile: inductor`` on CUDA only: cuDNN times its algorithms for each convolution shape while the
     #: graph is compiled (``torch.backends.cudnn.benchmark``) and the CUDA graph keeps the fastest. Adds
     #: seconds to ``compile_s``, never to latency.
-    cudnn_benchmark: bool = False
+    cudnn_benchmark: bool = True
 
     @model_validator(mode="after")
     def _graph_options_need_a_graph(self) -> TorchParams:
         for name in ("channels_last", "pad_channels", "cudnn_benchmark"):
-            if getattr(self, name) and self.compile == "off":
+            if name in self.model_fields_set and getattr(self, name) and self.compile == "off":
                 raise ValueError(f"{name} applies to the compiled graph: set compile: inductor with it")
         return self
 
