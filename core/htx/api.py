@@ -54,7 +54,7 @@ from htx.interfaces import (
     STFTBackend,
     Surgery,
 )
-from htx.interfaces.compute import NativeOrEmulated
+from htx.interfaces.compute import NativeOrEmulated, macos_runtime_available
 from htx.metrics import accuracy, percentiles
 from htx.models import LoadedModel, load_model, model_hash, random_htdemucs
 from htx.noise import project_noise
@@ -92,7 +92,7 @@ from htx.types import Assignment, OpInfo, OpStats
 __all__ = [
     # interfaces
     "ComputeUnit", "Forward", "InnerModel", "Params", "Plugin", "PrecisionPolicy", "STFTBackend", "SearchPolicy",
-    "NativeOrEmulated", "StaticPolicy", "Surgery", "hookimpl",
+    "NativeOrEmulated", "macos_runtime_available", "StaticPolicy", "Surgery", "hookimpl",
     # values and typed results
     "Assignment", "Criterion", "DEFAULT_SNR_DB", "EVALUATION_METRICS", "Evaluation", "FirstOrder", "FrontierPoint",
     "OpInfo", "OpStats", "Placement", "SearchResult", "SearchStep",

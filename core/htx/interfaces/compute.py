@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import sys
 from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -156,6 +158,24 @@ def native_unavailable(requested: str, native_available: Callable[[], tuple[bool
     return None if ok else f"runtime native: {why} (use runtime: auto or emulated to emulate it)"
 
 
+def macos_runtime_available(runtime: str, package: str, probe: Callable[[], object], fix: str,
+                            min_major: int = 0) -> tuple[bool, str]:
+    """A ``native_available`` for a runtime only macOS has: ``(False, why)`` off macOS, below macOS
+    ``min_major``, or where ``probe()`` (an import of ``package``'s runtime) raises, with ``fix`` (what to
+    install); else ``(True, "")``."""
+    need = f"macOS {min_major}" if min_major else "macOS"
+    if sys.platform != "darwin":
+        return False, f"the {runtime} runtime needs {need}; this is {platform.system() or sys.platform}"
+    version = platform.mac_ver()[0] or "0"
+    if min_major and int(version.split(".")[0]) < min_major:
+        return False, f"the {runtime} runtime needs {need}; this is macOS {version}"
+    try:
+        probe()
+    except Exception as exc:  # pragma: no cover - depends on the Mac's install
+        return False, f"{package} has no {runtime} runtime here ({type(exc).__name__}: {exc}); {fix}"
+    return True, ""
+
+
 class NativeOrEmulated:
     """Mixin (before :class:`ComputeUnit`) for a unit whose params have ``runtime: auto | native | emulated`` and
     that emulates a platform runtime where it cannot run: the unit says how to check for the runtime
@@ -180,4 +200,4 @@ class NativeOrEmulated:
         return native_unavailable(self.params.runtime, self.native_available)
 
 
-__all__ = ["ComputeUnit", "Forward", "NativeOrEmulated", "native_unavailable", "resolve_runtime"]
+__all__ = ["ComputeUnit", "Forward", "NativeOrEmulated", "macos_runtime_available", "native_unavailable", "resolve_runtime"]

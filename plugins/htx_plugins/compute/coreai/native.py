@@ -10,8 +10,6 @@ trial's placement still comes from the typed program.
 from __future__ import annotations
 
 import hashlib
-import platform
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from htx.api import macos_runtime_available
 from htx_plugins.compute.coreai.program import INSTALL
 
 #: The macOS major version the Core AI runtime needs.
@@ -27,16 +26,11 @@ MACOS = 27
 
 def runtime_available() -> tuple[bool, str]:
     """``(True, "")`` where the Core AI runtime can load and run a model, else ``(False, why)``."""
-    if sys.platform != "darwin":
-        return False, f"the Core AI runtime needs macOS {MACOS}; this is {platform.system() or sys.platform}"
-    version = platform.mac_ver()[0] or "0"
-    if int(version.split(".")[0]) < MACOS:
-        return False, f"the Core AI runtime needs macOS {MACOS}; this is macOS {version}"
-    try:
+
+    def probe() -> None:
         from coreai.runtime import AIModel  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on the Mac's install
-        return False, f"coreai-core has no runtime here ({type(exc).__name__}: {exc}); {INSTALL}"
-    return True, ""
+
+    return macos_runtime_available("Core AI", "coreai-core", probe, INSTALL, min_major=MACOS)
 
 
 def load_function(path: Path, units: str) -> Any:

@@ -8,8 +8,6 @@ the boundary that tests replace with a mock. This path is untested on hardware u
 from __future__ import annotations
 
 import hashlib
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from htx.api import macos_runtime_available
 from htx_plugins.compute.coreml.convert import Signature, coremltools, load_program, quiet, typed_convert
 
 
 def runtime_available() -> tuple[bool, str]:
     """``(True, "")`` where coremltools can run predictions, else ``(False, why)``."""
-    if sys.platform != "darwin":
-        return False, f"the Core ML runtime needs macOS; this is {platform.system() or sys.platform}"
-    try:
+
+    def probe() -> None:
         from coremltools import libcoremlpython  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on the Mac's install
-        return False, f"coremltools has no Core ML runtime here ({type(exc).__name__}: {exc}); install the macOS wheel of coremltools"
-    return True, ""
+
+    return macos_runtime_available("Core ML", "coremltools", probe, "install the macOS wheel of coremltools")
 
 
 def load_mlmodel(path: Path, units: str) -> Any:
