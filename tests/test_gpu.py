@@ -89,9 +89,16 @@ def test_compiled_torch_unit_on_cuda(setup):
         assert torch.equal(a, b)  # CUDA graph replay
         assert 20 < _snr(ref, a) < 100 and _snr(ref, a) > _snr(ref, e) - 3, (_snr(ref, a), _snr(ref, e))
     assert not hasattr(comp.search_forward(pc, asg), "compile_s")  # searches evaluate on the eager path
-    # the default graph passes (thin convolutions padded to 8 channels, cuDNN benchmark) keep the accuracy
-    plain = TorchUnit(TorchUnit.Params(device="cuda", compile="inductor", pad_channels=False, cudnn_benchmark=False))
-    assert comp.params.pad_channels and comp.params.cudnn_benchmark
+    # the graph passes (channels-last, on by default; thin convolutions padded to 8 channels, cuDNN benchmark)
+    # keep the accuracy
+    plain = TorchUnit(TorchUnit.Params(device="cuda", compile="inductor", channels_last=False))
+    passes = TorchUnit(TorchUnit.Params(device="cuda", compile="inductor", pad_channels=True, cudnn_benchmark=True))
+    assert comp.params.channels_last and not comp.params.pad_channels
+    p16 = plain.compile(plain.prepare(inner, inputs), asg)(*dev_inputs)
+    x16 = passes.compile(passes.prepare(inner, inputs), asg)(*dev_inputs)
+    for a, p, x, ref in zip(first, p16, x16, cpu_ref):
+        assert abs(_snr(ref, x) - _snr(ref, p)) < 3 and _snr(p, x) > 20, (_snr(ref, x), _snr(ref, p), _snr(p, x))
+        assert abs(_snr(ref, a) - _snr(ref, p)) < 3 and _snr(p, a) > 20, (_snr(ref, a), _snr(ref, p), _snr(p, a))
     p16 = plain.compile(plain.prepare(inner, inputs), asg)(*dev_inputs)
     for a, p, ref in zip(first, p16, cpu_ref):
         assert abs(_snr(ref, a) - _snr(ref, p)) < 3 and _snr(p, a) > 20, (_snr(ref, a), _snr(ref, p), _snr(p, a))
@@ -192,6 +199,6 @@ def test_bench_gpu_smoke_compiled_and_peers(tmp_path):
     assert rec["policies"]["tf32 compiled"]["snr_db"] > rec["policies"]["all-fp16 compiled"]["snr_db"]
     cl = rec["policies"]["all-fp16 compiled channels-last"]  # the bench records a failed row: it must not fail
     assert "error" not in cl and cl["nan"] == 0 and cl["snr_db"] > 20, cl
-    bare = rec["policies"]["all-fp16 compiled, no graph passes"]
+    bare = rec["policies"]["all-fp16 compiled, no channels-last"]
     assert bare["nan"] == 0 and abs(bare["snr_db"] - rec["policies"]["all-fp16 compiled"]["snr_db"]) < 3, bare
     assert rec["profile"]["policy"] == rec["fastest"]["policy"] and rec["profile"]["shares"]

@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import model_validator
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
@@ -353,27 +352,23 @@ class TorchParams(Params):
     #: (fixed policies, a search's answer) run compiled; a search's evaluations keep the eager path, which is
     #: fast to rebuild. Compile time is reported apart (``compile_s``), never inside latency.
     compile: Literal["off", "inductor"] = "off"
-    #: ``compile: inductor`` only: the traced graph's convolutions take channels-last inputs and weights (a 1-D
-    #: convolution as a 2-D one of height 1), so cuDNN's NHWC kernels need no layout transposes of their own
-    #: and inductor writes their inputs in that layout. Same numerics up to float rounding. Measured on an H100
-    #: (full size, 60 s; experiments/benchmarks/gpu_h100_graph_passes.json): 28.7 vs 29.0 ms, 1%. Off by default.
-    channels_last: bool = False
+    #: ``compile: inductor`` only (unused with ``compile: off``): the traced graph's convolutions take
+    #: channels-last inputs and weights (a 1-D convolution as a 2-D one of height 1), so cuDNN's NHWC kernels
+    #: need no layout transposes of their own and inductor writes their inputs in that layout. Same numerics
+    #: up to float rounding. Measured on an H100 (full size, 60 s; experiments/benchmarks/gpu_h100_quick.json):
+    #: the bisect answer 26.3 vs 29.4 ms in one run, GPU time 27.0 vs 28.4 ms. On by default.
+    channels_last: bool = True
     #: ``compile: inductor`` only: convolutions whose input or output channel count is not a multiple of 8
     #: (HTDemucs's DConv bottlenecks of 6 and 12 channels, the 2- and 4-channel first layers) get zero channels
     #: up to the next multiple (zero weights, zero inputs; the extra outputs sliced off), so cuDNN can pick its
-    #: tensor-core kernels instead of aligned-by-2 FMA ones. Same numerics up to float rounding.
-    pad_channels: bool = True
+    #: tensor-core kernels. Same numerics up to float rounding. Measured no gain on an H100 (GPU time 26.9 vs
+    #: 27.0 ms with channels-last; gpu_h100_graph_passes.json): off by default.
+    pad_channels: bool = False
     #: ``compile: inductor`` on CUDA only: cuDNN times its algorithms for each convolution shape while the
     #: graph is compiled (``torch.backends.cudnn.benchmark``) and the CUDA graph keeps the fastest. Adds
-    #: seconds to ``compile_s``, never to latency.
-    cudnn_benchmark: bool = True
-
-    @model_validator(mode="after")
-    def _graph_options_need_a_graph(self) -> TorchParams:
-        # pad_channels and cudnn_benchmark, on by default, are simply not used with compile: off
-        if self.channels_last and self.compile == "off":
-            raise ValueError("channels_last rewrites the compiled graph: set compile: inductor with it")
-        return self
+    #: seconds to ``compile_s``, never to latency. Measured no gain on an H100 (27.1 vs 27.0 ms GPU time with
+    #: channels-last): off by default.
+    cudnn_benchmark: bool = False
 
 
 def inductor_available(device: torch.device) -> tuple[bool, str]:
