@@ -197,8 +197,8 @@ def test_bench_gpu_smoke_compiled_and_peers(tmp_path):
         assert row["path"] == "inductor" and row["compile_s"] > 0 and row["peak_kind"] == kind, (name, row)
         assert row["nan"] == 0 and row["inf"] == 0 and row["vs_expert_compiled"] > 0
     assert rec["policies"]["tf32 compiled"]["snr_db"] > rec["policies"]["all-fp16 compiled"]["snr_db"]
-    cl = rec["policies"]["all-fp16 compiled channels-last"]  # the bench records a failed row: it must not fail
-    assert "error" not in cl and cl["nan"] == 0 and cl["snr_db"] > 20, cl
+    # the ablation of the default channels-last layout (the bench records a failed row: it must not fail)
     bare = rec["policies"]["all-fp16 compiled, no channels-last"]
-    assert bare["nan"] == 0 and abs(bare["snr_db"] - rec["policies"]["all-fp16 compiled"]["snr_db"]) < 3, bare
+    assert "error" not in bare and bare["nan"] == 0, bare
+    assert abs(bare["snr_db"] - rec["policies"]["all-fp16 compiled"]["snr_db"]) < 3, bare
     assert rec["profile"]["policy"] == rec["fastest"]["policy"] and rec["profile"]["shares"]

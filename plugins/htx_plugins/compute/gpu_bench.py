@@ -361,27 +361,31 @@ def run(
 
     if compiled:
         say(f"htx pipeline, compile: inductor (batch {policy_batch} segments, CUDA graphs; compile time apart):")
-        fp16_c = build("fp16", policy_batch, compile_mode="inductor")
-        measure("all-fp16 compiled", fp16_c, Assignment.all_fp16(ops), "inductor", "fp16")
-        # what the default channels-last pass buys: the same row without it
-        measure("all-fp16 compiled, no channels-last", build("fp16", policy_batch, compile_mode="inductor", channels_last=False),
-                Assignment.all_fp16(ops), "inductor", "fp16")
-        if bisect_fp32 is not None:
-            row = measure("bisect compiled", fp16_c, Assignment.keep_fp32(ops, bisect_fp32), "inductor", "fp16")
-            row["fp32_ops"] = bisect_fp32
-        if not quick:
-            measure("bf16 compiled", build("bf16", policy_batch, compile_mode="inductor"), Assignment.all_fp16(ops), "inductor", "bf16")
-            measure("tf32 compiled", build("fp16", policy_batch, compile_mode="inductor", tf32=True), Assignment.all_fp32(), "inductor", "tf32")
-        # channels-last convolutions on the best FP16 answer (the bisect one, else all-fp16)
-        name, asg = ("bisect compiled channels-last", Assignment.keep_fp32(ops, bisect_fp32)) if bisect_fp32 is not None \
-            else ("all-fp16 compiled channels-last", Assignment.all_fp16(ops))
-        try:
-            row = measure(name, build("fp16", policy_batch, compile_mode="inductor", channels_last=True), asg, "inductor", "fp16")
-            if bisect_fp32 is not None:
+
+        def compiled_row(name: str, low: str, asg: Assignment, kind: str, **params: Any) -> None:
+            """One compiled row; a graph the compiler or cuDNN rejects is recorded as the row's error."""
+            try:
+                row = measure(name, build(low, policy_batch, compile_mode="inductor", **params), asg, "inductor", kind)
+            except Exception as exc:
+                results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                say(f"  {name}: failed ({type(exc).__name__}: {str(exc)[:200]})")
+                return
+            if name.startswith("bisect"):
                 row["fp32_ops"] = bisect_fp32
-        except Exception as exc:  # a layout the compiler or cuDNN rejects: say so, keep the other rows
-            results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-            say(f"  {name}: failed ({type(exc).__name__}: {str(exc)[:200]})")
+
+        all16 = Assignment.all_fp16(ops)
+        compiled_row("all-fp16 compiled", "fp16", all16, "fp16")
+        if bisect_fp32 is not None:
+            compiled_row("bisect compiled", "fp16", Assignment.keep_fp32(ops, bisect_fp32), "fp16")
+        if not quick:
+            compiled_row("bf16 compiled", "bf16", all16, "bf16")
+            compiled_row("tf32 compiled", "fp16", Assignment.all_fp32(), "tf32", tf32=True)
+        # what the default channels-last layout buys: the best FP16 answer (bisect's, else all-fp16) without it
+        if bisect_fp32 is not None:
+            compiled_row("bisect compiled, no channels-last", "fp16", Assignment.keep_fp32(ops, bisect_fp32), "fp16",
+                         channels_last=False)
+        else:
+            compiled_row("all-fp16 compiled, no channels-last", "fp16", all16, "fp16", channels_last=False)
 
     # quality bars: the fastest htx row at each bar, and how it compares with the expert pipeline
     bars = {}
@@ -573,7 +577,7 @@ def command(
     peers: bool = typer.Option(True, "--peers/--no-peers", help="also time apply_model compiled + autocast and the expert pipeline (eager, compiled)"),
     sweep: bool = typer.Option(False, "--sweep/--no-sweep", help="also sweep the batch size and the ablations for the fastest row"),
     emulator: bool = typer.Option(False, help="also time the Core ML emulator on CUDA"),
-    quick: bool = typer.Option(False, "--quick", help="the goal rows only: apply_model FP32, the expert compiled, htx all-fp16 eager, bisect, and the compiled all-fp16 / bisect / channels-last rows (no bf16, tf32, apply_model compiled, expert eager)"),
+    quick: bool = typer.Option(False, "--quick", help="the goal rows only: apply_model FP32, the expert compiled, htx all-fp16 eager, bisect, and the compiled all-fp16 / bisect / bisect without channels-last rows (no bf16, tf32, apply_model compiled, expert eager)"),
     out: str = typer.Option("experiments/benchmarks/gpu.json", help="where to write the raw JSON"),
     size: str = typer.Option("full", help="full (the default HTDemucs) or small (a smoke run: 8 channels, 1 s segments)"),
 ) -> None:
