@@ -190,6 +190,8 @@ def test_pad_channels_widens_thin_convolutions_and_keeps_the_numerics():
             for g, w in zip(got, want):
                 assert g.shape == w.shape
                 torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
-    # on by default and unused off the compiled path: a unit's params round-trip (the bench rebuilds units so)
-    eager = TorchUnit.Params(device="cpu")
-    assert eager.pad_channels and TorchUnit.Params(**eager.model_dump()) == eager
+    # graph options are unused off the compiled path, never refused there: a unit's params round-trip (the bench
+    # rebuilds units from dumped params, eager ones included)
+    for params in (TorchUnit.Params(device="cpu"), TorchUnit.Params(device="cpu", channels_last=True, pad_channels=True)):
+        assert TorchUnit.Params(**params.model_dump()) == params
+    assert TorchUnit.Params().channels_last == "auto"

@@ -93,7 +93,7 @@ def test_compiled_torch_unit_on_cuda(setup):
     # keep the accuracy
     plain = TorchUnit(TorchUnit.Params(device="cuda", compile="inductor", channels_last=False))
     passes = TorchUnit(TorchUnit.Params(device="cuda", compile="inductor", pad_channels=True, cudnn_benchmark=True))
-    assert comp.params.channels_last and not comp.params.pad_channels
+    assert comp.params.channels_last == "auto" and not comp.params.pad_channels  # auto: on CUDA
     p16 = plain.compile(plain.prepare(inner, inputs), asg)(*dev_inputs)
     x16 = passes.compile(passes.prepare(inner, inputs), asg)(*dev_inputs)
     for a, p, x, ref in zip(first, p16, x16, cpu_ref):

@@ -356,8 +356,9 @@ class TorchParams(Params):
     #: channels-last inputs and weights (a 1-D convolution as a 2-D one of height 1), so cuDNN's NHWC kernels
     #: need no layout transposes of their own and inductor writes their inputs in that layout. Same numerics
     #: up to float rounding. Measured on an H100 (full size, 60 s; experiments/benchmarks/gpu_h100_quick.json):
-    #: the bisect answer 26.3 vs 29.4 ms in one run, GPU time 27.0 vs 28.4 ms. On by default.
-    channels_last: bool = True
+    #: the bisect answer 26.3 vs 29.4 ms in one run, GPU time 27.0 vs 28.4 ms. ``auto`` (the default): on CUDA
+    #: only (on a 2-core CPU the small model's compiled segment graph took 598-617 ms with it, 535-542 without).
+    channels_last: bool | Literal["auto"] = "auto"
     #: ``compile: inductor`` only: convolutions whose input or output channel count is not a multiple of 8
     #: (HTDemucs's DConv bottlenecks of 6 and 12 channels, the 2- and 4-channel first layers) get zero channels
     #: up to the next multiple (zero weights, zero inputs; the extra outputs sliced off), so cuDNN can pick its
@@ -595,7 +596,7 @@ class _Compiled:
         gm.graph.eliminate_dead_code()  # host-side constant building whose device copy is cached
         if self.params.pad_channels:
             pad_thin_convolutions(gm)
-        if self.params.channels_last:
+        if self.params.channels_last is True or (self.params.channels_last == "auto" and self.device.type == "cuda"):
             channels_last_convolutions(gm)
         gm.recompile()
         compiled = torch.compile(gm, backend="inductor", fullgraph=True, dynamic=False)
