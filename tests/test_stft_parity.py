@@ -362,3 +362,20 @@ def test_vdsp_native_mode_off_macos_is_unavailable_not_a_crash():
     with pytest.raises(UnavailableError, match="exists only on macOS"):
         backend.stft(torch.zeros(2, 5000))
     assert VDSPSTFT().emulated and VDSPSTFT(VDSPSTFT.Params(mode="emulated")).emulated
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_the_traceable_ispec_matches_torch_istft(dtype):
+    """The in-graph inverse (the frames-first padded layout and an explicit overlap-add) gives what
+    ``torch.istft`` gives, with the DC bin's imaginary part dropped, a NaN there included."""
+    from htx.spectrogram import demucs_ispec
+
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 2048, 44, dtype=dtype)
+    z[1, 2, 0, 5] = complex(0.5, math.nan)  # dropped: the output stays finite
+    want, got = demucs_ispec(z, 44100), demucs_ispec(z, 44100, traceable=True)
+    assert got.shape == want.shape == (2, 3, 44100) and torch.isfinite(got).all()
+    tol = 1e-6 if dtype == torch.complex64 else 1e-13
+    assert float((got - want).abs().max()) <= tol * float(want.abs().max())
+    z[1, 2, 0, 5] = complex(0.5, 7.0)  # the imaginary part of DC changes nothing
+    assert torch.equal(demucs_ispec(z, 44100, traceable=True), got)

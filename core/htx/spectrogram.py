@@ -57,9 +57,15 @@ def istft_fold(z: torch.Tensor, n_fft: int, hop: int, length: int) -> torch.Tens
     ``[N, n_fft // 2 + 1, T]`` without its data-dependent checks (the window-envelope test reads a value back
     from the device), so that it traces into a graph: inverse real FFT, window, overlap-add (``fold``), divided
     by the summed squared window. Matches ``torch.istft`` to float rounding."""
-    frames = z.shape[-1]
-    window = torch.hann_window(n_fft, dtype=z.real.dtype, device=z.device)
-    y = torch.fft.irfft(z.transpose(1, 2), n=n_fft, dim=-1, norm="ortho") * window  # [N, T, n_fft]
+    return _irfft_overlap_add(z.transpose(1, 2), n_fft, hop, length)
+
+
+def _irfft_overlap_add(frames_major: torch.Tensor, n_fft: int, hop: int, length: int) -> torch.Tensor:
+    """:func:`istft_fold` of complex ``[N, T, n_fft // 2 + 1]`` (frames first: the layout the inverse FFT reads
+    without a copy when it is contiguous)."""
+    frames = frames_major.shape[1]
+    window = torch.hann_window(n_fft, dtype=frames_major.real.dtype, device=frames_major.device)
+    y = torch.fft.irfft(frames_major, n=n_fft, dim=-1, norm="ortho") * window  # [N, T, n_fft]
     out_len = (frames - 1) * hop + n_fft
 
     def overlap_add(x: torch.Tensor) -> torch.Tensor:  # [M, T, n_fft] -> [M, out_len]
@@ -70,12 +76,30 @@ def istft_fold(z: torch.Tensor, n_fft: int, hop: int, length: int) -> torch.Tens
     return overlap_add(y)[:, start: start + length] / envelope[:, start: start + length]
 
 
+def _ispec_frames(z: torch.Tensor) -> torch.Tensor:
+    """What ``HTDemucs._ispec`` hands the inverse STFT, from complex ``[N, F, T]``: the DC bin's imaginary part
+    dropped, a zero Nyquist bin and two zero frames on each side appended, laid out frames first
+    (``[N, T + 4, F + 1]``, contiguous). Built on the real view, so a compiled graph writes it in one fused
+    kernel: complex tensors are ATen's, and the complex ``cat``, two pads and the strided inverse-FFT input the
+    plain path takes were one full copy each of the four stems' spectrograms on the GPU."""
+    freqs = z.shape[1]
+    r = torch.view_as_real(z).transpose(1, 2)  # [N, T, F, 2]
+    is_dc_imag = torch.arange(2 * freqs, device=z.device).reshape(freqs, 2) == 1
+    r = torch.where(is_dc_imag, torch.zeros((), dtype=r.dtype, device=r.device), r)
+    return torch.view_as_complex(F.pad(r, (0, 0, 0, 1, 2, 2)).contiguous())
+
+
 def demucs_ispec(z: torch.Tensor, length: int, n_fft: int = 4096, traceable: bool = False) -> torch.Tensor:
     """``HTDemucs._ispec``: complex ``[..., n_fft // 2, T]`` -> ``[..., length]``. ``traceable``: the inverse
-    is :func:`istft_fold` (no device read-back, so a compiled graph can hold it) instead of ``torch.istft``."""
+    is :func:`istft_fold` (no device read-back, so a compiled graph can hold it) instead of ``torch.istft``,
+    on a spectrogram padded in the layout it reads (:func:`_ispec_frames`)."""
     hop = hop_length(n_fft)
     *other, freqs, frames = z.shape
     z = z.reshape(-1, freqs, frames)
+    pad = hop // 2 * 3
+    le = hop * int(math.ceil(length / hop)) + 2 * pad
+    if traceable:
+        return _irfft_overlap_add(_ispec_frames(z), n_fft, hop, le)[..., pad: pad + length].reshape(*other, length)
     # A real signal's DC bin is real. The network's output is not, and torch's inverse FFT treats the
     # imaginary part differently per device: the CPU ignores it, CUDA (on this padded, strided input) does
     # not, so HTDemucs's own output differs between CPU and CUDA (31.5 dB SNR on the trained demo model).
@@ -83,11 +107,7 @@ def demucs_ispec(z: torch.Tensor, length: int, n_fft: int = 4096, traceable: boo
     z = torch.cat([z[:, :1].real.to(z.dtype), z[:, 1:]], dim=1)
     z = F.pad(z, (0, 0, 0, 1))
     z = F.pad(z, (2, 2))
-    pad = hop // 2 * 3
-    le = hop * int(math.ceil(length / hop)) + 2 * pad
     real_dtype = z.real.dtype
-    if traceable:
-        return istft_fold(z, n_fft, hop, le)[..., pad: pad + length].reshape(*other, length)
     x = torch.istft(
         z, n_fft, hop, window=torch.hann_window(n_fft, dtype=real_dtype, device=z.device), win_length=n_fft,
         normalized=True, length=le, center=True,
