@@ -27,7 +27,7 @@ import torch
 
 from htx.api import Assignment, random_htdemucs
 from htx.separation import separate
-from htx.spectrogram import spec_to_cac
+from htx.spectrogram import demucs_ispec, spec_to_cac
 from htx_plugins.compute.gpu_bench import (
     SIZES,
     _pipeline,
@@ -58,7 +58,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pad + benchmark": {},
     "pad + benchmark + channels-last": {"channels_last": True},
     "channels-last + benchmark": {"pad_channels": False, "channels_last": True},
+    "complex istft": {"complex_istft": True},  # not a unit option: the pre-5f7d2d3 in-graph iSTFT, patched in
 }
+
+
+def _complex_layout_ispec(z: torch.Tensor, length: int, n_fft: int = 4096, traceable: bool = False) -> torch.Tensor:
+    """The traceable iSTFT as it was before commit 5f7d2d3 (complex ``cat``, two complex pads, a strided inverse
+    FFT input): the variant ``complex istft`` times it beside the frames-first real-view layout."""
+    import torch.nn.functional as F
+
+    from htx.spectrogram import hop_length, istft_fold
+
+    hop = hop_length(n_fft)
+    *other, freqs, frames = z.shape
+    z = z.reshape(-1, freqs, frames)
+    z = torch.cat([z[:, :1].real.to(z.dtype), z[:, 1:]], dim=1)
+    z = F.pad(F.pad(z, (0, 0, 0, 1)), (2, 2))
+    pad = hop // 2 * 3
+    le = hop * math.ceil(length / hop) + 2 * pad
+    return istft_fold(z, n_fft, hop, le)[..., pad: pad + length].reshape(*other, length)
 
 
 def main(size: str = "full", names: list[str] | None = None, expert: bool = False) -> dict[str, Any]:
@@ -92,7 +110,11 @@ def main(size: str = "full", names: list[str] | None = None, expert: bool = Fals
         say("expert", res["expert compiled autocast fp16"])
         torch._dynamo.reset()
     for name in names or list(VARIANTS):
-        unit = TorchUnit(TorchUnit.Params(device=dev.type, compile="inductor", group_norm=group_norm, **VARIANTS[name]))
+        options = dict(VARIANTS[name])
+        import htx_plugins.stft.torch_stft as torch_stft
+
+        torch_stft.demucs_ispec = _complex_layout_ispec if options.pop("complex_istft", False) else demucs_ispec
+        unit = TorchUnit(TorchUnit.Params(device=dev.type, compile="inductor", group_norm=group_norm, **options))
         ex = 0.1 * torch.randn(n_seg, 2, seg_len, device=dev)
         prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex, model.nfft)), ex))
         pipe = _pipeline(unit, prepared, Assignment.all_fp16(unit.ops(prepared)), inner, stft, model.nfft, dev)
