@@ -92,16 +92,17 @@ def test_group_norm_by_reductions_reads_any_layout():
     from htx_plugins.compute.torch_unit import _group_norm_by_reductions
 
     torch.manual_seed(0)
-    for shape, group in (((3, 8, 37), 1), ((3, 8, 37), 4), ((2, 6, 5, 7), 3)):
-        x = torch.randn(*shape)
+    for shape, group in (((3, 8, 37), 1), ((3, 8, 36), 1), ((3, 8, 37), 4), ((2, 6, 5, 7), 3), ((2, 6, 5, 30), 1)):
+        x = torch.randn(*shape) * 3 + 5  # a mean far from 0: the chunked variance must still be exact
         w, b = torch.randn(shape[1]), torch.randn(shape[1])
         want = torch.nn.functional.group_norm(x, group, w, b, 1e-5)
         cl = x.unsqueeze(2).contiguous(memory_format=torch.channels_last).squeeze(2) if x.ndim == 3 \
             else x.contiguous(memory_format=torch.channels_last)
         for inp in (x, cl):
-            y, mean, rstd = _group_norm_by_reductions(inp, w, b, shape[0], shape[1], 0, group, 1e-5)
-            torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
-            assert mean.shape == rstd.shape == (shape[0], group) and y.stride() == inp.stride()
+            for chunks in (1, 64):  # group_norm: reduce, chunked (36 and 30 split into 36 and 30 chunks)
+                y, mean, rstd = _group_norm_by_reductions(inp, w, b, shape[0], shape[1], 0, group, 1e-5, chunks)
+                torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+                assert mean.shape == rstd.shape == (shape[0], group) and y.stride() == inp.stride()
 
 
 def test_record_reports_per_op_stats(setup):

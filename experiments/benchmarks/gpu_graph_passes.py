@@ -59,6 +59,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pad + benchmark + channels-last": {"channels_last": True},
     "channels-last + benchmark": {"pad_channels": False, "channels_last": True},
     "complex istft": {"complex_istft": True},  # not a unit option: the pre-5f7d2d3 in-graph iSTFT, patched in
+    "chunked group norm": {"group_norm": "chunked"},
+    "chunked group norm + complex istft": {"group_norm": "chunked", "complex_istft": True},
 }
 
 
@@ -114,7 +116,7 @@ def main(size: str = "full", names: list[str] | None = None, expert: bool = Fals
         import htx_plugins.stft.torch_stft as torch_stft
 
         torch_stft.demucs_ispec = _complex_layout_ispec if options.pop("complex_istft", False) else demucs_ispec
-        unit = TorchUnit(TorchUnit.Params(device=dev.type, compile="inductor", group_norm=group_norm, **options))
+        unit = TorchUnit(TorchUnit.Params(**{"device": dev.type, "compile": "inductor", "group_norm": group_norm, **options}))
         ex = 0.1 * torch.randn(n_seg, 2, seg_len, device=dev)
         prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex, model.nfft)), ex))
         pipe = _pipeline(unit, prepared, Assignment.all_fp16(unit.ops(prepared)), inner, stft, model.nfft, dev)

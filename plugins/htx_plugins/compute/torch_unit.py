@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -72,6 +73,7 @@ class _OpMode(TorchDispatchMode):
         stats: dict[str, OpStats] | None = None,
         weight_cache: dict[Any, torch.Tensor] | None = None,
         reduce_group_norm: bool = False,
+        group_norm_chunks: int = 1,
         lazy: bool = False,
         host_cache: dict[Any, torch.Tensor] | None = None,
         cast_counter: Counter[str] | None = None,
@@ -86,6 +88,7 @@ class _OpMode(TorchDispatchMode):
         # positional embedding): keep one device copy per content, so the forward can be a CUDA graph.
         self.host_cache = host_cache
         self.reduce_group_norm = reduce_group_norm
+        self.group_norm_chunks = group_norm_chunks
         # lazy: low-precision outputs stay low until an FP32 op needs them. Exactly the values of
         # casting every FP16 op's output back to FP32 (the round trip FP16 -> FP32 -> FP16 is lossless),
         # without the memory traffic of a cast pair around every op.
@@ -156,7 +159,7 @@ class _OpMode(TorchDispatchMode):
         if self.host_cache is not None and func is torch.ops.aten._to_copy.default:
             impl = self._cached_host_copy
         if self.reduce_group_norm and func is torch.ops.aten.native_group_norm.default:
-            impl = _group_norm_by_reductions
+            impl = functools.partial(_group_norm_by_reductions, chunks_up_to=self.group_norm_chunks)
         mutable = func._schema.is_mutable and bool(args) and isinstance(args[0], torch.Tensor)
         if name in self.fp16:
             low_args = tree_map(self._to_low, args)
@@ -254,20 +257,33 @@ class _NoiseMode(TorchDispatchMode):
 
 
 def _group_norm_by_reductions(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, N: int, C: int, HxW: int, group: int, eps: float
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, N: int, C: int, HxW: int, group: int, eps: float,
+    chunks_up_to: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``aten.native_group_norm`` through parallel reduction kernels.
 
     PyTorch's CUDA group norm computes each (sample, group) row's moments in one thread block, so
     ``GroupNorm(1, C)`` on a large activation runs on a handful of SMs. Same math and the same internal
     FP32 accumulation as the native kernel, with inputs/outputs in the caller's dtype.
+
+    ``chunks_up_to`` > 1 (``group_norm: chunked``): the last dim is cut into ``k`` equal chunks (``k`` its
+    largest divisor up to ``chunks_up_to``), each chunk's moments are reduced first and then combined (the
+    mean of the chunk variances plus the variance of the chunk means, exact for equal counts), so a group
+    norm of a few long rows (one group, a batch of 8) becomes ``k`` times as many short reductions.
     """
     # Layout-agnostic: the channel dim is split into groups (a view in any layout) and each group's moments are
     # reduced over its dims in place, so a channels-last input (``channels_last: true``) is read as it lies
     # instead of being copied to contiguous first.
-    spatial = tuple(range(2, x.ndim + 1))
     xf = x.float().unflatten(1, (group, C // group))  # [N, group, C/group, *S]
-    var, mean = torch.var_mean(xf, dim=spatial, correction=0)
+    k = max((d for d in range(1, chunks_up_to + 1) if x.shape[-1] % d == 0), default=1) if x.ndim > 2 else 1
+    if k > 1:
+        xc = xf.unflatten(-1, (k, x.shape[-1] // k))  # [N, group, C/group, *S[:-1], k, last/k]
+        dims = tuple(d for d in range(2, xc.ndim) if d != xc.ndim - 2)
+        v, m = torch.var_mean(xc, dim=dims, correction=0)  # [N, group, k]
+        mean = m.mean(-1)
+        var = v.mean(-1) + (m - mean[..., None]).pow(2).mean(-1)
+    else:
+        var, mean = torch.var_mean(xf, dim=tuple(range(2, x.ndim + 1)), correction=0)
     rstd = torch.rsqrt(var + eps)  # [N, group]
     # Fold normalization and affine into one multiply-add per element: y = x * a + c.
     a = rstd.repeat_interleave(C // group, dim=1)  # [N, C]
@@ -339,8 +355,9 @@ class TorchParams(Params):
     #: On CUDA, capture the forward (casts included) once per input shape into a CUDA graph and replay
     #: it: removes the per-op Python cost of the precision dispatch, which dominates on fast GPUs.
     cuda_graphs: bool = True
-    #: ``reduce`` computes group norm with parallel reductions (same math); ``auto`` = reduce on CUDA.
-    group_norm: Literal["auto", "native", "reduce"] = "auto"
+    #: ``reduce`` computes group norm with parallel reductions (same math); ``auto`` = reduce on CUDA;
+    #: ``chunked`` = reduce with each row's moments combined from up to 64 equal chunks of its last dim.
+    group_norm: Literal["auto", "native", "reduce", "chunked"] = "auto"
     #: ``lazy`` keeps FP16 results in FP16 between FP16 ops (bit-identical to ``per-op`` cast-back).
     casts: Literal["lazy", "per-op"] = "lazy"
     #: On CUDA, let FP32 convolutions and matmuls run in TF32 (10-bit mantissa, like FP16). Off by default:
@@ -755,7 +772,8 @@ class TorchUnit(ComputeUnit):
         weight_cache: dict[Any, torch.Tensor] = {}
         low = self.low_dtype
         gn = self.params.group_norm
-        reduce_gn = gn == "reduce" or (gn == "auto" and self.device.type == "cuda")
+        reduce_gn = gn in ("reduce", "chunked") or (gn == "auto" and self.device.type == "cuda")
+        gn_chunks = 64 if gn == "chunked" else 1
         lazy = self.params.casts == "lazy"
         host_cache: dict[Any, torch.Tensor] | None = {} if host_copies else None
         dev, tf32 = self.device, self.params.tf32
@@ -768,7 +786,8 @@ class TorchUnit(ComputeUnit):
             if not fp16 and not reduce_gn and not host_copies:
                 with torch.no_grad():
                     return inner(*inputs)
-            mode = _OpMode(fp16=fp16, low_dtype=low, weight_cache=weight_cache, reduce_group_norm=reduce_gn, lazy=lazy,
+            mode = _OpMode(fp16=fp16, low_dtype=low, weight_cache=weight_cache, reduce_group_norm=reduce_gn,
+                           group_norm_chunks=gn_chunks, lazy=lazy,
                            host_cache=host_cache)
             fn_mode = _LazyCompositeMode(mode) if lazy and fp16 else contextlib.nullcontext()
             with torch.no_grad(), fn_mode, mode:
