@@ -408,31 +408,29 @@ def inductor_available(device: torch.device) -> tuple[bool, str]:
 
 
 @contextlib.contextmanager
-def tf32_allowed(device: torch.device, allowed: bool) -> Iterator[None]:
+def _cuda_switches(device: torch.device, switches: list[tuple[Any, str]], value: bool) -> Iterator[None]:
+    """Set each ``(module, attribute)`` switch to ``value`` for the duration, restored after (no-op off CUDA)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = [getattr(owner, name) for owner, name in switches]
+    for owner, name in switches:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name), old in zip(switches, saved):
+            setattr(owner, name, old)
+
+
+def tf32_allowed(device: torch.device, allowed: bool) -> contextlib.AbstractContextManager[None]:
     """Set cuDNN's and cuBLAS's TF32 switches for the duration (no-op off CUDA)."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    return _cuda_switches(device, [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")], allowed)
 
 
-@contextlib.contextmanager
-def cudnn_benchmark(device: torch.device, on: bool) -> Iterator[None]:
+def cudnn_benchmark(device: torch.device, on: bool) -> contextlib.AbstractContextManager[None]:
     """Set ``torch.backends.cudnn.benchmark`` for the duration (no-op off CUDA)."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = saved
+    return _cuda_switches(device, [(torch.backends.cudnn, "benchmark")], on)
 
 
 class _Graphed:
