@@ -152,6 +152,12 @@ def test_channels_last_rewrites_every_convolution_and_keeps_the_numerics():
         assert channels_last_convolutions(gm) == (2, 2)
         gm.recompile()
         got, want = gm(x1, x2), f(x1, x2)
+    # the weights are constants laid out once by the pass: no call copies one into channels-last
+    convs = [n for n in gm.graph.nodes if n.target == torch.ops.aten.convolution.default]
+    for conv in convs:
+        w = conv.args[1]
+        assert w.op == "get_attr" and getattr(gm, w.target).is_contiguous(memory_format=torch.channels_last)
+    assert not [n for n in gm.graph.nodes if n.target == torch.ops.aten.clone.default and n.args[0].op == "get_attr"]
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 

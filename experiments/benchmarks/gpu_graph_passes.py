@@ -16,6 +16,7 @@ fused multiply-adds (``pointwise_1x1``); it was slower and dropped: ``git show
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+import htx_plugins.compute.torch_unit as torch_unit
 from htx.api import Assignment, random_htdemucs
 from htx.separation import separate
 from htx.spectrogram import demucs_ispec, spec_to_cac
@@ -37,7 +39,7 @@ from htx_plugins.compute.gpu_bench import (
     test_clip,
     timed,
 )
-from htx_plugins.compute.torch_unit import TorchUnit
+from htx_plugins.compute.torch_unit import TorchUnit, channels_last_convolutions
 from htx_plugins.stft.torch_stft import TorchSTFT
 from htx_plugins.surgery.full_hybrid import FullHybrid
 
@@ -61,6 +63,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "complex istft": {"complex_istft": True},  # not a unit option: the pre-5f7d2d3 in-graph iSTFT, patched in
     "chunked group norm": {"group_norm": "chunked"},
     "chunked group norm + complex istft": {"group_norm": "chunked", "complex_istft": True},
+    # not a unit option: channels-last copies of the weight constants made by each call, as before the pass
+    # laid them out once
+    "weight copies per call": {"weight_copies": True},
+    "max-autotune": {"autotune": True},
 }
 
 
@@ -116,6 +122,8 @@ def main(size: str = "full", names: list[str] | None = None, expert: bool = Fals
         import htx_plugins.stft.torch_stft as torch_stft
 
         torch_stft.demucs_ispec = _complex_layout_ispec if options.pop("complex_istft", False) else demucs_ispec
+        torch_unit.channels_last_convolutions = functools.partial(
+            channels_last_convolutions, constant_weights=not options.pop("weight_copies", False))
         unit = TorchUnit(TorchUnit.Params(**{"device": dev.type, "compile": "inductor", "group_norm": group_norm, **options}))
         ex = 0.1 * torch.randn(n_seg, 2, seg_len, device=dev)
         prepared = unit.prepare(inner, (spec_to_cac(stft.stft(ex, model.nfft)), ex))

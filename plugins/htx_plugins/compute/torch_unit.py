@@ -387,6 +387,10 @@ class TorchParams(Params):
     #: seconds to ``compile_s``, never to latency. Measured no gain on an H100 (27.1 vs 27.0 ms GPU time with
     #: channels-last): off by default.
     cudnn_benchmark: bool = False
+    #: ``compile: inductor`` only: inductor's max-autotune (each convolution and matmul timed against Triton
+    #: templates, the fastest kept) and coordinate-descent tuning of its own kernels. Adds minutes to
+    #: ``compile_s``, never to latency.
+    autotune: bool = False
 
 
 def inductor_available(device: torch.device) -> tuple[bool, str]:
@@ -475,7 +479,7 @@ class _Graphed:
 _COMPILED_KEPT = 4
 
 
-def channels_last_convolutions(gm: Any) -> tuple[int, int]:
+def channels_last_convolutions(gm: Any, constant_weights: bool = True) -> tuple[int, int]:
     """Rewrite an aten graph's convolutions to take channels-last inputs and weights: 2-D ones directly, 1-D
     ones as 2-D convolutions of height 1 (unsqueeze, convolve, squeeze). Returns (2-D, 1-D) counts rewritten.
 
@@ -485,6 +489,7 @@ def channels_last_convolutions(gm: Any) -> tuple[int, int]:
     aten = torch.ops.aten
     g = gm.graph
     n2 = n1 = 0
+    laid_out: dict[str, Any] = {}
     for node in list(g.nodes):
         if node.op != "call_function" or node.target != aten.convolution.default:
             continue
@@ -496,9 +501,16 @@ def channels_last_convolutions(gm: Any) -> tuple[int, int]:
         with g.inserting_before(node):
             if dims == 3:
                 x = g.call_function(aten.unsqueeze.default, (x, 2))
-                w = g.call_function(aten.unsqueeze.default, (w, 2))
             xc = g.call_function(aten.clone.default, (x,), {"memory_format": torch.channels_last})
-            wc = g.call_function(aten.clone.default, (w,), {"memory_format": torch.channels_last})
+            if constant_weights and w.op == "get_attr":  # a weight constant: laid out once, not copied per call
+                if w.target not in laid_out:
+                    t = _constant(gm, w)
+                    laid_out[w.target] = _new_constant(gm, (t.unsqueeze(2) if dims == 3 else t).contiguous(
+                        memory_format=torch.channels_last), "_htx_nhwc")
+                wc = laid_out[w.target]
+            else:
+                w = g.call_function(aten.unsqueeze.default, (w, 2)) if dims == 3 else w
+                wc = g.call_function(aten.clone.default, (w,), {"memory_format": torch.channels_last})
             if dims == 4:
                 node.args = (xc, wc, b, stride, pad, dil, transposed, opad, groups)
                 n2 += 1
@@ -523,6 +535,27 @@ def _meta(node: Any, like: Any, shape: Any) -> Any:
     return node
 
 
+def _constant(gm: Any, node: Any) -> torch.Tensor:
+    """The tensor a ``get_attr`` node of ``gm`` reads."""
+    owner = gm
+    *path, leaf = node.target.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    return getattr(owner, leaf)
+
+
+def _new_constant(gm: Any, tensor: torch.Tensor, prefix: str) -> Any:
+    """A ``get_attr`` node (inserted where the graph's insert point is) reading ``tensor``, a new buffer of ``gm``
+    named ``prefix_k``."""
+    k = 0
+    while hasattr(gm, f"{prefix}_{k}"):
+        k += 1
+    gm.register_buffer(f"{prefix}_{k}", tensor)
+    node = gm.graph.get_attr(f"{prefix}_{k}")
+    node.meta["val"] = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta")
+    return node
+
+
 def _padded_constant(gm: Any, node: Any, pad: list[int]) -> Any:
     """``node`` zero-padded by ``pad`` (``F.pad`` order): a new graph constant when ``node`` is one, else a
     ``constant_pad_nd`` node."""
@@ -532,16 +565,7 @@ def _padded_constant(gm: Any, node: Any, pad: list[int]) -> Any:
     for k in range(len(pad) // 2):
         shape[-1 - k] += pad[2 * k] + pad[2 * k + 1]
     if node.op == "get_attr":
-        owner = gm
-        *path, leaf = node.target.split(".")
-        for part in path:
-            owner = getattr(owner, part)
-        padded = torch.nn.functional.pad(getattr(owner, leaf), pad)
-        k = 0
-        while hasattr(gm, f"_htx_padded_{k}"):
-            k += 1
-        gm.register_buffer(f"_htx_padded_{k}", padded)
-        return _meta(g.get_attr(f"_htx_padded_{k}"), val, shape)
+        return _new_constant(gm, torch.nn.functional.pad(_constant(gm, node), pad), "_htx_padded")
     return _meta(g.call_function(torch.ops.aten.constant_pad_nd.default, (node, pad, 0.0)), val, shape)
 
 
@@ -614,7 +638,8 @@ class _Compiled:
         if self.params.channels_last is True or (self.params.channels_last == "auto" and self.device.type == "cuda"):
             channels_last_convolutions(gm)
         gm.recompile()
-        compiled = torch.compile(gm, backend="inductor", fullgraph=True, dynamic=False)
+        options = {"max_autotune": True, "coordinate_descent_tuning": True} if self.params.autotune else None
+        compiled = torch.compile(gm, backend="inductor", fullgraph=True, dynamic=False, options=options)
         tf32, benchmark, device = self.params.tf32, self.params.cudnn_benchmark, self.device
 
         def run(*args: torch.Tensor) -> Any:
