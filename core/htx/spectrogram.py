@@ -89,6 +89,18 @@ def _ispec_frames(z: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(F.pad(r, (0, 0, 0, 1, 2, 2)).contiguous())
 
 
+def ispec_padded(z: torch.Tensor) -> torch.Tensor:
+    """What ``HTDemucs._ispec`` hands ``torch.istft``, from complex ``[N, F, T]``: the DC bin's imaginary part
+    dropped, a zero Nyquist bin and two zero frames on each side appended (complex ``[N, F + 1, T + 4]``).
+    :func:`_ispec_frames` is the same spectrogram, frames first, built on the real view."""
+    # A real signal's DC bin is real. The network's output is not, and torch's inverse FFT treats the
+    # imaginary part differently per device: the CPU ignores it, CUDA (on this padded, strided input) does
+    # not, so HTDemucs's own output differs between CPU and CUDA (31.5 dB SNR on the trained demo model).
+    # Dropping it here gives the CPU's result on every device.
+    z = torch.cat([z[:, :1].real.to(z.dtype), z[:, 1:]], dim=1)
+    return F.pad(F.pad(z, (0, 0, 0, 1)), (2, 2))
+
+
 def demucs_ispec(z: torch.Tensor, length: int, n_fft: int = 4096, traceable: bool = False) -> torch.Tensor:
     """``HTDemucs._ispec``: complex ``[..., n_fft // 2, T]`` -> ``[..., length]``. ``traceable``: the inverse
     is :func:`istft_fold` (no device read-back, so a compiled graph can hold it) instead of ``torch.istft``,
@@ -100,13 +112,7 @@ def demucs_ispec(z: torch.Tensor, length: int, n_fft: int = 4096, traceable: boo
     le = hop * int(math.ceil(length / hop)) + 2 * pad
     if traceable:
         return _irfft_overlap_add(_ispec_frames(z), n_fft, hop, le)[..., pad: pad + length].reshape(*other, length)
-    # A real signal's DC bin is real. The network's output is not, and torch's inverse FFT treats the
-    # imaginary part differently per device: the CPU ignores it, CUDA (on this padded, strided input) does
-    # not, so HTDemucs's own output differs between CPU and CUDA (31.5 dB SNR on the trained demo model).
-    # Dropping it here gives the CPU's result on every device.
-    z = torch.cat([z[:, :1].real.to(z.dtype), z[:, 1:]], dim=1)
-    z = F.pad(z, (0, 0, 0, 1))
-    z = F.pad(z, (2, 2))
+    z = ispec_padded(z)
     real_dtype = z.real.dtype
     x = torch.istft(
         z, n_fft, hop, window=torch.hann_window(n_fft, dtype=real_dtype, device=z.device), win_length=n_fft,

@@ -27,9 +27,10 @@ from typing import Any
 import torch
 
 import htx_plugins.compute.torch_unit as torch_unit
+import htx_plugins.stft.torch_stft as torch_stft
 from htx.api import Assignment, random_htdemucs
 from htx.separation import separate
-from htx.spectrogram import demucs_ispec, spec_to_cac
+from htx.spectrogram import demucs_ispec, hop_length, ispec_padded, istft_fold, spec_to_cac
 from htx_plugins.compute.gpu_bench import (
     SIZES,
     _pipeline,
@@ -53,7 +54,8 @@ def say(*parts: Any) -> None:
 #: variant -> TorchUnit options on top of ``compile: inductor``
 NO_PASSES = {"pad_channels": False, "cudnn_benchmark": False}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "plain": NO_PASSES,
+    "plain": NO_PASSES,  # the unit's defaults (on CUDA: channels-last, chunked group norm since df64d55)
+    "reduce group norm": {"group_norm": "reduce"},  # unchunked: what chunked group norm is measured against
     "channels-last": {**NO_PASSES, "channels_last": True},
     "cudnn-benchmark": {**NO_PASSES, "cudnn_benchmark": True},
     "pad-channels": {**NO_PASSES, "pad_channels": True},
@@ -73,15 +75,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def _complex_layout_ispec(z: torch.Tensor, length: int, n_fft: int = 4096, traceable: bool = False) -> torch.Tensor:
     """The traceable iSTFT as it was before commit 5f7d2d3 (complex ``cat``, two complex pads, a strided inverse
     FFT input): the variant ``complex istft`` times it beside the frames-first real-view layout."""
-    import torch.nn.functional as F
-
-    from htx.spectrogram import hop_length, istft_fold
-
     hop = hop_length(n_fft)
     *other, freqs, frames = z.shape
-    z = z.reshape(-1, freqs, frames)
-    z = torch.cat([z[:, :1].real.to(z.dtype), z[:, 1:]], dim=1)
-    z = F.pad(F.pad(z, (0, 0, 0, 1)), (2, 2))
+    z = ispec_padded(z.reshape(-1, freqs, frames))
     pad = hop // 2 * 3
     le = hop * math.ceil(length / hop) + 2 * pad
     return istft_fold(z, n_fft, hop, le)[..., pad: pad + length].reshape(*other, length)
@@ -119,8 +115,6 @@ def main(size: str = "full", names: list[str] | None = None, expert: bool = Fals
         torch._dynamo.reset()
     for name in names or list(VARIANTS):
         options = dict(VARIANTS[name])
-        import htx_plugins.stft.torch_stft as torch_stft
-
         torch_stft.demucs_ispec = _complex_layout_ispec if options.pop("complex_istft", False) else demucs_ispec
         torch_unit.channels_last_convolutions = functools.partial(
             channels_last_convolutions, constant_weights=not options.pop("weight_copies", False))
