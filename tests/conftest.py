@@ -14,6 +14,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY_MODEL: dict[str, Any] = {"random": {"channels": 8, "depth": 4, "t_layers": 1, "segment": 1, "seed": 0}}
 
+#: The session's Core ML conversion cache: a ``cache_dir`` (set by ``_one_conversion_cache``). Conversions are
+#: keyed by content (model, input shapes, target) and one of the tiny model takes about 10 s, so each
+#: ``make_config`` store links its ``cache/coreml`` to this one's and the tiny model converts once, not in every
+#: test. Tests of the cache itself give their unit a ``cache_dir`` of their own.
+SHARED_CONVERSIONS: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_conversion_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("conversions")
+    (root / "coreml").mkdir()
+    SHARED_CONVERSIONS[:] = [root]
+
 
 def make_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
@@ -35,6 +48,10 @@ def make_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         },
     }
     cfg.update(overrides)
+    linked = tmp_path / "cache" / "coreml"
+    if SHARED_CONVERSIONS and not linked.exists() and not linked.is_symlink():
+        linked.parent.mkdir(parents=True, exist_ok=True)
+        linked.symlink_to(SHARED_CONVERSIONS[0] / "coreml", target_is_directory=True)
     return cfg
 
 

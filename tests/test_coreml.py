@@ -337,14 +337,15 @@ def test_op_zoo_fp32_fidelity_and_typed_bit_identity(target, cache_dir):
 def test_runtime_native_unavailable_gives_unavailable_rows(tmp_path, monkeypatch):
     if sys.platform == "darwin":  # keep the test meaningful on a Mac too: no runtime there either
         monkeypatch.setattr(native, "runtime_available", lambda: (False, "mocked: no Core ML runtime"))
-    cfg = parse_config(make_config(tmp_path, precision=["fp32", "all-fp16"],
-                                   compute=[{"coreml": {"runtime": "native", "units": "ALL"}}]), registry=load_registry())
+    data = make_config(tmp_path, precision=["fp32", "all-fp16"], compute=[{"coreml": {"runtime": "native", "units": "ALL"}}])
+    data["store"]["cache_dir"] = str(tmp_path / "own-cache")  # not the session's shared conversions
+    cfg = parse_config(data, registry=load_registry())
     with Store(tmp_path / "htx.sqlite") as store:
         run_id = Run(cfg, load_registry(), store).execute()
         recs = store.trials([run_id])
     assert len(recs) == 2 and all(r.status == "unavailable" for r in recs)
     assert all("runtime native" in r.reason and ("macOS" in r.reason or "mocked" in r.reason) for r in recs)
-    assert not (tmp_path / "cache" / "coreml").exists()  # nothing was converted, nothing emulated
+    assert not (tmp_path / "own-cache" / "coreml").exists()  # nothing was converted, nothing emulated
     unit = CoreMLUnit(CoreMLUnit.Params(runtime="auto"))
     if sys.platform != "darwin":
         assert unit.runtime == "coreml:emulated" and unit.available() == (True, "")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_config
+from conftest import SHARED_CONVERSIONS, make_config
 from htx.api import Assignment, OpInfo
 from htx.cli import app
 from htx.config import ModelConfig, parse_config
@@ -38,7 +38,7 @@ KNOWN = [
 
 
 @pytest.fixture(scope="module")
-def demo_units(tmp_path_factory):
+def demo_units():
     """The demo model's full-hybrid inner model prepared on the torch unit and on the Core ML unit (emulated)."""
     loaded = load_model(ModelConfig(kind="demo"))
     inner = FullHybridInner(loaded.model)
@@ -46,7 +46,7 @@ def demo_units(tmp_path_factory):
     args = (spec_to_cac(demucs_spec(mix, loaded.model.nfft)), mix)
     tu = TorchUnit(TorchUnit.Params(device="cpu"))
     cu = CoreMLUnit(CoreMLUnit.Params(runtime="emulated", device="cpu"))
-    return tu.ops(tu.prepare(inner, args)), cu.ops(cu.prepare(inner, args, cache_dir=tmp_path_factory.mktemp("cm")))
+    return tu.ops(tu.prepare(inner, args)), cu.ops(cu.prepare(inner, args, cache_dir=SHARED_CONVERSIONS[0]))
 
 
 def test_known_ops_have_the_same_module_path_on_both_units(demo_units):

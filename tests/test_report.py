@@ -66,8 +66,10 @@ def _pixels(path: Path) -> np.ndarray:
 
 
 def _colours(path: Path) -> set[tuple[int, int, int]]:
-    px = _pixels(path).reshape(-1, 3) // 16 * 16  # quantized: antialiasing makes near-duplicates
-    return {tuple(int(c) for c in p) for p in np.unique(px, axis=0)}
+    px = _pixels(path).reshape(-1, 3).astype(np.int64) // 16  # quantized: antialiasing makes near-duplicates
+    # one 12-bit code per pixel: a 1-D count (np.unique(axis=0) sorts rows, seconds on a page screenshot)
+    present = np.flatnonzero(np.bincount(px[:, 0] << 8 | px[:, 1] << 4 | px[:, 2], minlength=4096))
+    return {(int(c >> 8) * 16, int(c >> 4 & 15) * 16, int(c & 15) * 16) for c in present}
 
 
 def _has_colour(path: Path, hex_colour: str, tol: int = 12) -> int:
