@@ -182,15 +182,37 @@ def model_skeleton(cfg: Any) -> Any:
     ``demo`` with its checkpoint: the (small) checkpoint is loaded. ``path`` and ``pretrained``: None, because
     their architecture is only known once the weights are read; the runner checks those after loading the
     model, before any trial.
+
+    The skeleton is shared between calls for the same model (building one takes about 0.1 s, and validation
+    asks twice per config): read it, never change it.
     """
     if cfg.kind == "random" or (cfg.kind == "demo" and not demo_checkpoint().exists()):
         kw = dict(cfg.random) if cfg.kind == "random" else dict(DEMO_KWARGS)
-        seed = int(kw.pop("seed", 0))
-        with torch.device("meta"):
-            return random_htdemucs(seed=seed, **kw)
+        return _remembered(("random", repr(sorted(kw.items()))), lambda: _meta_htdemucs(kw))
     if cfg.kind == "demo":
-        return load_checkpoint(demo_checkpoint())
+        ckpt = demo_checkpoint()
+        stat = ckpt.stat()
+        return _remembered(("checkpoint", str(ckpt), stat.st_mtime_ns, stat.st_size), lambda: load_checkpoint(ckpt))
     return None
+
+
+#: model_skeleton's skeletons by model (random kwargs, or checkpoint path, mtime and size)
+_SKELETONS: dict[tuple, Any] = {}
+
+
+def _remembered(key: tuple, build: Any) -> Any:
+    if key not in _SKELETONS:
+        if len(_SKELETONS) >= 16:  # a long-lived process validating many models: bounded memory
+            _SKELETONS.clear()
+        _SKELETONS[key] = build()  # a build that raises stores nothing: the next call raises again
+    return _SKELETONS[key]
+
+
+def _meta_htdemucs(kw: dict[str, Any]) -> Any:
+    kw = dict(kw)
+    seed = int(kw.pop("seed", 0))
+    with torch.device("meta"):
+        return random_htdemucs(seed=seed, **kw)
 
 
 def load_model(cfg: Any) -> LoadedModel:
