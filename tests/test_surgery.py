@@ -1,7 +1,7 @@
 """The surgery variants: FP32 parity with HTDemucs.forward, Core ML conversion and its MIL ops, applicability.
 
 Small config (channels 8, depth 4, two transformer layers so both self- and cross-attention exist,
-1 s segment, nfft 4096); conversions are shared by module-scoped fixtures; one full-size check.
+1 s segment, nfft 4096); conversions are shared by module-scoped fixtures; one full-size check, opt-in (``slow``).
 """
 
 from __future__ import annotations
@@ -389,7 +389,8 @@ def test_parity_full_size_full_hybrid(registry):
     """The default (full-size, 26.9 M parameters) HTDemucs through the default surgery, against one original
     forward on one 10 s segment. Every variant's parity is checked on the small model (test_parity_small); the
     full-size parity of every variant is a benchmark (`htx bench surgery --model full`, record
-    experiments/benchmarks/surgery-full-parity.json), as full size belongs in benchmarks."""
+    experiments/benchmarks/surgery-full-parity.json), as full size belongs in benchmarks. Marked ``slow``: left
+    out of the default run (about 15 s on 2 cores), run with ``python -m pytest -m slow``."""
     model = random_htdemucs(0)
     assert sum(p.numel() for p in model.parameters()) > 26_000_000
     length = int(model.segment * model.samplerate)
