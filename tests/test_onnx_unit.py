@@ -185,7 +185,8 @@ def test_an_export_failure_names_the_module(tmp_path):
     assert t.status == "failed" and "ONNX export failed in module 'bad'" in t.reason, t.reason
 
 
-def test_check_unit_on_onnx():
+def test_check_unit_on_onnx(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # its default config caches in ./experiments/cache: not in the checkout
     res = CliRunner().invoke(app, ["check-unit", "onnx"])
     assert res.exit_code == 0, res.output
     assert "consistent under the transfer rule" in res.output and "no assignment can reach" not in res.output

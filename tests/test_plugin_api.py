@@ -258,7 +258,8 @@ def test_check_unit_keys_lists_every_mismatch(tmp_path):
     assert "NOT consistent" in misplaced.lines()[-1]
 
 
-def test_check_unit_command(tmp_path):
+def test_check_unit_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # its default config caches in ./experiments/cache: not in the checkout
     res = CliRunner().invoke(app, ["check-unit", "{torch: {casts: per-op}}", "--strict"])
     assert res.exit_code == 0, res.output
     assert "identical: every key on both sides" in res.output
