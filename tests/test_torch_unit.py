@@ -92,7 +92,9 @@ def test_group_norm_by_reductions_reads_any_layout():
     from htx_plugins.compute.torch_unit import _group_norm_by_reductions
 
     torch.manual_seed(0)
-    for shape, group in (((3, 8, 37), 1), ((3, 8, 36), 1), ((3, 8, 37), 4), ((2, 6, 5, 7), 3), ((2, 6, 5, 30), 1)):
+    for shape, group in (((3, 8, 37), 1), ((3, 8, 36), 1), ((3, 8, 37), 4), ((2, 6, 5, 7), 3), ((2, 6, 5, 30), 1),
+                         ((2, 4, 16, 67), 1),  # 67 frames (prime, > 64): chunked along the 16 bins instead
+                         ((2, 48, 67), 1), ((2, 48, 67), 2)):  # no spatial chunks: the group's 48 or 24 channels
         x = torch.randn(*shape) * 3 + 5  # a mean far from 0: the chunked variance must still be exact
         w, b = torch.randn(shape[1]), torch.randn(shape[1])
         want = torch.nn.functional.group_norm(x, group, w, b, 1e-5)

@@ -266,19 +266,30 @@ def _group_norm_by_reductions(
     ``GroupNorm(1, C)`` on a large activation runs on a handful of SMs. Same math and the same internal
     FP32 accumulation as the native kernel, with inputs/outputs in the caller's dtype.
 
-    ``chunks_up_to`` > 1 (``group_norm: chunked``): the last dim is cut into ``k`` equal chunks (``k`` its
-    largest divisor up to ``chunks_up_to``), each chunk's moments are reduced first and then combined (the
-    mean of the chunk variances plus the variance of the chunk means, exact for equal counts), so a group
-    norm of a few long rows (one group, a batch of 8) becomes ``k`` times as many short reductions.
+    ``chunks_up_to`` > 1 (``group_norm: chunked``): a spatial dim (or the group's channels, see below) is cut
+    into ``k`` equal chunks (``k`` a divisor up to ``chunks_up_to``), each chunk's moments are reduced first and then
+    combined (the mean of the chunk variances plus the variance of the chunk means, exact for equal counts), so
+    a group norm of a few long rows (one group, a batch of 8) becomes ``k`` times as many short reductions.
     """
     # Layout-agnostic: the channel dim is split into groups (a view in any layout) and each group's moments are
     # reduced over its dims in place, so a channels-last input (``channels_last: true``) is read as it lies
     # instead of being copied to contiguous first.
     xf = x.float().unflatten(1, (group, C // group))  # [N, group, C/group, *S]
-    k = max((d for d in range(1, chunks_up_to + 1) if x.shape[-1] % d == 0), default=1) if x.ndim > 2 else 1
+    # The spatial dim with the most equal chunks (up to chunks_up_to; the last one on a tie). Where none gives 16
+    # (the time branch's 1723 and 6891 samples: a prime, 3 x 2297), the group's channels are chunked instead.
+    def most_chunks(size: int) -> int:
+        return max(d for d in range(1, chunks_up_to + 1) if size % d == 0)
+
+    k, at = 1, xf.ndim
+    if N * group < 1024:  # only few rows: the frequency branch folds its bins into the batch (thousands already)
+        for dim in range(xf.ndim - 1, 2, -1):
+            if most_chunks(xf.shape[dim]) > k:
+                k, at = most_chunks(xf.shape[dim]), dim
+        if k < 16 and most_chunks(xf.shape[2]) > k:
+            k, at = most_chunks(xf.shape[2]), 2
     if k > 1:
-        xc = xf.unflatten(-1, (k, x.shape[-1] // k))  # [N, group, C/group, *S[:-1], k, last/k]
-        dims = tuple(d for d in range(2, xc.ndim) if d != xc.ndim - 2)
+        xc = xf.unflatten(at, (k, xf.shape[at] // k))  # [N, group, C/group, ..., k, dim/k, ...]
+        dims = tuple(d for d in range(2, xc.ndim) if d != at)
         v, m = torch.var_mean(xc, dim=dims, correction=0)  # [N, group, k]
         mean = m.mean(-1)
         var = v.mean(-1) + (m - mean[..., None]).pow(2).mean(-1)
