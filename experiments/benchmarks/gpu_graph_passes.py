@@ -9,7 +9,9 @@ machine::
 
     python experiments/benchmarks/gpu_graph_passes.py [full|small] [variant,...|all] [expert] > log
 
-The JSON goes to $OUT or /tmp. The first record run also measured a pass that computed thin 1x1 convolutions as
+The JSON goes to $OUT or /tmp. ``max-autotune`` tunes each convolution and matmul shape for several seconds:
+point TORCHINDUCTOR_CACHE_DIR at a folder that outlives the process (an ignored, uncarried folder of the
+checkout on the device machine), and a second run on the same machine reuses the picks of a run cut short. The first record run also measured a pass that computed thin 1x1 convolutions as
 fused multiply-adds (``pointwise_1x1``); it was slower and dropped: ``git show
 9a4eac5:plugins/htx_plugins/compute/torch_unit.py``.
 """
