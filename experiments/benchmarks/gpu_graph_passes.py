@@ -66,6 +66,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "channels-last + benchmark": {"pad_channels": False, "channels_last": True},
     "complex istft": {"complex_istft": True},  # not a unit option: the pre-5f7d2d3 in-graph iSTFT, patched in
     "chunked group norm": {"group_norm": "chunked"},
+    # not a unit option: chunked group norm under the rule of df64d55 (the last dim alone, any row count)
+    "chunked last dim": {"group_norm": "chunked", "last_dim_chunks": True},
     "chunked group norm + complex istft": {"group_norm": "chunked", "complex_istft": True},
     # not a unit option: channels-last copies of the weight constants made by each call, as before the pass
     # laid them out once
@@ -118,6 +120,7 @@ def main(size: str = "full", names: list[str] | None = None, expert: bool = Fals
     for name in names or list(VARIANTS):
         options = dict(VARIANTS[name])
         torch_stft.demucs_ispec = _complex_layout_ispec if options.pop("complex_istft", False) else demucs_ispec
+        torch_unit._CHUNK_LAST_DIM_ONLY = options.pop("last_dim_chunks", False)
         torch_unit.channels_last_convolutions = functools.partial(
             channels_last_convolutions, constant_weights=not options.pop("weight_copies", False))
         unit = TorchUnit(TorchUnit.Params(**{"device": dev.type, "compile": "inductor", "group_norm": group_norm, **options}))

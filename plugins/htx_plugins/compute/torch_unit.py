@@ -256,6 +256,10 @@ class _NoiseMode(TorchDispatchMode):
         return out
 
 
+#: experiment switch (branch only): chunk the last dim alone, for every row count
+_CHUNK_LAST_DIM_ONLY = False
+
+
 def _group_norm_by_reductions(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, N: int, C: int, HxW: int, group: int, eps: float,
     chunks_up_to: int = 1,
@@ -281,7 +285,9 @@ def _group_norm_by_reductions(
         return max(d for d in range(1, chunks_up_to + 1) if size % d == 0)
 
     k, at = 1, xf.ndim
-    if N * group < 1024:  # only few rows: the frequency branch folds its bins into the batch (thousands already)
+    if _CHUNK_LAST_DIM_ONLY:  # the rule of df64d55, kept for the graph-pass script to time against
+        k, at = (most_chunks(xf.shape[-1]), xf.ndim - 1) if x.ndim > 2 else (1, at)
+    elif N * group < 1024:  # only few rows: the frequency branch folds its bins into the batch (thousands already)
         for dim in range(xf.ndim - 1, 2, -1):
             if most_chunks(xf.shape[dim]) > k:
                 k, at = most_chunks(xf.shape[dim]), dim
