@@ -256,7 +256,8 @@ class _NoiseMode(TorchDispatchMode):
         return out
 
 
-#: experiment switch (branch only): chunk the last dim alone, for every row count
+#: experiment switch for gpu_graph_passes.py's 'chunked last dim' variant (the rule of df64d55): chunk the last
+#: dim alone, for every row count. Never set by the unit.
 _CHUNK_LAST_DIM_ONLY = False
 
 
