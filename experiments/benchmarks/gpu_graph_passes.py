@@ -11,9 +11,9 @@ machine::
 
 The JSON goes to $OUT or /tmp. ``max-autotune`` tunes each convolution and matmul shape for several seconds:
 point TORCHINDUCTOR_CACHE_DIR at a folder that outlives the process (an ignored, uncarried folder of the
-checkout on the device machine), and a second run on the same machine reuses the picks of a run cut short. The first record run also measured a pass that computed thin 1x1 convolutions as
-fused multiply-adds (``pointwise_1x1``); it was slower and dropped: ``git show
-9a4eac5:plugins/htx_plugins/compute/torch_unit.py``.
+checkout on the device machine), and a second run on the same machine reuses the picks of a run cut short.
+The first record run also measured a pass that computed thin 1x1 convolutions as fused multiply-adds
+(``pointwise_1x1``); it was slower and dropped: ``git show 9a4eac5:plugins/htx_plugins/compute/torch_unit.py``.
 """
 
 from __future__ import annotations
